@@ -1,0 +1,37 @@
+//! probe-core: the part of toktrace that lives inside the engine process, and
+//! the reader that gets its data back out.
+//!
+//! An adapter hands the probe one [`event::Step`] per engine iteration (batch
+//! composition and every sampled token, as columns) plus request lifecycle and
+//! frontend emit records. [`Probe::record`] pushes the record into a bounded
+//! lock-free [`ring::Ring`] and returns: it never blocks, and a full ring drops
+//! and counts. A drain thread frames each record (length + CRC32C + bincode
+//! payload) into append-only, size-rotated segment files under one directory per
+//! process, within a disk budget, repeating what later segments need to stand
+//! alone. [`reader`] reads a trace directory, a process directory or a single
+//! segment back, surviving torn tails and corrupt frames.
+//!
+//! This crate knows nothing of Python, engines or dataframes.
+
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod columns;
+pub mod drain;
+pub mod event;
+pub mod frame;
+pub mod reader;
+pub mod ring;
+pub mod writer;
+
+pub use drain::{Probe, ProbeConfig, ShutdownReport};
+pub use event::Record;
+pub use reader::{read_trace, ReadError, ReadWarning, Trace};
+pub use writer::{FsyncPolicy, WriterConfig};
+
+/// Version of the segment format this crate writes.
+pub const FORMAT_VERSION: u16 = 1;
+/// Oldest segment format version this crate reads.
+pub const MIN_READ_VERSION: u16 = 1;
+/// Version of the probe (written into every segment header).
+pub const PROBE_VERSION: &str = env!("CARGO_PKG_VERSION");

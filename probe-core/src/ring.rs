@@ -1,0 +1,190 @@
+//! The bounded, lock-free ring between the engine's threads and the drain.
+//!
+//! Loss policy first: the ring has a fixed number of slots and a byte budget
+//! for the heap data its records own. A record that does not fit is dropped on
+//! the spot and counted by cause; recording never blocks and never allocates
+//! beyond what the record itself already holds. The drain writes the counters
+//! into the trace as soon as it sees them move, so a reader reports the gap
+//! even if the process is killed a moment later.
+//!
+//! The slots are a `crossbeam_queue::ArrayQueue` (preallocated, lock-free for
+//! any number of producers). The byte budget bounds memory when steps are
+//! large: slots × biggest step would not be a useful bound.
+
+use crate::event::{DropCounts, Record, Step};
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Why a record was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// No free slot, or the byte budget is spent.
+    Full,
+    /// The record alone is larger than the whole byte budget.
+    TooBig,
+}
+
+/// The ring. Shared by producers (`try_push`) and the one drain (`pop`).
+pub struct Ring {
+    slots: ArrayQueue<(Record, usize)>,
+    byte_cap: usize,
+    bytes_used: AtomicUsize,
+    ring_full: AtomicU64,
+    too_big: AtomicU64,
+    tokens_dropped: AtomicU64,
+}
+
+/// Heap bytes a record owns, estimated cheaply (no traversal of strings in
+/// hot records). Used only against the byte budget.
+pub fn heap_bytes(record: &Record) -> usize {
+    const SMALL: usize = 64;
+    match record {
+        Record::Step(s) => step_bytes(s),
+        Record::Emit(e) => e.emits.len() * std::mem::size_of::<crate::event::Emit>(),
+        Record::Arrival(a) => {
+            SMALL + a.internal_id.len() + a.external_id.as_ref().map_or(0, |s| s.len())
+        }
+        _ => SMALL,
+    }
+}
+
+fn step_bytes(s: &Step) -> usize {
+    let t = &s.tokens;
+    s.batch.len() * std::mem::size_of::<crate::event::BatchEntry>()
+        + (s.preempted.len() + s.finished.len()) * 4
+        + t.runs.len() * std::mem::size_of::<crate::event::TokenRun>()
+        + (t.ids.len() + t.logprobs.len() + t.ranks.len() + t.top_ids.len() + t.top_logprobs.len())
+            * 4
+        + t.texts.iter().map(|s| s.len() + 24).sum::<usize>()
+}
+
+impl Ring {
+    /// A ring of `slots` records owning at most `byte_cap` heap bytes.
+    pub fn new(slots: usize, byte_cap: usize) -> Ring {
+        Ring {
+            slots: ArrayQueue::new(slots.max(1)),
+            byte_cap,
+            bytes_used: AtomicUsize::new(0),
+            ring_full: AtomicU64::new(0),
+            too_big: AtomicU64::new(0),
+            tokens_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Queue a record, or drop and count it. Never blocks.
+    #[inline]
+    pub fn try_push(&self, record: Record) -> Result<(), Dropped> {
+        let bytes = heap_bytes(&record);
+        if bytes > self.byte_cap {
+            return Err(self.count_drop(&record, Dropped::TooBig));
+        }
+        // Observable side-effect: the reservation is visible to other producers,
+        // which may now see the budget spent and drop. Relaxed is enough: the
+        // counter only bounds memory, it orders nothing.
+        let before = self.bytes_used.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.byte_cap {
+            self.bytes_used.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(self.count_drop(&record, Dropped::Full));
+        }
+        match self.slots.push((record, bytes)) {
+            Ok(()) => Ok(()),
+            Err((record, bytes)) => {
+                self.bytes_used.fetch_sub(bytes, Ordering::Relaxed);
+                Err(self.count_drop(&record, Dropped::Full))
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn count_drop(&self, record: &Record, why: Dropped) -> Dropped {
+        let counter = match why {
+            Dropped::Full => &self.ring_full,
+            Dropped::TooBig => &self.too_big,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.tokens_dropped
+            .fetch_add(record.token_count(), Ordering::Relaxed);
+        why
+    }
+
+    /// Take the oldest record (drain side).
+    pub fn pop(&self) -> Option<Record> {
+        let (record, bytes) = self.slots.pop()?;
+        self.bytes_used.fetch_sub(bytes, Ordering::Relaxed);
+        Some(record)
+    }
+
+    /// Records currently queued.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Loss counters of the ring (the writer adds its own `write_failed`).
+    pub fn drops(&self) -> DropCounts {
+        DropCounts {
+            ring_full: self.ring_full.load(Ordering::Relaxed),
+            too_big: self.too_big.load(Ordering::Relaxed),
+            write_failed: 0,
+            tokens: self.tokens_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Step, TokenRun};
+
+    fn step(id: u64, tokens: u32) -> Record {
+        let mut s = Step {
+            step_id: id,
+            ..Default::default()
+        };
+        s.tokens.runs.push(TokenRun {
+            req: 1,
+            first_index: 0,
+            count: tokens,
+            top_k: None,
+        });
+        s.tokens.ids.0 = vec![7; tokens as usize];
+        Record::Step(s)
+    }
+
+    #[test]
+    fn full_ring_drops_and_counts() {
+        let ring = Ring::new(4, 1 << 20);
+        for i in 0..10 {
+            let _ = ring.try_push(step(i, 2));
+        }
+        assert_eq!(ring.len(), 4);
+        let d = ring.drops();
+        assert_eq!(d.ring_full, 6);
+        assert_eq!(d.tokens, 12);
+        let ids: Vec<u64> = std::iter::from_fn(|| ring.pop())
+            .map(|r| match r {
+                Record::Step(s) => s.step_id,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(ids, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn byte_budget_bounds_memory() {
+        let ring = Ring::new(1000, 1000);
+        assert_eq!(ring.try_push(step(0, 1000)), Err(Dropped::TooBig));
+        assert!(ring.try_push(step(1, 100)).is_ok());
+        assert!(ring.try_push(step(2, 100)).is_ok());
+        assert_eq!(ring.try_push(step(3, 200)), Err(Dropped::Full));
+        ring.pop();
+        assert!(ring.try_push(step(4, 100)).is_ok());
+        let d = ring.drops();
+        assert_eq!((d.too_big, d.ring_full), (1, 1));
+    }
+}

@@ -1,0 +1,391 @@
+//! Segment files of one process: creation, rotation, disk budget, fsync.
+//!
+//! The writer owns one process directory (`ROOT/HOST-pPID-STARTNS/`, so
+//! restarts never collide) of append-only segments `seg-000000.tts`, … Each
+//! segment opens with a header, then the repeated process info, the running
+//! drop counters and the arrivals of requests still in flight, so any suffix
+//! of segments reads on its own. Directories are created 0700, files 0600.
+//!
+//! Frames are appended to an in-memory batch and handed to the kernel in one
+//! `write` per batch: a killed process loses only its unwritten batch, and
+//! what reached the kernel is always a prefix of whole frames plus at most one
+//! torn frame, which the reader reports and stops at.
+
+use crate::clock;
+use crate::event::{DropCounts, ProcessInfo, Record, RequestArrival, SegmentHeader, SegmentsRemoved};
+use crate::frame;
+use crate::FORMAT_VERSION;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// When the writer calls `fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Never: the page cache survives a killed process, only a host crash loses data.
+    Never,
+    /// When a segment is closed (rotation, shutdown). The default.
+    OnClose,
+    /// At most once per interval, and on close.
+    Interval(Duration),
+    /// After every batch written (slow; for power-loss paranoia).
+    Always,
+}
+
+impl FsyncPolicy {
+    /// Parse `never|close|always|<milliseconds>ms`.
+    pub fn parse(s: &str) -> Option<FsyncPolicy> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "never" => Some(FsyncPolicy::Never),
+            "close" | "on-close" => Some(FsyncPolicy::OnClose),
+            "always" => Some(FsyncPolicy::Always),
+            _ => s
+                .strip_suffix("ms")
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms))),
+        }
+    }
+}
+
+/// Where and how segments are written.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Trace root (`TOKTRACE_DIR`); the process directory is created inside.
+    pub root: PathBuf,
+    /// Role written in segment headers.
+    pub role: String,
+    /// Rotate when a segment reaches this many bytes.
+    pub segment_bytes: u64,
+    /// Delete the oldest segments of this process beyond this many bytes.
+    pub disk_budget_bytes: u64,
+    /// fsync policy.
+    pub fsync: FsyncPolicy,
+    /// Most in-flight requests remembered for repetition (oldest forgotten first).
+    pub max_in_flight: usize,
+}
+
+impl WriterConfig {
+    /// Defaults for a root directory: 64 MiB segments, 4 GiB budget, fsync on close.
+    pub fn new(root: impl Into<PathBuf>) -> WriterConfig {
+        WriterConfig {
+            root: root.into(),
+            role: "main".into(),
+            segment_bytes: 64 << 20,
+            disk_budget_bytes: 4 << 30,
+            fsync: FsyncPolicy::OnClose,
+            max_in_flight: 65_536,
+        }
+    }
+}
+
+/// Identity of the writing process, fixed at start.
+#[derive(Debug, Clone)]
+pub struct ProcessIdentity {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Unix start time of the writer.
+    pub start_unix_ns: u64,
+}
+
+impl ProcessIdentity {
+    /// The current process.
+    pub fn current() -> ProcessIdentity {
+        ProcessIdentity {
+            host: hostname(),
+            pid: std::process::id(),
+            start_unix_ns: clock::unix_ns(),
+        }
+    }
+
+    /// Directory name: host, pid and start time, so restarts never collide.
+    pub fn dir_name(&self) -> String {
+        let host: String = self
+            .host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+            .collect();
+        format!("{host}-p{}-{}", self.pid, self.start_unix_ns)
+    }
+}
+
+/// The machine's host name (best effort).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname writes at most
+    // that many bytes and we only read up to the first NUL inside it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Name of segment `index`.
+pub fn segment_file_name(index: u32) -> String {
+    format!("seg-{index:06}.tts")
+}
+
+/// Parse a segment file name back to its index.
+pub fn parse_segment_file_name(name: &str) -> Option<u32> {
+    name.strip_prefix("seg-")?.strip_suffix(".tts")?.parse().ok()
+}
+
+struct OpenSegment {
+    index: u32,
+    file: File,
+    bytes: u64,
+    last_sync: Instant,
+}
+
+/// Writes records of one process into rotating segments.
+pub struct SegmentWriter {
+    config: WriterConfig,
+    identity: ProcessIdentity,
+    dir: PathBuf,
+    current: Option<OpenSegment>,
+    next_index: u32,
+    /// Closed segments still on disk: (index, bytes).
+    closed: Vec<(u32, u64)>,
+    process_info: Option<ProcessInfo>,
+    in_flight: BTreeMap<u32, RequestArrival>,
+    drops: DropCounts,
+    batch: Vec<u8>,
+    batch_records: u64,
+    batch_tokens: u64,
+}
+
+impl SegmentWriter {
+    /// A writer for this process. Nothing touches the disk until the first write.
+    pub fn new(config: WriterConfig, identity: ProcessIdentity) -> SegmentWriter {
+        let dir = config.root.join(identity.dir_name());
+        SegmentWriter {
+            config,
+            identity,
+            dir,
+            current: None,
+            next_index: 0,
+            closed: Vec::new(),
+            process_info: None,
+            in_flight: BTreeMap::new(),
+            drops: DropCounts::default(),
+            batch: Vec::with_capacity(1 << 20),
+            batch_records: 0,
+            batch_tokens: 0,
+        }
+    }
+
+    /// The process directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes waiting in the batch.
+    pub fn pending_bytes(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Update the drop counters the writer repeats in new segments.
+    pub fn set_drops(&mut self, drops: DropCounts) {
+        self.drops = drops;
+    }
+
+    /// Encode a record into the batch, remembering what later segments repeat.
+    /// Rotation happens here, at a frame boundary. Errors are I/O errors of a
+    /// rotation; the record itself is then still in the batch.
+    pub fn append(&mut self, record: &Record) -> io::Result<()> {
+        match record {
+            Record::Process(p) => self.process_info = Some(p.clone()),
+            Record::Arrival(a) => {
+                self.in_flight.insert(a.req, a.clone());
+                while self.in_flight.len() > self.config.max_in_flight {
+                    self.in_flight.pop_first();
+                }
+            }
+            Record::Finish(f) => {
+                self.in_flight.remove(&f.req);
+            }
+            Record::Drops(d) => self.drops = *d,
+            _ => {}
+        }
+        let before = self.batch.len();
+        if let Err(e) = frame::encode_frame(record, &mut self.batch) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")));
+        }
+        let counted = u64::from(!matches!(record, Record::Drops(_)));
+        self.batch_records += counted;
+        self.batch_tokens += record.token_count();
+        let frame_len = (self.batch.len() - before) as u64;
+        let seg_bytes = self.current.as_ref().map_or(0, |s| s.bytes) + before as u64;
+        if self.current.is_some() && seg_bytes > 0 && seg_bytes + frame_len > self.config.segment_bytes
+        {
+            // The new frame goes to the next segment: write what precedes it here.
+            let tail = self.batch.split_off(before);
+            let result = self.write_batch().and_then(|()| self.close_current());
+            self.batch = tail;
+            self.batch_records = counted;
+            self.batch_tokens = record.token_count();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Hand the batch to the kernel (opening a segment if needed). On error the
+    /// batch is discarded and its records are returned as lost; the current
+    /// segment is abandoned (its tail may be torn) and the next write starts a
+    /// new one.
+    pub fn flush(&mut self) -> Result<(), WriteFailure> {
+        self.write_batch().map_err(|error| {
+            let (records, tokens) = self.discard_batch();
+            self.current = None;
+            WriteFailure {
+                records,
+                tokens,
+                error,
+            }
+        })
+    }
+
+    /// Drop the batch unwritten; returns the (records, tokens) it held, not
+    /// counting the writer's own drop-counter records.
+    pub fn discard_batch(&mut self) -> (u64, u64) {
+        let lost = (self.batch_records, self.batch_tokens);
+        self.batch.clear();
+        self.batch_records = 0;
+        self.batch_tokens = 0;
+        lost
+    }
+
+    fn write_batch(&mut self) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        if self.current.is_none() {
+            self.open_next()?;
+        }
+        let seg = self.current.as_mut().expect("segment opened above");
+        seg.file.write_all(&self.batch)?;
+        seg.bytes += self.batch.len() as u64;
+        self.batch.clear();
+        self.batch_records = 0;
+        self.batch_tokens = 0;
+        match self.config.fsync {
+            FsyncPolicy::Always => seg.file.sync_data()?,
+            FsyncPolicy::Interval(every) if seg.last_sync.elapsed() >= every => {
+                seg.file.sync_data()?;
+                seg.last_sync = Instant::now();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Close the current segment (fsync per policy). The next write opens a new one.
+    pub fn close_current(&mut self) -> io::Result<()> {
+        if let Some(seg) = self.current.take() {
+            if self.config.fsync != FsyncPolicy::Never {
+                seg.file.sync_all()?;
+            }
+            self.closed.push((seg.index, seg.bytes));
+        }
+        Ok(())
+    }
+
+    /// Write everything and close: used at shutdown.
+    pub fn finish(&mut self) -> Result<(), WriteFailure> {
+        self.flush()?;
+        self.close_current().map_err(|error| WriteFailure {
+            records: 0,
+            tokens: 0,
+            error,
+        })
+    }
+
+    fn open_next(&mut self) -> io::Result<()> {
+        if !self.dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)?;
+        }
+        let index = self.next_index;
+        self.next_index += 1;
+        let path = self.dir.join(segment_file_name(index));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let mut opening = Vec::with_capacity(4096);
+        opening.extend_from_slice(&frame::preamble(FORMAT_VERSION));
+        let header = Record::Header(SegmentHeader {
+            probe_version: crate::PROBE_VERSION.into(),
+            host: self.identity.host.clone(),
+            pid: self.identity.pid,
+            role: self.config.role.clone(),
+            process_start_unix_ns: self.identity.start_unix_ns,
+            segment_index: index,
+            anchor: clock::anchor(),
+        });
+        let mut repeated = vec![header];
+        if let Some(p) = &self.process_info {
+            repeated.push(Record::Process(p.clone()));
+        }
+        if self.drops != DropCounts::default() {
+            repeated.push(Record::Drops(self.drops));
+        }
+        repeated.extend(self.in_flight.values().cloned().map(Record::Arrival));
+        for r in &repeated {
+            frame::encode_frame(r, &mut opening)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")))?;
+        }
+        file.write_all(&opening)?;
+        self.current = Some(OpenSegment {
+            index,
+            file,
+            bytes: opening.len() as u64,
+            last_sync: Instant::now(),
+        });
+        self.enforce_budget();
+        Ok(())
+    }
+
+    /// Delete the oldest closed segments while the process is over budget, and
+    /// record the removal in the current segment.
+    fn enforce_budget(&mut self) {
+        let current = self.current.as_ref().map_or(0, |s| s.bytes);
+        let mut total: u64 = current + self.closed.iter().map(|(_, b)| b).sum::<u64>();
+        let mut removed = SegmentsRemoved::default();
+        while total > self.config.disk_budget_bytes && !self.closed.is_empty() {
+            let (index, bytes) = self.closed.remove(0);
+            let path = self.dir.join(segment_file_name(index));
+            if fs::remove_file(&path).is_ok() || !path.exists() {
+                removed.segments.push(index);
+                removed.bytes += bytes;
+            }
+            total = total.saturating_sub(bytes);
+        }
+        if !removed.segments.is_empty() {
+            // Goes out with the next batch, into the segment just opened.
+            let record = Record::SegmentsRemoved(removed);
+            let _ = frame::encode_frame(&record, &mut self.batch);
+        }
+    }
+}
+
+/// A batch the writer could not write.
+#[derive(Debug)]
+pub struct WriteFailure {
+    /// Records lost with it.
+    pub records: u64,
+    /// Tokens inside those records.
+    pub tokens: u64,
+    /// The I/O error.
+    pub error: io::Error,
+}
