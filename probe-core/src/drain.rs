@@ -244,8 +244,8 @@ impl Drain {
     }
 
     fn append(&mut self, record: &Record) {
-        if let Err(e) = self.writer.append(record) {
-            self.fail(e.to_string(), 1, record.token_count());
+        if let Err(f) = self.writer.append(record) {
+            self.fail(f.error.to_string(), f.records, f.tokens);
         }
     }
 

@@ -40,7 +40,7 @@ pub enum Record {
     Emit(EmitBatch),
     /// Cumulative loss counters, written as soon as the drain sees them move.
     Drops(DropCounts),
-    /// Older segments deleted to honour the disk budget.
+    /// Older segments deleted to honour the disk budget (cumulative).
     SegmentsRemoved(SegmentsRemoved),
 }
 
@@ -492,11 +492,13 @@ impl DropCounts {
     }
 }
 
-/// Segments deleted by the disk budget.
+/// Segments deleted by the disk budget, cumulative since the process started
+/// (deletion is oldest first, so the removed segments are `0..before`). Every
+/// later segment repeats it, so the record survives its own segment's removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SegmentsRemoved {
-    /// Indexes of the removed segments.
-    pub segments: Vec<u32>,
-    /// Bytes freed.
+    /// Every segment with a smaller index was removed.
+    pub before: u32,
+    /// Bytes freed in all.
     pub bytes: u64,
 }

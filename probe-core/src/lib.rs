@@ -22,6 +22,7 @@ pub mod event;
 pub mod frame;
 pub mod reader;
 pub mod ring;
+pub mod synth;
 pub mod writer;
 
 pub use drain::{Probe, ProbeConfig, ShutdownReport};

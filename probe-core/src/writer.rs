@@ -156,9 +156,23 @@ pub struct SegmentWriter {
     process_info: Option<ProcessInfo>,
     in_flight: BTreeMap<u32, RequestArrival>,
     drops: DropCounts,
+    removed: SegmentsRemoved,
     batch: Vec<u8>,
-    batch_records: u64,
-    batch_tokens: u64,
+    marks: Vec<FrameMark>,
+}
+
+/// Where a frame ends in the batch, and what losing it would cost.
+struct FrameMark {
+    end: usize,
+    tokens: u64,
+    counted: bool,
+}
+
+fn lost_in(marks: &[FrameMark]) -> (u64, u64) {
+    marks
+        .iter()
+        .filter(|m| m.counted)
+        .fold((0, 0), |(r, t), m| (r + 1, t + m.tokens))
 }
 
 impl SegmentWriter {
@@ -175,9 +189,9 @@ impl SegmentWriter {
             process_info: None,
             in_flight: BTreeMap::new(),
             drops: DropCounts::default(),
+            removed: SegmentsRemoved::default(),
             batch: Vec::with_capacity(1 << 20),
-            batch_records: 0,
-            batch_tokens: 0,
+            marks: Vec::new(),
         }
     }
 
@@ -197,9 +211,51 @@ impl SegmentWriter {
     }
 
     /// Encode a record into the batch, remembering what later segments repeat.
-    /// Rotation happens here, at a frame boundary. Errors are I/O errors of a
-    /// rotation; the record itself is then still in the batch.
-    pub fn append(&mut self, record: &Record) -> io::Result<()> {
+    /// Rotation happens here, at a frame boundary: the frames before this one
+    /// are written to the current segment, which is closed, and the next one is
+    /// opened. An error names the records lost with it.
+    pub fn append(&mut self, record: &Record) -> Result<(), WriteFailure> {
+        let before = self.batch.len();
+        if let Err(e) = frame::encode_frame(record, &mut self.batch) {
+            return Err(WriteFailure {
+                records: 1,
+                tokens: record.token_count(),
+                error: io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")),
+            });
+        }
+        self.marks.push(FrameMark {
+            end: self.batch.len(),
+            tokens: record.token_count(),
+            // The writer's own counter records are bookkeeping, not losses.
+            counted: !matches!(record, Record::Drops(_)),
+        });
+        let frame_len = (self.batch.len() - before) as u64;
+        if let Some(seg) = &self.current {
+            if seg.bytes + before as u64 + frame_len > self.config.segment_bytes {
+                self.write_prefix(before)?;
+                self.close_current().map_err(|error| WriteFailure {
+                    records: 0,
+                    tokens: 0,
+                    error,
+                })?;
+            }
+        }
+        // A new segment's opening block repeats the state *before* this record.
+        if self.current.is_none() {
+            if let Err(error) = self.open_next() {
+                let (records, tokens) = self.discard_batch();
+                return Err(WriteFailure {
+                    records,
+                    tokens,
+                    error,
+                });
+            }
+        }
+        self.remember(record);
+        Ok(())
+    }
+
+    fn remember(&mut self, record: &Record) {
         match record {
             Record::Process(p) => self.process_info = Some(p.clone()),
             Record::Arrival(a) => {
@@ -214,67 +270,79 @@ impl SegmentWriter {
             Record::Drops(d) => self.drops = *d,
             _ => {}
         }
-        let before = self.batch.len();
-        if let Err(e) = frame::encode_frame(record, &mut self.batch) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")));
-        }
-        let counted = u64::from(!matches!(record, Record::Drops(_)));
-        self.batch_records += counted;
-        self.batch_tokens += record.token_count();
-        let frame_len = (self.batch.len() - before) as u64;
-        let seg_bytes = self.current.as_ref().map_or(0, |s| s.bytes) + before as u64;
-        if self.current.is_some() && seg_bytes > 0 && seg_bytes + frame_len > self.config.segment_bytes
-        {
-            // The new frame goes to the next segment: write what precedes it here.
-            let tail = self.batch.split_off(before);
-            let result = self.write_batch().and_then(|()| self.close_current());
-            self.batch = tail;
-            self.batch_records = counted;
-            self.batch_tokens = record.token_count();
-            result?;
-        }
-        Ok(())
     }
 
-    /// Hand the batch to the kernel (opening a segment if needed). On error the
-    /// batch is discarded and its records are returned as lost; the current
-    /// segment is abandoned (its tail may be torn) and the next write starts a
-    /// new one.
+    /// Hand the whole batch to the kernel (opening a segment if needed).
     pub fn flush(&mut self) -> Result<(), WriteFailure> {
-        self.write_batch().map_err(|error| {
-            let (records, tokens) = self.discard_batch();
-            self.current = None;
-            WriteFailure {
-                records,
-                tokens,
-                error,
+        // Opening a segment may queue a budget record behind the batch: loop.
+        for _ in 0..2 {
+            if self.batch.is_empty() {
+                break;
             }
-        })
+            self.write_prefix(self.batch.len())?;
+        }
+        Ok(())
     }
 
     /// Drop the batch unwritten; returns the (records, tokens) it held, not
     /// counting the writer's own drop-counter records.
     pub fn discard_batch(&mut self) -> (u64, u64) {
-        let lost = (self.batch_records, self.batch_tokens);
+        let lost = lost_in(&self.marks);
         self.batch.clear();
-        self.batch_records = 0;
-        self.batch_tokens = 0;
+        self.marks.clear();
         lost
     }
 
-    fn write_batch(&mut self) -> io::Result<()> {
-        if self.batch.is_empty() {
+    /// Write `batch[..upto]` (a frame boundary) and remove it from the batch.
+    /// On failure the frames that did not reach the kernel whole are lost and
+    /// counted; the segment is abandoned (its tail may be torn, which readers
+    /// report) and the next write opens a new one.
+    fn write_prefix(&mut self, upto: usize) -> Result<(), WriteFailure> {
+        if upto == 0 {
             return Ok(());
         }
+        let mut written = 0usize;
+        let result = self.write_bytes(upto, &mut written);
+        let split = self.marks.partition_point(|m| m.end <= upto);
+        let lost = if result.is_err() {
+            let first_lost = self.marks[..split].partition_point(|m| m.end <= written);
+            lost_in(&self.marks[first_lost..split])
+        } else {
+            (0, 0)
+        };
+        self.batch.drain(..upto);
+        self.marks.drain(..split);
+        for m in &mut self.marks {
+            m.end -= upto;
+        }
+        result.map_err(|error| {
+            self.current = None;
+            WriteFailure {
+                records: lost.0,
+                tokens: lost.1,
+                error,
+            }
+        })
+    }
+
+    fn write_bytes(&mut self, upto: usize, written: &mut usize) -> io::Result<()> {
         if self.current.is_none() {
             self.open_next()?;
         }
-        let seg = self.current.as_mut().expect("segment opened above");
-        seg.file.write_all(&self.batch)?;
-        seg.bytes += self.batch.len() as u64;
-        self.batch.clear();
-        self.batch_records = 0;
-        self.batch_tokens = 0;
+        let Some(seg) = self.current.as_mut() else {
+            return Err(io::Error::other("no open segment"));
+        };
+        while *written < upto {
+            match seg.file.write(&self.batch[*written..upto]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes")),
+                Ok(n) => {
+                    *written += n;
+                    seg.bytes += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         match self.config.fsync {
             FsyncPolicy::Always => seg.file.sync_data()?,
             FsyncPolicy::Interval(every) if seg.last_sync.elapsed() >= every => {
@@ -340,6 +408,9 @@ impl SegmentWriter {
         if self.drops != DropCounts::default() {
             repeated.push(Record::Drops(self.drops));
         }
+        if self.removed.before > 0 {
+            repeated.push(Record::SegmentsRemoved(self.removed.clone()));
+        }
         repeated.extend(self.in_flight.values().cloned().map(Record::Arrival));
         for r in &repeated {
             frame::encode_frame(r, &mut opening)
@@ -361,20 +432,28 @@ impl SegmentWriter {
     fn enforce_budget(&mut self) {
         let current = self.current.as_ref().map_or(0, |s| s.bytes);
         let mut total: u64 = current + self.closed.iter().map(|(_, b)| b).sum::<u64>();
-        let mut removed = SegmentsRemoved::default();
+        let mut changed = false;
         while total > self.config.disk_budget_bytes && !self.closed.is_empty() {
             let (index, bytes) = self.closed.remove(0);
             let path = self.dir.join(segment_file_name(index));
+            // A file already gone (an operator cleaned up) counts as removed.
             if fs::remove_file(&path).is_ok() || !path.exists() {
-                removed.segments.push(index);
-                removed.bytes += bytes;
+                self.removed.before = index + 1;
+                self.removed.bytes += bytes;
+                changed = true;
             }
             total = total.saturating_sub(bytes);
         }
-        if !removed.segments.is_empty() {
+        if changed {
             // Goes out with the next batch, into the segment just opened.
-            let record = Record::SegmentsRemoved(removed);
-            let _ = frame::encode_frame(&record, &mut self.batch);
+            let record = Record::SegmentsRemoved(self.removed.clone());
+            if frame::encode_frame(&record, &mut self.batch).is_ok() {
+                self.marks.push(FrameMark {
+                    end: self.batch.len(),
+                    tokens: 0,
+                    counted: false,
+                });
+            }
         }
     }
 }

@@ -1,0 +1,154 @@
+//! Every record kind goes through the probe, the files and the reader unchanged.
+
+mod common;
+
+use probe_core::event::*;
+use probe_core::reader::read_trace;
+use probe_core::synth;
+use std::os::unix::fs::PermissionsExt;
+
+fn every_kind() -> Vec<Record> {
+    let mut with_text = synth::step(7, 3, Some(2));
+    with_text.tokens.texts = vec!["a".into(), " b".into(), "\u{fffd}".into()];
+    with_text.preempted = vec![9];
+    with_text.finished = vec![1];
+    with_text.batch.push(BatchEntry {
+        req: 9,
+        prefill_tokens: 1300,
+        cached_tokens: 64,
+        decode_tokens: 0,
+    });
+    let mut mixed = synth::step(8, 2, None);
+    // A run with logprobs but no candidates next to one with none at all.
+    mixed.tokens.runs[1].top_k = Some(0);
+    mixed.tokens.logprobs.0 = vec![-0.25];
+    mixed.tokens.ranks.0 = vec![1];
+    let mut metadata_only = synth::step(9, 4, None);
+    metadata_only.tokens.ids.0.clear();
+    metadata_only.kv_usage = None;
+    vec![
+        Record::Process(synth::process_info()),
+        synth::arrival(0),
+        Record::Arrival(RequestArrival {
+            req: 1,
+            internal_id: "r1".into(),
+            ..Default::default()
+        }),
+        Record::Step(synth::step(0, 4, Some(5))),
+        Record::Step(with_text),
+        Record::Step(mixed),
+        Record::Step(metadata_only),
+        Record::Emit(EmitBatch {
+            emits: vec![
+                Emit {
+                    req: 0,
+                    first_index: 0,
+                    count: 1,
+                    time_ns: 5,
+                },
+                Emit {
+                    req: 1,
+                    first_index: 3,
+                    count: 2,
+                    time_ns: u64::MAX,
+                },
+            ],
+        }),
+        Record::Finish(RequestFinish {
+            req: 0,
+            time_ns: 99,
+            reason: Some(FinishReason::Stop),
+            output_tokens: Some(12),
+        }),
+        Record::Finish(RequestFinish {
+            req: 1,
+            time_ns: 100,
+            reason: Some(FinishReason::Other("repetition".into())),
+            output_tokens: None,
+        }),
+        Record::Drops(DropCounts {
+            ring_full: 1,
+            too_big: 2,
+            write_failed: 3,
+            tokens: 4,
+        }),
+        Record::SegmentsRemoved(SegmentsRemoved {
+            before: 2,
+            bytes: 1234,
+        }),
+    ]
+}
+
+#[test]
+fn every_record_kind_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = every_kind();
+    for r in &written {
+        if let Record::Step(s) = r {
+            s.tokens.check().expect("test data is consistent");
+        }
+    }
+    let (config, reports) = common::config(dir.path());
+    common::record_all(config, &written);
+    let trace = read_trace(dir.path()).expect("read back");
+    assert!(trace.all_warnings().is_empty(), "{:?}", trace.all_warnings());
+    assert_eq!(common::records(&trace), written);
+    assert!(reports.lock().unwrap().is_empty());
+
+    let header = trace.processes[0].header().expect("header");
+    assert_eq!(header.pid, std::process::id());
+    assert_eq!(header.segment_index, 0);
+    assert!(header.anchor.unix_ns > 1_600_000_000_000_000_000);
+}
+
+#[test]
+fn token_views_follow_the_runs() {
+    let s = synth::step(3, 3, Some(2));
+    let views: Vec<_> = s.tokens.iter().collect();
+    assert_eq!(views.len(), 3);
+    for (i, v) in views.iter().enumerate() {
+        assert_eq!(v.req, i as u32);
+        assert_eq!(v.index, 3);
+        assert_eq!(v.token_id, Some(s.tokens.ids.0[i]));
+        assert_eq!(v.top_ids, &s.tokens.top_ids.0[2 * i..2 * i + 2]);
+    }
+    let mut bad = s.clone();
+    bad.tokens.top_ids.0.pop();
+    assert!(bad.tokens.check().is_err());
+    // Unchecked inconsistent columns end the iteration early, never panic.
+    assert!(bad.tokens.iter().count() < 3);
+}
+
+#[test]
+fn files_are_owner_only_and_reader_accepts_every_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = common::config(dir.path());
+    let probe = common::record_all(config, &[Record::Step(synth::step(0, 2, Some(1)))]);
+    let proc_dir = probe.dir().to_path_buf();
+    let seg = proc_dir.join("seg-000000.tts");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&proc_dir), 0o700);
+    assert_eq!(mode(&seg), 0o600);
+    for path in [dir.path(), proc_dir.as_path(), seg.as_path()] {
+        let trace = read_trace(path).expect("readable at every level");
+        assert_eq!(common::step_ids(&common::records(&trace)), vec![0]);
+    }
+}
+
+#[test]
+fn two_runs_in_one_root_stay_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        let (config, _) = common::config(dir.path());
+        common::record_all(config, &[Record::Step(synth::step(i, 1, None))]);
+    }
+    let trace = read_trace(dir.path()).unwrap();
+    assert_eq!(trace.processes.len(), 2);
+    let mut starts: Vec<u64> = trace
+        .processes
+        .iter()
+        .map(|p| p.header().unwrap().process_start_unix_ns)
+        .collect();
+    starts.dedup();
+    assert_eq!(starts.len(), 2);
+}
