@@ -38,13 +38,11 @@ pub fn count(process: &probe_core::reader::ProcessTrace) -> ProcessCounts {
                 c.steps += 1;
                 c.tokens += s.tokens.len() as u64;
             }
-            Record::Arrival(a) => {
-                if seen.insert(a.req) {
-                    c.requests += 1;
-                }
-            }
+            Record::Arrival(a) if seen.insert(a.req) => c.requests += 1,
             Record::Finish(_) => c.finished += 1,
-            Record::Emit(e) => c.emitted_tokens += e.emits.iter().map(|e| u64::from(e.count)).sum::<u64>(),
+            Record::Emit(e) => {
+                c.emitted_tokens += e.emits.iter().map(|e| u64::from(e.count)).sum::<u64>()
+            }
             _ => {}
         }
     }

@@ -37,7 +37,13 @@ pub fn unix_ns() -> u64 {
 /// paired with their midpoint; the tightest of a few tries is kept, so the pair
 /// is accurate to well under a microsecond on an idle core.
 pub fn anchor() -> ClockAnchor {
-    let mut best = (u64::MAX, ClockAnchor { mono_ns: 0, unix_ns: 0 });
+    let mut best = (
+        u64::MAX,
+        ClockAnchor {
+            mono_ns: 0,
+            unix_ns: 0,
+        },
+    );
     for _ in 0..5 {
         let a = monotonic_ns();
         let u = unix_ns();

@@ -53,20 +53,54 @@ impl From<Vec<f32>> for F32Column {
     }
 }
 
-fn encode_leb128(values: &[u32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 3);
-    for &v in values {
+fn encode_leb128_into(values: &[u32], out: &mut Vec<u8>) {
+    out.clear();
+    push_leb128(values.iter().copied(), out);
+}
+
+/// Append LEB128 varints. Writes into reserved capacity without a bounds check
+/// per byte: this loop is the drain's hottest code.
+pub(crate) fn push_leb128(values: impl ExactSizeIterator<Item = u32>, out: &mut Vec<u8>) {
+    out.reserve(values.len() * 5);
+    let spare = out.spare_capacity_mut();
+    let mut n = 0usize;
+    for v in values {
         let mut v = v;
         while v >= 0x80 {
-            out.push((v as u8) | 0x80);
+            spare[n].write((v as u8) | 0x80);
+            n += 1;
             v >>= 7;
         }
-        out.push(v as u8);
+        spare[n].write(v as u8);
+        n += 1;
     }
+    // SAFETY: the first `n` bytes of the spare capacity were written above, and
+    // `n` never exceeds the 5 bytes per value reserved (a u32 takes at most 5).
+    unsafe { out.set_len(out.len() + n) };
+}
+
+#[cfg(test)]
+fn encode_leb128(values: &[u32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_leb128_into(values, &mut out);
     out
 }
 
-fn decode_leb128(bytes: &[u8]) -> Result<Vec<u32>, &'static str> {
+thread_local! {
+    // Scratch space for encoding a column: serde wants the bytes as one slice,
+    // and the drain encodes millions of columns, so the buffer is reused.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        // Re-entered (cannot happen with the types here): use a fresh buffer.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+pub(crate) fn decode_leb128(bytes: &[u8]) -> Result<Vec<u32>, &'static str> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut acc: u32 = 0;
     let mut shift = 0u32;
@@ -94,21 +128,36 @@ fn decode_leb128(bytes: &[u8]) -> Result<Vec<u32>, &'static str> {
 
 impl Serialize for U32Column {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&encode_leb128(&self.0))
+        with_scratch(|buf| {
+            encode_leb128_into(&self.0, buf);
+            s.serialize_bytes(buf)
+        })
     }
 }
 
 impl Serialize for F32Column {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(self.0.len() * 4);
-        for v in &self.0 {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        s.serialize_bytes(&bytes)
+        with_scratch(|buf| {
+            buf.clear();
+            if cfg!(target_endian = "little") {
+                // SAFETY: f32 has no padding and every bit pattern is a valid
+                // u8; on a little-endian target its in-memory bytes are exactly
+                // the little-endian encoding the format stores.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * 4)
+                };
+                buf.extend_from_slice(bytes);
+            } else {
+                for v in &self.0 {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            s.serialize_bytes(buf)
+        })
     }
 }
 
-struct BytesVisitor;
+pub(crate) struct BytesVisitor;
 
 impl<'de> Visitor<'de> for BytesVisitor {
     type Value = Vec<u8>;
@@ -134,7 +183,9 @@ impl<'de> Visitor<'de> for BytesVisitor {
 impl<'de> Deserialize<'de> for U32Column {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes = d.deserialize_bytes(BytesVisitor)?;
-        decode_leb128(&bytes).map(U32Column).map_err(de::Error::custom)
+        decode_leb128(&bytes)
+            .map(U32Column)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -142,7 +193,9 @@ impl<'de> Deserialize<'de> for F32Column {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes = d.deserialize_bytes(BytesVisitor)?;
         if bytes.len() % 4 != 0 {
-            return Err(de::Error::custom("f32 column length is not a multiple of 4"));
+            return Err(de::Error::custom(
+                "f32 column length is not a multiple of 4",
+            ));
         }
         Ok(F32Column(
             bytes

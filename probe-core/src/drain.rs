@@ -119,6 +119,13 @@ impl Probe {
         })
     }
 
+    /// An empty step to fill and pass to [`Probe::record`]: recycled buffers
+    /// when the drain has some to give back, so recording does not allocate.
+    #[inline]
+    pub fn take_step(&self) -> crate::event::Step {
+        self.shared.ring.take_step()
+    }
+
     /// Queue a record. Never blocks; `false` means it was dropped (and counted).
     #[inline]
     pub fn record(&self, record: Record) -> bool {
@@ -200,6 +207,7 @@ impl Drain {
                 }
                 self.note_drops();
                 self.append(&record);
+                self.shared.ring.recycle(record);
                 if self.writer.pending_bytes() >= MAX_BATCH_BYTES {
                     self.flush();
                 }
@@ -283,7 +291,9 @@ impl Drain {
     }
 
     fn lost(&self, records: u64, tokens: u64) {
-        self.shared.write_failed.fetch_add(records, Ordering::Relaxed);
+        self.shared
+            .write_failed
+            .fetch_add(records, Ordering::Relaxed);
         self.shared
             .write_failed_tokens
             .fetch_add(tokens, Ordering::Relaxed);

@@ -280,6 +280,7 @@ pub struct TokenRun {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct SampledTokens {
     /// Runs, one per request that got tokens.
+    #[serde(with = "crate::packed::runs")]
     pub runs: Vec<TokenRun>,
     /// Sampled token ids.
     pub ids: U32Column,
@@ -349,7 +350,10 @@ impl SampledTokens {
             .sum();
         let len = |v: usize| v as u64;
         if !(self.ids.is_empty() || len(self.ids.len()) == n) {
-            return Err(ColumnMismatch(format!("{} ids for {n} tokens", self.ids.len())));
+            return Err(ColumnMismatch(format!(
+                "{} ids for {n} tokens",
+                self.ids.len()
+            )));
         }
         if len(self.logprobs.len()) != with_lp || len(self.ranks.len()) != with_lp {
             return Err(ColumnMismatch(format!(
@@ -366,7 +370,10 @@ impl SampledTokens {
             )));
         }
         if !(self.texts.is_empty() || len(self.texts.len()) == n) {
-            return Err(ColumnMismatch(format!("{} texts for {n} tokens", self.texts.len())));
+            return Err(ColumnMismatch(format!(
+                "{} texts for {n} tokens",
+                self.texts.len()
+            )));
         }
         Ok(())
     }
@@ -442,6 +449,7 @@ pub struct Step {
     /// KV-cache usage in 0..1, when the engine exposes it.
     pub kv_usage: Option<f32>,
     /// Scheduled requests and their work.
+    #[serde(with = "crate::packed::batch")]
     pub batch: Vec<BatchEntry>,
     /// Requests preempted when this step was scheduled.
     pub preempted: Vec<ReqKey>,
@@ -449,6 +457,51 @@ pub struct Step {
     pub finished: Vec<ReqKey>,
     /// Tokens sampled in this step.
     pub tokens: SampledTokens,
+}
+
+impl Step {
+    /// Empty every field, keeping the allocations (steps are recycled so the
+    /// engine thread does not allocate in steady state).
+    pub fn clear(&mut self) {
+        let Step {
+            step_id,
+            start_ns,
+            end_ns,
+            waiting,
+            running,
+            kv_usage,
+            batch,
+            preempted,
+            finished,
+            tokens,
+        } = self;
+        (*step_id, *start_ns, *end_ns, *waiting, *running, *kv_usage) = (0, 0, 0, 0, 0, None);
+        batch.clear();
+        preempted.clear();
+        finished.clear();
+        tokens.runs.clear();
+        tokens.ids.0.clear();
+        tokens.logprobs.0.clear();
+        tokens.ranks.0.clear();
+        tokens.top_ids.0.clear();
+        tokens.top_logprobs.0.clear();
+        tokens.texts.clear();
+    }
+
+    /// Heap bytes reserved by the step's buffers.
+    pub fn capacity_bytes(&self) -> usize {
+        let t = &self.tokens;
+        self.batch.capacity() * std::mem::size_of::<BatchEntry>()
+            + (self.preempted.capacity() + self.finished.capacity()) * 4
+            + t.runs.capacity() * std::mem::size_of::<TokenRun>()
+            + (t.ids.0.capacity()
+                + t.logprobs.0.capacity()
+                + t.ranks.0.capacity()
+                + t.top_ids.0.capacity()
+                + t.top_logprobs.0.capacity())
+                * 4
+            + t.texts.capacity() * std::mem::size_of::<String>()
+    }
 }
 
 /// One chunk of tokens handed to a client stream.

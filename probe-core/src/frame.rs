@@ -53,7 +53,10 @@ pub fn frame_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
 }
 
 /// Append one framed record to `out`. Returns the number of bytes appended.
-pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<usize, bincode::error::EncodeError> {
+pub fn encode_frame(
+    record: &Record,
+    out: &mut Vec<u8>,
+) -> Result<usize, bincode::error::EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     if let Err(e) = bincode::serde::encode_into_std_write(record, out, config()) {
@@ -63,7 +66,9 @@ pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<usize, bincode
     let payload_len = out.len() - start - FRAME_HEADER_LEN;
     if payload_len > MAX_FRAME_LEN {
         out.truncate(start);
-        return Err(bincode::error::EncodeError::OtherString(format!("record of {payload_len} bytes exceeds the frame limit")));
+        return Err(bincode::error::EncodeError::OtherString(format!(
+            "record of {payload_len} bytes exceeds the frame limit"
+        )));
     }
     let len_bytes = (payload_len as u32).to_le_bytes();
     let crc = frame_crc(len_bytes, &out[start + FRAME_HEADER_LEN..]);

@@ -20,6 +20,7 @@ pub mod columns;
 pub mod drain;
 pub mod event;
 pub mod frame;
+mod packed;
 pub mod reader;
 pub mod ring;
 pub mod synth;

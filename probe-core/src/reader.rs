@@ -281,9 +281,7 @@ fn frame_at(bytes: &[u8], pos: usize) -> FrameAt {
 fn resync(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len().saturating_sub(FRAME_HEADER_LEN)).find(|&p| {
         // Cheap filter before the CRC: the payload's first byte is a record tag.
-        bytes
-            .get(p + FRAME_HEADER_LEN)
-            .is_some_and(|&tag| tag < 16)
+        bytes.get(p + FRAME_HEADER_LEN).is_some_and(|&tag| tag < 16)
             && matches!(frame_at(bytes, p), FrameAt::Valid(_))
     })
 }
@@ -343,10 +341,11 @@ impl ProcessTrace {
 
     /// Final loss counters (the largest cumulative record seen).
     pub fn drops(&self) -> DropCounts {
-        self.records().fold(DropCounts::default(), |acc, r| match r {
-            Record::Drops(d) if d.records() >= acc.records() => *d,
-            _ => acc,
-        })
+        self.records()
+            .fold(DropCounts::default(), |acc, r| match r {
+                Record::Drops(d) if d.records() >= acc.records() => *d,
+                _ => acc,
+            })
     }
 
     /// Warnings of all segments.

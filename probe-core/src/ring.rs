@@ -10,10 +10,21 @@
 //! The slots are a `crossbeam_queue::ArrayQueue` (preallocated, lock-free for
 //! any number of producers). The byte budget bounds memory when steps are
 //! large: slots × biggest step would not be a useful bound.
+//!
+//! Step buffers are recycled: the drain hands written steps back through a
+//! small spare queue ([`Ring::recycle`]) and producers take them with
+//! [`Ring::take_step`], so in steady state recording a step copies the
+//! engine's columns into warm, already-allocated memory and calls no allocator
+//! on either thread.
 
 use crate::event::{DropCounts, Record, Step};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Recycled step buffers kept at most.
+const SPARE_STEPS: usize = 32;
+/// Largest step buffer worth keeping (a 4096-token step with top-20 fits).
+const MAX_SPARE_STEP_BYTES: usize = 1 << 20;
 
 /// Why a record was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +38,7 @@ pub enum Dropped {
 /// The ring. Shared by producers (`try_push`) and the one drain (`pop`).
 pub struct Ring {
     slots: ArrayQueue<(Record, usize)>,
+    spare_steps: ArrayQueue<Step>,
     byte_cap: usize,
     bytes_used: AtomicUsize,
     ring_full: AtomicU64,
@@ -63,6 +75,7 @@ impl Ring {
     pub fn new(slots: usize, byte_cap: usize) -> Ring {
         Ring {
             slots: ArrayQueue::new(slots.max(1)),
+            spare_steps: ArrayQueue::new(SPARE_STEPS),
             byte_cap,
             bytes_used: AtomicUsize::new(0),
             ring_full: AtomicU64::new(0),
@@ -76,7 +89,9 @@ impl Ring {
     pub fn try_push(&self, record: Record) -> Result<(), Dropped> {
         let bytes = heap_bytes(&record);
         if bytes > self.byte_cap {
-            return Err(self.count_drop(&record, Dropped::TooBig));
+            let why = self.count_drop(&record, Dropped::TooBig);
+            self.recycle(record);
+            return Err(why);
         }
         // Observable side-effect: the reservation is visible to other producers,
         // which may now see the budget spent and drop. Relaxed is enough: the
@@ -84,13 +99,17 @@ impl Ring {
         let before = self.bytes_used.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > self.byte_cap {
             self.bytes_used.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(self.count_drop(&record, Dropped::Full));
+            let why = self.count_drop(&record, Dropped::Full);
+            self.recycle(record);
+            return Err(why);
         }
         match self.slots.push((record, bytes)) {
             Ok(()) => Ok(()),
             Err((record, bytes)) => {
                 self.bytes_used.fetch_sub(bytes, Ordering::Relaxed);
-                Err(self.count_drop(&record, Dropped::Full))
+                let why = self.count_drop(&record, Dropped::Full);
+                self.recycle(record);
+                Err(why)
             }
         }
     }
@@ -106,6 +125,23 @@ impl Ring {
         self.tokens_dropped
             .fetch_add(record.token_count(), Ordering::Relaxed);
         why
+    }
+
+    /// An empty step to fill: a recycled one when available.
+    #[inline]
+    pub fn take_step(&self) -> Step {
+        self.spare_steps.pop().unwrap_or_default()
+    }
+
+    /// Give a written record's buffers back for reuse (drain side). Oversized
+    /// steps are freed instead, so one huge step does not pin its memory.
+    pub fn recycle(&self, record: Record) {
+        if let Record::Step(mut step) = record {
+            if step.capacity_bytes() <= MAX_SPARE_STEP_BYTES {
+                step.clear();
+                let _ = self.spare_steps.push(step);
+            }
+        }
     }
 
     /// Take the oldest record (drain side).

@@ -62,7 +62,9 @@ pub fn step(step_id: u64, batch: u32, top_k: Option<u8>) -> Step {
             for c in 0..k {
                 let hc = mix(h ^ c as u64);
                 t.top_ids.0.push((hc % u64::from(VOCAB)) as u32);
-                t.top_logprobs.0.push(-(c as f32) - ((hc >> 44) as f32) / 1e6);
+                t.top_logprobs
+                    .0
+                    .push(-(c as f32) - ((hc >> 44) as f32) / 1e6);
             }
         }
     }

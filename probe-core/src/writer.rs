@@ -12,7 +12,9 @@
 //! torn frame, which the reader reports and stops at.
 
 use crate::clock;
-use crate::event::{DropCounts, ProcessInfo, Record, RequestArrival, SegmentHeader, SegmentsRemoved};
+use crate::event::{
+    DropCounts, ProcessInfo, Record, RequestArrival, SegmentHeader, SegmentsRemoved,
+};
 use crate::frame;
 use crate::FORMAT_VERSION;
 use std::collections::BTreeMap;
@@ -108,7 +110,13 @@ impl ProcessIdentity {
         let host: String = self
             .host
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!("{host}-p{}-{}", self.pid, self.start_unix_ns)
     }
@@ -134,7 +142,10 @@ pub fn segment_file_name(index: u32) -> String {
 
 /// Parse a segment file name back to its index.
 pub fn parse_segment_file_name(name: &str) -> Option<u32> {
-    name.strip_prefix("seg-")?.strip_suffix(".tts")?.parse().ok()
+    name.strip_prefix("seg-")?
+        .strip_suffix(".tts")?
+        .parse()
+        .ok()
 }
 
 struct OpenSegment {

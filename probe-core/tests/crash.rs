@@ -22,8 +22,15 @@ fn assert_prefix(records: &[Record], batch: u32) -> usize {
         })
         .collect();
     for (i, s) in steps.iter().enumerate() {
-        assert_eq!(s.step_id, i as u64, "steps are not a prefix (gap or duplicate)");
-        assert_eq!(**s, synth::step(i as u64, batch, Some(5)), "step {i} differs");
+        assert_eq!(
+            s.step_id, i as u64,
+            "steps are not a prefix (gap or duplicate)"
+        );
+        assert_eq!(
+            **s,
+            synth::step(i as u64, batch, Some(5)),
+            "step {i} differs"
+        );
     }
     steps.len()
 }
@@ -102,7 +109,11 @@ fn every_truncation_point_reads_as_a_prefix_with_a_torn_tail() {
             .any(|w| matches!(w, ReadWarning::TornTail { .. }));
         assert_eq!(torn, !on_boundary, "cut at {cut}: torn-tail report wrong");
         assert_eq!(seg.warnings.len(), usize::from(!on_boundary));
-        let expected: Vec<_> = full.records.iter().take_while(|r| r.offset < cut as u64).collect();
+        let expected: Vec<_> = full
+            .records
+            .iter()
+            .take_while(|r| r.offset < cut as u64)
+            .collect();
         let complete = expected.len() - usize::from(!on_boundary);
         assert_eq!(seg.records.len(), complete, "cut at {cut}");
         assert!(seg.records.iter().zip(&full.records).all(|(a, b)| a == b));
@@ -139,7 +150,9 @@ fn unknown_version_and_foreign_files_are_clear_errors() {
     let err = read_trace(&path).unwrap_err().to_string();
     assert!(err.contains("not a toktrace trace"), "{err}");
 
-    let err = read_trace(&dir.path().join("missing")).unwrap_err().to_string();
+    let err = read_trace(&dir.path().join("missing"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no such file"), "{err}");
 
     let empty = tempfile::tempdir().unwrap();

@@ -20,7 +20,10 @@ fn a_stalled_drain_overflows_and_the_count_reaches_the_file() {
     let recorded = 1000u64;
     let mut accepted = 0;
     for i in 0..recorded {
-        if ring.try_push(Record::Step(synth::step(i, 4, Some(5)))).is_ok() {
+        if ring
+            .try_push(Record::Step(synth::step(i, 4, Some(5))))
+            .is_ok()
+        {
             accepted += 1;
         }
     }
@@ -90,7 +93,11 @@ fn the_disk_budget_removes_old_segments_and_later_ones_stand_alone() {
     let trace = read_trace(dir.path()).unwrap();
     let p = &trace.processes[0];
     assert!(p.segments.len() >= 3);
-    assert_ne!(p.segments[0].header().unwrap().segment_index, 0, "oldest kept");
+    assert_ne!(
+        p.segments[0].header().unwrap().segment_index,
+        0,
+        "oldest kept"
+    );
     let first_kept = p.segments[0].header().unwrap().segment_index;
     let removed_before = p
         .records()
@@ -99,12 +106,21 @@ fn the_disk_budget_removes_old_segments_and_later_ones_stand_alone() {
             _ => None,
         })
         .max();
-    assert!(removed_before >= Some(first_kept), "removal recorded in-band");
+    assert!(
+        removed_before >= Some(first_kept),
+        "removal recorded in-band"
+    );
     for seg in &p.segments {
         let kinds: Vec<&Record> = seg.records.iter().map(|r| &r.record).collect();
         assert!(matches!(kinds[0], Record::Header(_)));
-        assert!(matches!(kinds[1], Record::Process(_)), "process info repeated");
-        assert!(matches!(kinds[2], Record::SegmentsRemoved(_)), "removal repeated");
+        assert!(
+            matches!(kinds[1], Record::Process(_)),
+            "process info repeated"
+        );
+        assert!(
+            matches!(kinds[2], Record::SegmentsRemoved(_)),
+            "removal repeated"
+        );
         let arrivals: Vec<u32> = kinds
             .iter()
             .filter_map(|r| match r {
@@ -112,7 +128,11 @@ fn the_disk_budget_removes_old_segments_and_later_ones_stand_alone() {
                 _ => None,
             })
             .collect();
-        assert_eq!(arrivals, vec![0, 2, 3], "in-flight requests repeated, finished one not");
+        assert_eq!(
+            arrivals,
+            vec![0, 2, 3],
+            "in-flight requests repeated, finished one not"
+        );
     }
 }
 
@@ -168,7 +188,11 @@ fn a_full_disk_leaves_the_producer_running_with_counted_drops() {
 
     let trace = read_trace(dir.path()).expect("what reached the disk reads");
     let written = common::step_ids(&common::records(&trace));
-    assert_eq!(written.len() as u64 + lost, steps, "every step written or counted");
+    assert_eq!(
+        written.len() as u64 + lost,
+        steps,
+        "every step written or counted"
+    );
     let sizes: Vec<u64> = trace
         .processes
         .iter()

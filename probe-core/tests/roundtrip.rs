@@ -91,7 +91,11 @@ fn every_record_kind_round_trips() {
     let (config, reports) = common::config(dir.path());
     common::record_all(config, &written);
     let trace = read_trace(dir.path()).expect("read back");
-    assert!(trace.all_warnings().is_empty(), "{:?}", trace.all_warnings());
+    assert!(
+        trace.all_warnings().is_empty(),
+        "{:?}",
+        trace.all_warnings()
+    );
     assert_eq!(common::records(&trace), written);
     assert!(reports.lock().unwrap().is_empty());
 

@@ -9,7 +9,8 @@ use probe_core::{synth, FsyncPolicy, Probe, ProbeConfig};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: toktrace-synth --dir DIR [--steps N (0 = until killed)] [--batch B] [--topk K|none]
+const USAGE: &str =
+    "usage: toktrace-synth --dir DIR [--steps N (0 = until killed)] [--batch B] [--topk K|none]
                       [--segment-bytes N] [--budget-bytes N] [--ring-slots N] [--sleep-us N]
                       [--fsync never|close|always|<N>ms] [--fsize-limit BYTES]";
 
@@ -44,8 +45,13 @@ fn parse() -> Result<Args, String> {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.into());
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
         match flag.as_str() {
             "--dir" => a.dir = value,
             "--steps" => a.steps = num(&value)?,

@@ -1,0 +1,79 @@
+//! What each subcommand does.
+
+use crate::cli::Command;
+use anyhow::Result;
+use probe_core::reader::read_trace;
+use serde_json::json;
+
+/// Run one command.
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Info { dir, json } => info(&dir, json),
+    }
+}
+
+fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
+    let trace = read_trace(dir)?;
+    let counts = toktrace_analyzer::count_trace(&trace);
+    let warnings: Vec<String> = trace.all_warnings().iter().map(|w| w.to_string()).collect();
+    for w in &warnings {
+        eprintln!("toktrace: warning: {w}");
+    }
+    let processes: Vec<_> = trace
+        .processes
+        .iter()
+        .zip(&counts)
+        .map(|(p, c)| {
+            let h = p.header();
+            let info = p.process_info();
+            let drops = p.drops();
+            json!({
+                "dir": p.dir.display().to_string(),
+                "host": h.map(|h| h.host.clone()),
+                "pid": h.map(|h| h.pid),
+                "role": info.map(|i| i.role.clone()).or_else(|| h.map(|h| h.role.clone())),
+                "engine": info.map(|i| i.engine.clone()),
+                "engine_version": info.map(|i| i.engine_version.clone()),
+                "model": info.and_then(|i| i.model_name.clone()),
+                "start_unix_ns": h.map(|h| h.process_start_unix_ns),
+                "segments": c.segments,
+                "steps": c.steps,
+                "tokens": c.tokens,
+                "requests": c.requests,
+                "finished": c.finished,
+                "emitted_tokens": c.emitted_tokens,
+                "dropped_records": drops.records(),
+                "dropped_tokens": drops.tokens,
+            })
+        })
+        .collect();
+    if as_json {
+        let out = json!({ "processes": processes, "warnings": warnings });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<44} {:<12} {:>4} {:>9} {:>11} {:>8} {:>9}",
+        "process", "engine", "segs", "steps", "tokens", "requests", "dropped"
+    );
+    for p in &processes {
+        let name = std::path::Path::new(p["dir"].as_str().unwrap_or(""))
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!(
+            "{:<44} {:<12} {:>4} {:>9} {:>11} {:>8} {:>9}",
+            name,
+            p["engine"].as_str().unwrap_or("-"),
+            p["segments"],
+            p["steps"],
+            p["tokens"],
+            p["requests"],
+            p["dropped_records"],
+        );
+    }
+    if !warnings.is_empty() {
+        println!("{} read warning(s), see stderr", warnings.len());
+    }
+    Ok(())
+}
