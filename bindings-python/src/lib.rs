@@ -1,7 +1,15 @@
 //! The `toktrace._native` extension: the probe as Python engines call it.
 //!
-//! Only probe-core is linked in here — never the analyzer or the viewer — so
-//! what loads into an engine process stays small.
+//! `NativeProbe` takes one call per engine iteration (the step's batch and all
+//! of its sampled tokens as arrays or lists), per batch of request lifecycle
+//! events, and per batch of frontend emits; it converts them to probe-core
+//! records and pushes them into the lock-free ring. Only probe-core is linked
+//! in here — never the analyzer or the viewer — so what loads into an engine
+//! process stays small.
+
+mod convert;
+mod intern;
+mod probe;
 
 use pyo3::prelude::*;
 
@@ -11,8 +19,18 @@ fn probe_version() -> &'static str {
     probe_core::PROBE_VERSION
 }
 
+/// A no-op native call: the baseline the benchmarks compare against.
+#[pyfunction]
+#[pyo3(signature = (*_args, **_kwargs))]
+fn noop(_args: &Bound<'_, pyo3::types::PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) {
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<probe::NativeProbe>()?;
     m.add_function(wrap_pyfunction!(probe_version, m)?)?;
+    m.add_function(wrap_pyfunction!(probe::monotonic_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(noop, m)?)?;
+    m.add("FORMAT_VERSION", probe_core::FORMAT_VERSION)?;
     Ok(())
 }

@@ -128,6 +128,10 @@ pub(crate) fn decode_leb128(bytes: &[u8]) -> Result<Vec<u32>, &'static str> {
 
 impl Serialize for U32Column {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            // JSON dumps show numbers, not the packed bytes.
+            return s.collect_seq(&self.0);
+        }
         with_scratch(|buf| {
             encode_leb128_into(&self.0, buf);
             s.serialize_bytes(buf)
@@ -137,6 +141,9 @@ impl Serialize for U32Column {
 
 impl Serialize for F32Column {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_seq(&self.0);
+        }
         with_scratch(|buf| {
             buf.clear();
             if cfg!(target_endian = "little") {
@@ -182,6 +189,9 @@ impl<'de> Visitor<'de> for BytesVisitor {
 
 impl<'de> Deserialize<'de> for U32Column {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<u32>::deserialize(d).map(U32Column);
+        }
         let bytes = d.deserialize_bytes(BytesVisitor)?;
         decode_leb128(&bytes)
             .map(U32Column)
@@ -191,6 +201,9 @@ impl<'de> Deserialize<'de> for U32Column {
 
 impl<'de> Deserialize<'de> for F32Column {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<f32>::deserialize(d).map(F32Column);
+        }
         let bytes = d.deserialize_bytes(BytesVisitor)?;
         if bytes.len() % 4 != 0 {
             return Err(de::Error::custom(

@@ -18,7 +18,7 @@ use crate::writer::{ProcessIdentity, SegmentWriter, WriterConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -70,13 +70,16 @@ struct Shared {
     stop: AtomicBool,
     write_failed: AtomicU64,
     write_failed_tokens: AtomicU64,
+    /// Drain loop iterations completed (each ends with a flush to the kernel).
+    passes: AtomicU64,
 }
 
 /// A running probe. Cheap to record into from any thread.
 pub struct Probe {
     shared: Arc<Shared>,
     dir: PathBuf,
-    drain: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+    // The receiver sits in a mutex only so that `Probe` is `Sync`.
+    drain: Option<(JoinHandle<()>, Mutex<mpsc::Receiver<()>>)>,
 }
 
 impl Probe {
@@ -94,6 +97,7 @@ impl Probe {
             stop: AtomicBool::new(false),
             write_failed: AtomicU64::new(0),
             write_failed_tokens: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
         });
         let writer = SegmentWriter::new(config.writer.clone(), ProcessIdentity::current());
         let dir = writer.dir().to_path_buf();
@@ -115,7 +119,7 @@ impl Probe {
         Ok(Probe {
             shared,
             dir,
-            drain: Some((handle, done_rx)),
+            drain: Some((handle, Mutex::new(done_rx))),
         })
     }
 
@@ -142,13 +146,39 @@ impl Probe {
         self.shared.drops()
     }
 
+    /// Wait until everything recorded before the call has been handed to the
+    /// kernel, at most `timeout`, without stopping the drain. Returns whether
+    /// it got there in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some((handle, _)) = &self.drain else {
+            return true;
+        };
+        let start = Instant::now();
+        // Two full passes after this point: the first may have begun before our records.
+        let target = self.shared.passes.load(Ordering::Acquire) + 2;
+        loop {
+            handle.thread().unpark();
+            if self.shared.ring.is_empty() && self.shared.passes.load(Ordering::Acquire) >= target {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// Ask the drain to write everything queued, and wait for it at most `timeout`.
     pub fn shutdown(&mut self, timeout: Duration) -> ShutdownReport {
         self.shared.stop.store(true, Ordering::Release);
         let mut clean = false;
         if let Some((handle, done)) = self.drain.take() {
             handle.thread().unpark();
-            if done.recv_timeout(timeout).is_ok() {
+            let finished = done
+                .into_inner()
+                .map(|rx| rx.recv_timeout(timeout).is_ok())
+                .unwrap_or(false);
+            if finished {
                 clean = handle.join().is_ok();
             }
             // Otherwise the drain is left to finish on its own: never hang the host.
@@ -214,6 +244,7 @@ impl Drain {
             }
             self.note_drops();
             self.flush();
+            self.shared.passes.fetch_add(1, Ordering::Release);
             if stopping {
                 break;
             }

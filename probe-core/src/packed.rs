@@ -6,12 +6,13 @@
 //! they cost more than the token columns; packed as one LEB128 byte string
 //! they are a single copy. Request keys are stored as zigzag deltas from the
 //! previous element (batches list requests in near-sorted order, so a key
-//! usually takes one byte).
+//! usually takes one byte). Human-readable formats (JSON dumps) get plain
+//! lists of objects instead.
 
 use crate::columns::{decode_leb128, push_leb128, with_scratch, BytesVisitor};
 use crate::event::{BatchEntry, TokenRun};
 use serde::de::Error as _;
-use serde::{Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
 // Deltas wrap in u32 arithmetic, so every pair of keys round-trips exactly
 // and small steps either way stay small.
@@ -53,6 +54,9 @@ pub mod batch {
 
     /// Encode.
     pub fn serialize<S: Serializer>(v: &[BatchEntry], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_seq(v);
+        }
         with_scratch(|buf| {
             buf.clear();
             let mut p = Packer { buf };
@@ -66,6 +70,9 @@ pub mod batch {
 
     /// Decode.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BatchEntry>, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<BatchEntry>::deserialize(d);
+        }
         let bytes = d.deserialize_bytes(BytesVisitor)?;
         let values = decode_leb128(&bytes).map_err(D::Error::custom)?;
         let (n, rest) = values
@@ -94,6 +101,9 @@ pub mod runs {
 
     /// Encode. `top_k` is stored as 0 for `None`, `k + 1` for `Some(k)`.
     pub fn serialize<S: Serializer>(v: &[TokenRun], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_seq(v);
+        }
         with_scratch(|buf| {
             buf.clear();
             let mut p = Packer { buf };
@@ -108,6 +118,9 @@ pub mod runs {
 
     /// Decode.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenRun>, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<TokenRun>::deserialize(d);
+        }
         let bytes = d.deserialize_bytes(BytesVisitor)?;
         let values = decode_leb128(&bytes).map_err(D::Error::custom)?;
         let (n, rest) = values

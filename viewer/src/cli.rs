@@ -32,6 +32,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every record of a trace as JSON lines, in file order (for debugging and scripts).
+    ///
+    /// Each line is {"process": DIR, "segment": INDEX, "offset": BYTE, "record": {KIND: {...}}}.
+    /// Timestamps are the probe's CLOCK_MONOTONIC nanoseconds; each segment's Header record
+    /// carries the anchor that converts them to unix time.
+    Dump {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+    },
 }
 
 /// Parse arguments (the first is the program name).

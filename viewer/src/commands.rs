@@ -9,7 +9,46 @@ use serde_json::json;
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Info { dir, json } => info(&dir, json),
+        Command::Dump { dir } => dump(&dir),
     }
+}
+
+fn dump(dir: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let trace = read_trace(dir)?;
+    for w in trace.all_warnings() {
+        eprintln!("toktrace: warning: {w}");
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for p in &trace.processes {
+        for (i, seg) in p.segments.iter().enumerate() {
+            let index = seg.header().map_or(i as u32, |h| h.segment_index);
+            for r in &seg.records {
+                let line = json!({
+                    "process": p.dir.display().to_string(),
+                    "segment": index,
+                    "offset": r.offset,
+                    "record": r.record,
+                });
+                if let Err(e) = writeln!(out, "{line}") {
+                    // A closed pipe (`| head`) is the reader's choice, not an error.
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    out.flush().or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok(())
 }
 
 fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
@@ -61,15 +100,16 @@ fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
         println!(
             "{:<44} {:<12} {:>4} {:>9} {:>11} {:>8} {:>9}",
             name,
             p["engine"].as_str().unwrap_or("-"),
-            p["segments"],
-            p["steps"],
-            p["tokens"],
-            p["requests"],
-            p["dropped_records"],
+            n("segments"),
+            n("steps"),
+            n("tokens"),
+            n("requests"),
+            n("dropped_records"),
         );
     }
     if !warnings.is_empty() {

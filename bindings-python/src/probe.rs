@@ -1,0 +1,701 @@
+//! `NativeProbe`: the adapter-facing recorder, one per traced process.
+//!
+//! Every method is built for one native call per engine iteration (or per
+//! batch of lifecycle events): the columns go in whole, the clock is read here,
+//! and nothing waits on the disk. The drain thread starts on the first record,
+//! so a probe built before a fork costs the child nothing; after a fork the
+//! child calls `reset_after_fork` and gets its own ring, thread and directory.
+
+use crate::convert::{extend_f32, extend_u32, u32s};
+use crate::intern::{Interner, Key};
+use probe_core::event::{
+    BatchEntry, CaptureLevel, EmitBatch, FinishReason, ProcessInfo, Record, RequestArrival,
+    RequestFinish, SamplingParams, SpecialTokens, Step, TokenRun,
+};
+use probe_core::{clock, FsyncPolicy, Probe, ProbeConfig};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// The recorder. Cheap to call from the engine thread; never blocks on disk.
+#[pyclass(module = "toktrace._native")]
+pub struct NativeProbe {
+    config: ProbeConfig,
+    capture: CaptureLevel,
+    top_k_cap: u32,
+    probe: OnceLock<Probe>,
+    interner: Mutex<Interner>,
+}
+
+fn poisoned<T>(_: T) -> PyErr {
+    PyValueError::new_err("toktrace probe state poisoned by an earlier panic")
+}
+
+impl NativeProbe {
+    fn probe(&self) -> PyResult<&Probe> {
+        if let Some(p) = self.probe.get() {
+            return Ok(p);
+        }
+        self.start()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn start(&self) -> PyResult<&Probe> {
+        let started = Probe::start(self.config.clone()).map_err(|e| {
+            PyValueError::new_err(format!("cannot start the toktrace drain thread: {e}"))
+        })?;
+        // A racing thread may have won: its probe is used, ours shuts down.
+        Ok(self.probe.get_or_init(|| started))
+    }
+
+    fn record(&self, record: Record) -> PyResult<bool> {
+        Ok(self.probe()?.record(record))
+    }
+
+    /// Key of each request id in `ids`, recording an arrival for ids never seen.
+    fn keys(&self, ids: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
+        if ids.is_none() {
+            return Ok(());
+        }
+        let mut new = Vec::new();
+        {
+            let mut interner = self.interner.lock().map_err(poisoned)?;
+            let mut push = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+                match interner.key(item)? {
+                    Key::Known(k) => out.push(k),
+                    Key::New(k, id) => {
+                        out.push(k);
+                        new.push((k, id));
+                    }
+                }
+                Ok(())
+            };
+            if let Ok(list) = ids.downcast::<PyList>() {
+                for item in list.iter() {
+                    push(&item)?;
+                }
+            } else {
+                for item in ids.try_iter()? {
+                    push(&item?)?;
+                }
+            }
+        }
+        let now = clock::monotonic_ns();
+        for (req, internal_id) in new {
+            // Seen in a step before any lifecycle record: record what we know,
+            // so no key in the trace is ever an orphan.
+            self.record(Record::Arrival(RequestArrival {
+                req,
+                arrival_ns: now,
+                internal_id,
+                ..Default::default()
+            }))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse a W3C `traceparent` header: `00-<32 hex trace id>-<16 hex span id>-<flags>`.
+pub fn parse_traceparent(header: &str) -> Option<([u8; 16], [u8; 8])> {
+    let mut parts = header.trim().split('-');
+    let _version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    parts.next()?;
+    let mut t = [0u8; 16];
+    let mut s = [0u8; 8];
+    hex_into(trace, &mut t)?;
+    hex_into(span, &mut s)?;
+    if t == [0; 16] || s == [0; 8] {
+        return None;
+    }
+    Some((t, s))
+}
+
+fn hex_into(text: &str, out: &mut [u8]) -> Option<()> {
+    if text.len() != out.len() * 2 || !text.is_ascii() {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(())
+}
+
+fn finish_reason(text: Option<&str>) -> Option<FinishReason> {
+    let t = text?;
+    Some(match t.to_ascii_lowercase().as_str() {
+        "stop" | "eos" | "stop_token" => FinishReason::Stop,
+        "length" | "max_tokens" => FinishReason::Length,
+        "abort" | "aborted" | "cancelled" => FinishReason::Abort,
+        "error" => FinishReason::Error,
+        _ => FinishReason::Other(t.to_owned()),
+    })
+}
+
+fn opt<'a, 'py>(o: &'a Option<Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    o.as_ref().filter(|b| !b.is_none())
+}
+
+#[pymethods]
+impl NativeProbe {
+    /// A probe writing under `dir`. Nothing starts until the first record.
+    #[new]
+    #[pyo3(signature = (dir, role="main", capture="tokens", top_k_cap=20, ring_slots=65536,
+                        ring_bytes=256<<20, segment_bytes=64<<20, disk_budget_bytes=4<<30,
+                        fsync="close"))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        dir: &str,
+        role: &str,
+        capture: &str,
+        top_k_cap: u32,
+        ring_slots: usize,
+        ring_bytes: usize,
+        segment_bytes: u64,
+        disk_budget_bytes: u64,
+        fsync: &str,
+    ) -> PyResult<Self> {
+        let capture = CaptureLevel::parse(capture).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "capture must be metadata, tokens or text, not {capture:?}"
+            ))
+        })?;
+        let fsync = FsyncPolicy::parse(fsync).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "fsync must be never, close, always or <N>ms, not {fsync:?}"
+            ))
+        })?;
+        if ring_slots == 0 || ring_bytes == 0 || segment_bytes == 0 {
+            return Err(PyValueError::new_err(
+                "ring and segment sizes must be positive",
+            ));
+        }
+        let mut config = ProbeConfig::new(dir);
+        config.writer.role = role.to_owned();
+        config.writer.segment_bytes = segment_bytes;
+        config.writer.disk_budget_bytes = disk_budget_bytes;
+        config.writer.fsync = fsync;
+        config.ring_slots = ring_slots;
+        config.ring_bytes = ring_bytes;
+        Ok(NativeProbe {
+            config,
+            capture,
+            top_k_cap,
+            probe: OnceLock::new(),
+            interner: Mutex::new(Interner::default()),
+        })
+    }
+
+    /// The capture level in force.
+    #[getter]
+    fn capture(&self) -> &'static str {
+        self.capture.as_str()
+    }
+
+    /// This process's trace directory (None before the first record).
+    #[getter]
+    fn process_dir(&self) -> Option<String> {
+        self.probe.get().map(|p| p.dir().display().to_string())
+    }
+
+    /// Loss counters: (ring_full, too_big, write_failed, tokens).
+    fn drops(&self) -> (u64, u64, u64, u64) {
+        let d = self.probe.get().map(|p| p.drops()).unwrap_or_default();
+        (d.ring_full, d.too_big, d.write_failed, d.tokens)
+    }
+
+    /// Requests the interner currently knows.
+    fn known_requests(&self) -> PyResult<usize> {
+        Ok(self.interner.lock().map_err(poisoned)?.len())
+    }
+
+    /// Record what the adapter knows of the process (repeated in every later segment).
+    #[pyo3(signature = (engine, engine_version, model_name=None, model_path=None, bos=None,
+                        eos=None, pad=None, special=None, role=None, rank=None, extra=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn record_process(
+        &self,
+        engine: &str,
+        engine_version: &str,
+        model_name: Option<String>,
+        model_path: Option<String>,
+        bos: Option<u32>,
+        eos: Option<Bound<'_, PyAny>>,
+        pad: Option<u32>,
+        special: Option<Vec<(u32, String)>>,
+        role: Option<String>,
+        rank: Option<u32>,
+        extra: Option<Vec<(String, String)>>,
+    ) -> PyResult<bool> {
+        self.record(Record::Process(ProcessInfo {
+            engine: engine.to_owned(),
+            engine_version: engine_version.to_owned(),
+            model_name,
+            model_path,
+            special_tokens: SpecialTokens {
+                bos,
+                eos: u32s(opt(&eos))?,
+                pad,
+                all: special.unwrap_or_default(),
+            },
+            capture: self.capture,
+            top_k_cap: self.top_k_cap,
+            role: role.unwrap_or_else(|| self.config.writer.role.clone()),
+            rank,
+            extra: extra.unwrap_or_default(),
+        }))
+    }
+
+    /// Record request arrivals, one tuple per request:
+    /// `(internal_id, external_id, traceparent, prompt_tokens, temperature, top_p,
+    ///   top_k, max_tokens, logprobs, seed, arrival_ns)`; any field but the first
+    /// may be None. `arrival_ns` is CLOCK_MONOTONIC (`time.monotonic_ns()`);
+    /// None means now.
+    #[allow(clippy::type_complexity)]
+    fn record_arrivals(
+        &self,
+        arrivals: Vec<(
+            Bound<'_, PyString>,
+            Option<String>,
+            Option<String>,
+            Option<u32>,
+            Option<f64>,
+            Option<f64>,
+            Option<i64>,
+            Option<u32>,
+            Option<i64>,
+            Option<u64>,
+            Option<u64>,
+        )>,
+    ) -> PyResult<usize> {
+        let now = clock::monotonic_ns();
+        let mut recorded = 0;
+        for (
+            id,
+            external,
+            traceparent,
+            prompt,
+            temp,
+            top_p,
+            top_k,
+            max_tokens,
+            logprobs,
+            seed,
+            at,
+        ) in arrivals
+        {
+            let key = self
+                .interner
+                .lock()
+                .map_err(poisoned)?
+                .key(id.as_any())?
+                .key();
+            let (trace_id, parent_span_id) = traceparent
+                .as_deref()
+                .and_then(parse_traceparent)
+                .map_or((None, None), |(t, s)| (Some(t), Some(s)));
+            let ok = self.record(Record::Arrival(RequestArrival {
+                req: key,
+                arrival_ns: at.unwrap_or(now),
+                internal_id: id.to_str()?.to_owned(),
+                external_id: external,
+                trace_id,
+                parent_span_id,
+                prompt_tokens: prompt.unwrap_or(0),
+                params: SamplingParams {
+                    temperature: temp.map(|t| t as f32),
+                    top_p: top_p.map(|t| t as f32),
+                    top_k: top_k.map(|k| k.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32),
+                    max_tokens,
+                    // Engines use negative values for "all"/"off": keep only real requests.
+                    logprobs: logprobs.and_then(|l| u32::try_from(l).ok()),
+                    seed,
+                },
+            }))?;
+            recorded += usize::from(ok);
+        }
+        Ok(recorded)
+    }
+
+    /// Record finished requests: `(request_id, reason, output_tokens)` tuples.
+    /// The ids are forgotten afterwards.
+    fn record_finishes(
+        &self,
+        finishes: Vec<(Bound<'_, PyAny>, Option<String>, Option<u32>)>,
+    ) -> PyResult<usize> {
+        let now = clock::monotonic_ns();
+        let mut recorded = 0;
+        for (id, reason, output_tokens) in finishes {
+            let key = self.interner.lock().map_err(poisoned)?.key(&id)?.key();
+            let ok = self.record(Record::Finish(RequestFinish {
+                req: key,
+                time_ns: now,
+                reason: finish_reason(reason.as_deref()),
+                output_tokens,
+            }))?;
+            self.interner.lock().map_err(poisoned)?.forget(key);
+            recorded += usize::from(ok);
+        }
+        Ok(recorded)
+    }
+
+    /// Record tokens handed to client streams, all at this moment: for each
+    /// request id, the output index of its first token in the chunk and the count.
+    #[pyo3(signature = (req_ids, first_index, counts=None))]
+    fn record_emits(
+        &self,
+        req_ids: &Bound<'_, PyAny>,
+        first_index: &Bound<'_, PyAny>,
+        counts: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let now = clock::monotonic_ns();
+        let mut keys = Vec::new();
+        self.keys(req_ids, &mut keys)?;
+        let firsts = u32s(Some(first_index))?;
+        let counts = match opt(&counts) {
+            Some(c) => u32s(Some(c))?,
+            None => vec![1; keys.len()],
+        };
+        if firsts.len() != keys.len() || counts.len() != keys.len() {
+            return Err(PyValueError::new_err(
+                "record_emits: columns differ in length",
+            ));
+        }
+        let emits = keys
+            .iter()
+            .zip(firsts)
+            .zip(counts)
+            .map(|((&req, first_index), count)| probe_core::event::Emit {
+                req,
+                first_index,
+                count,
+                time_ns: now,
+            })
+            .collect();
+        self.record(Record::Emit(EmitBatch { emits }))
+    }
+
+    /// Record one engine iteration: batch composition and every token sampled.
+    ///
+    /// Batch columns (one entry per scheduled request): `batch_reqs` (ids),
+    /// `prefill`, `decode`, optional `cached`. Token runs (one per request that
+    /// got tokens this step): `run_reqs`, `run_first_index` (output index of
+    /// the run's first token), optional `run_counts` (default 1 each).
+    /// Token columns over all n tokens, in run order: `token_ids`; with
+    /// `top_k >= 0` also `logprobs`, `ranks` and, for k > 0, `top_ids` and
+    /// `top_logprobs` (n×k, flat or 2-D). `run_has_logprobs` (bools per run)
+    /// keeps logprob data only for the runs whose request asked for it.
+    /// Arrays, nested lists and lists are all accepted. `start_ns` is when the
+    /// batch was launched (`monotonic_ns()` then); the end is read now unless
+    /// `end_ns` is given.
+    #[pyo3(signature = (step_id, start_ns, batch_reqs, prefill, decode, run_reqs, run_first_index,
+                        token_ids=None, top_k=-1, logprobs=None, ranks=None, top_ids=None,
+                        top_logprobs=None, run_counts=None, run_has_logprobs=None, cached=None,
+                        waiting=0, running=0, kv_usage=None, preempted=None, finished=None,
+                        texts=None, end_ns=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn record_step(
+        &self,
+        step_id: u64,
+        start_ns: u64,
+        batch_reqs: &Bound<'_, PyAny>,
+        prefill: &Bound<'_, PyAny>,
+        decode: &Bound<'_, PyAny>,
+        run_reqs: &Bound<'_, PyAny>,
+        run_first_index: &Bound<'_, PyAny>,
+        token_ids: Option<Bound<'_, PyAny>>,
+        top_k: i64,
+        logprobs: Option<Bound<'_, PyAny>>,
+        ranks: Option<Bound<'_, PyAny>>,
+        top_ids: Option<Bound<'_, PyAny>>,
+        top_logprobs: Option<Bound<'_, PyAny>>,
+        run_counts: Option<Bound<'_, PyAny>>,
+        run_has_logprobs: Option<Bound<'_, PyAny>>,
+        cached: Option<Bound<'_, PyAny>>,
+        waiting: u32,
+        running: u32,
+        kv_usage: Option<f64>,
+        preempted: Option<Bound<'_, PyAny>>,
+        finished: Option<Bound<'_, PyAny>>,
+        texts: Option<Vec<String>>,
+        end_ns: Option<u64>,
+    ) -> PyResult<bool> {
+        let end = end_ns.unwrap_or_else(clock::monotonic_ns);
+        let probe = self.probe()?;
+        let mut step = probe.take_step();
+        let built = self.fill_step(
+            &mut step,
+            StepArgs {
+                batch_reqs,
+                prefill,
+                decode,
+                cached: opt(&cached),
+                run_reqs,
+                run_first_index,
+                run_counts: opt(&run_counts),
+                run_has_logprobs: opt(&run_has_logprobs),
+                token_ids: opt(&token_ids),
+                top_k,
+                logprobs: opt(&logprobs),
+                ranks: opt(&ranks),
+                top_ids: opt(&top_ids),
+                top_logprobs: opt(&top_logprobs),
+                preempted: opt(&preempted),
+                finished: opt(&finished),
+                texts,
+            },
+        );
+        if let Err(e) = built {
+            return Err(e);
+        }
+        step.step_id = step_id;
+        step.start_ns = start_ns;
+        step.end_ns = end;
+        step.waiting = waiting;
+        step.running = running;
+        step.kv_usage = kv_usage.map(|k| k as f32);
+        Ok(probe.record(Record::Step(step)))
+    }
+
+    /// Wait until everything recorded so far reached the kernel (at most
+    /// `timeout_s`), leaving the drain running. True when it got there.
+    #[pyo3(signature = (timeout_s=2.0))]
+    fn flush(&self, py: Python<'_>, timeout_s: f64) -> bool {
+        let timeout = Duration::from_secs_f64(timeout_s.clamp(0.0, 3600.0));
+        match self.probe.get() {
+            Some(p) => py.detach(|| p.flush(timeout)),
+            None => true,
+        }
+    }
+
+    /// Write everything queued and stop the drain (at most `timeout_s`).
+    /// Returns True when the drain finished in time.
+    #[pyo3(signature = (timeout_s=5.0))]
+    fn shutdown(&mut self, py: Python<'_>, timeout_s: f64) -> bool {
+        let timeout = Duration::from_secs_f64(timeout_s.clamp(0.0, 3600.0));
+        match self.probe.take() {
+            // The drain never needs the GIL: release it while waiting.
+            Some(mut p) => py.detach(move || p.shutdown(timeout).clean),
+            None => true,
+        }
+    }
+
+    /// In a forked child: forget the parent's drain (its thread does not exist
+    /// here) and interned ids; the next record starts this process's own.
+    fn reset_after_fork(&mut self) {
+        if let Some(p) = self.probe.take() {
+            p.abandon();
+        }
+        self.interner = Mutex::new(Interner::default());
+    }
+}
+
+struct StepArgs<'a, 'py> {
+    batch_reqs: &'a Bound<'py, PyAny>,
+    prefill: &'a Bound<'py, PyAny>,
+    decode: &'a Bound<'py, PyAny>,
+    cached: Option<&'a Bound<'py, PyAny>>,
+    run_reqs: &'a Bound<'py, PyAny>,
+    run_first_index: &'a Bound<'py, PyAny>,
+    run_counts: Option<&'a Bound<'py, PyAny>>,
+    run_has_logprobs: Option<&'a Bound<'py, PyAny>>,
+    token_ids: Option<&'a Bound<'py, PyAny>>,
+    top_k: i64,
+    logprobs: Option<&'a Bound<'py, PyAny>>,
+    ranks: Option<&'a Bound<'py, PyAny>>,
+    top_ids: Option<&'a Bound<'py, PyAny>>,
+    top_logprobs: Option<&'a Bound<'py, PyAny>>,
+    preempted: Option<&'a Bound<'py, PyAny>>,
+    finished: Option<&'a Bound<'py, PyAny>>,
+    texts: Option<Vec<String>>,
+}
+
+fn mismatch(what: &str, got: usize, want: usize) -> PyErr {
+    PyValueError::new_err(format!(
+        "record_step: {what} has {got} values, expected {want}"
+    ))
+}
+
+impl NativeProbe {
+    fn fill_step(&self, step: &mut Step, a: StepArgs<'_, '_>) -> PyResult<()> {
+        // Batch composition.
+        let mut keys = Vec::new();
+        self.keys(a.batch_reqs, &mut keys)?;
+        let mut prefill = Vec::with_capacity(keys.len());
+        let mut decode = Vec::with_capacity(keys.len());
+        extend_u32(a.prefill, &mut prefill)?;
+        extend_u32(a.decode, &mut decode)?;
+        let cached = u32s(a.cached)?;
+        if prefill.len() != keys.len() {
+            return Err(mismatch("prefill", prefill.len(), keys.len()));
+        }
+        if decode.len() != keys.len() {
+            return Err(mismatch("decode", decode.len(), keys.len()));
+        }
+        if !cached.is_empty() && cached.len() != keys.len() {
+            return Err(mismatch("cached", cached.len(), keys.len()));
+        }
+        step.batch
+            .extend(keys.iter().enumerate().map(|(i, &req)| BatchEntry {
+                req,
+                prefill_tokens: prefill[i],
+                cached_tokens: cached.get(i).copied().unwrap_or(0),
+                decode_tokens: decode[i],
+            }));
+        if let Some(p) = a.preempted {
+            self.keys(p, &mut step.preempted)?;
+        }
+        if let Some(f) = a.finished {
+            self.keys(f, &mut step.finished)?;
+        }
+
+        // Token runs.
+        keys.clear();
+        self.keys(a.run_reqs, &mut keys)?;
+        let firsts = u32s(Some(a.run_first_index))?;
+        if firsts.len() != keys.len() {
+            return Err(mismatch("run_first_index", firsts.len(), keys.len()));
+        }
+        let counts = match a.run_counts {
+            Some(c) => u32s(Some(c))?,
+            None => vec![1; keys.len()],
+        };
+        if counts.len() != keys.len() {
+            return Err(mismatch("run_counts", counts.len(), keys.len()));
+        }
+        let n: usize = counts.iter().map(|&c| c as usize).sum();
+        let has_lp: Vec<bool> = match a.run_has_logprobs {
+            Some(m) => {
+                let v: Vec<bool> = m.extract::<Vec<bool>>()?;
+                if v.len() != keys.len() {
+                    return Err(mismatch("run_has_logprobs", v.len(), keys.len()));
+                }
+                v
+            }
+            None => vec![true; keys.len()],
+        };
+        let given_k = usize::try_from(a.top_k).ok();
+        let keep_k = given_k.map(|k| k.min(self.top_k_cap as usize).min(255));
+        let capture_tokens = self.capture != CaptureLevel::Metadata;
+        step.tokens.runs.extend((0..keys.len()).map(|i| TokenRun {
+            req: keys[i],
+            first_index: firsts[i],
+            count: counts[i],
+            top_k: match keep_k {
+                Some(k) if capture_tokens && has_lp[i] => Some(k as u8),
+                _ => None,
+            },
+        }));
+        if !capture_tokens {
+            return Ok(());
+        }
+        let t = &mut step.tokens;
+        if let Some(ids) = a.token_ids {
+            extend_u32(ids, &mut t.ids.0)?;
+            if t.ids.len() != n {
+                return Err(mismatch("token_ids", t.ids.len(), n));
+            }
+        }
+        if let (Some(k), Some(keep)) = (given_k, keep_k) {
+            let (Some(lp), Some(rk)) = (a.logprobs, a.ranks) else {
+                return Err(PyValueError::new_err(
+                    "record_step: top_k >= 0 needs logprobs and ranks",
+                ));
+            };
+            extend_f32(lp, &mut t.logprobs.0)?;
+            extend_u32(rk, &mut t.ranks.0)?;
+            if t.logprobs.len() != n || t.ranks.len() != n {
+                return Err(mismatch(
+                    "logprobs/ranks",
+                    t.logprobs.len().min(t.ranks.len()),
+                    n,
+                ));
+            }
+            if k > 0 {
+                let (Some(ti), Some(tl)) = (a.top_ids, a.top_logprobs) else {
+                    return Err(PyValueError::new_err(
+                        "record_step: top_k > 0 needs top_ids and top_logprobs",
+                    ));
+                };
+                extend_u32(ti, &mut t.top_ids.0)?;
+                extend_f32(tl, &mut t.top_logprobs.0)?;
+                if t.top_ids.len() != n * k || t.top_logprobs.len() != n * k {
+                    return Err(mismatch("top_ids/top_logprobs", t.top_ids.len(), n * k));
+                }
+            }
+            // Keep only the runs that asked, and at most the capped k per token.
+            if keep < k || has_lp.iter().any(|h| !h) {
+                select_rows(t, &counts, &has_lp, k, keep);
+            }
+        }
+        if self.capture == CaptureLevel::Text {
+            if let Some(texts) = a.texts {
+                if texts.len() != n {
+                    return Err(mismatch("texts", texts.len(), n));
+                }
+                t.texts = texts;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compact logprob columns in place: drop the rows of runs without logprobs,
+/// and cut each token's candidates from `k` to `keep`.
+fn select_rows(
+    t: &mut probe_core::event::SampledTokens,
+    counts: &[u32],
+    has_lp: &[bool],
+    k: usize,
+    keep: usize,
+) {
+    let (mut src, mut dst) = (0usize, 0usize);
+    for (run, &count) in counts.iter().enumerate() {
+        for _ in 0..count {
+            if has_lp[run] {
+                t.logprobs.0[dst] = t.logprobs.0[src];
+                t.ranks.0[dst] = t.ranks.0[src];
+                for c in 0..keep {
+                    t.top_ids.0[dst * keep + c] = t.top_ids.0[src * k + c];
+                    t.top_logprobs.0[dst * keep + c] = t.top_logprobs.0[src * k + c];
+                }
+                dst += 1;
+            }
+            src += 1;
+        }
+    }
+    t.logprobs.0.truncate(dst);
+    t.ranks.0.truncate(dst);
+    t.top_ids.0.truncate(dst * keep);
+    t.top_logprobs.0.truncate(dst * keep);
+}
+
+/// CLOCK_MONOTONIC nanoseconds, the probe's clock (equal to `time.monotonic_ns()` on Linux).
+#[pyfunction]
+pub fn monotonic_ns() -> u64 {
+    clock::monotonic_ns()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parses_and_rejects() {
+        let (t, s) =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t[0], 0x4b);
+        assert_eq!(s[7], 0xb7);
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(parse_traceparent("garbage").is_none());
+        assert!(
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01").is_none()
+        );
+    }
+}

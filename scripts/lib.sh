@@ -1,0 +1,60 @@
+# Shared set-up for toktrace's scripts: caches outside the clone, stage timing.
+# Sourced, not run.
+
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Everything slow to rebuild lives outside the clone, so a fresh clone (CI)
+# reuses it: one cargo target dir for cargo and maturin, and the virtualenvs.
+CACHE="${TOKTRACE_CACHE:-$HOME/.cache/toktrace}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$CACHE"
+
+STAGE_NAME=""
+STAGE_START=0
+stage() {
+    stage_end
+    STAGE_NAME="$1"
+    STAGE_START=$(date +%s)
+    echo "==> $STAGE_NAME"
+}
+stage_end() {
+    if [ -n "$STAGE_NAME" ]; then
+        echo "==> $STAGE_NAME: $(( $(date +%s) - STAGE_START )) s"
+        STAGE_NAME=""
+    fi
+}
+
+# A virtualenv keyed by the hash of what goes into it: changing a requirement
+# makes a new one, an unchanged one is reused as is.
+#   venv_for NAME REQUIREMENTS_FILE  -> prints the venv path
+venv_for() {
+    local name="$1" reqs="$2"
+    local key
+    key="$( (python3 --version; cat "$reqs") | sha256sum | cut -c1-12)"
+    local dir="$CACHE/venv-$name-$key"
+    if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.complete" ]; then
+        rm -rf "$dir"
+        python3 -m venv "$dir" >&2
+        "$dir/bin/pip" install --quiet --upgrade pip >&2
+        "$dir/bin/pip" install --quiet -r "$reqs" >&2
+        touch "$dir/.complete"
+    fi
+    echo "$dir"
+}
+
+# Build the toktrace wheel (probe extension + bundled CLI) and install it into
+# a venv, reinstalling only when the sources changed.
+install_toktrace() {
+    local venv="$1"
+    local stamp
+    stamp="$(cd "$REPO" && git ls-files -s bindings-python engine-adapters probe-core viewer analyzer Cargo.toml Cargo.lock 2>/dev/null | sha256sum | cut -c1-16)"
+    if ! git -C "$REPO" diff --quiet 2>/dev/null; then
+        stamp="$stamp-dirty-$(date +%s)"
+    fi
+    if [ "$(cat "$venv/.toktrace-stamp" 2>/dev/null)" != "$stamp" ]; then
+        "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$REPO/bindings-python"
+        echo "$stamp" > "$venv/.toktrace-stamp"
+    fi
+}

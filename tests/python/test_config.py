@@ -1,0 +1,61 @@
+"""Settings from the environment: good values, bad values, the TLLM_ spelling."""
+
+import pytest
+
+from toktrace.config import Config, ConfigError, from_env, parse_size
+
+
+def test_off_without_dir():
+    assert from_env({}) is None
+    assert from_env({"TOKTRACE_DIR": ""}) is None
+
+
+def test_defaults_and_values():
+    assert from_env({"TOKTRACE_DIR": "/t"}) == Config(dir="/t")
+    cfg = from_env(
+        {
+            "TOKTRACE_DIR": "/t",
+            "TOKTRACE_CAPTURE": "Metadata",
+            "TOKTRACE_TOPK": "5",
+            "TOKTRACE_RING_SLOTS": "1024",
+            "TOKTRACE_RING_BYTES": "64M",
+            "TOKTRACE_SEGMENT_BYTES": "1MiB",
+            "TOKTRACE_DISK_BUDGET": "2G",
+            "TOKTRACE_FSYNC": "100ms",
+            "TOKTRACE_ROLE": "frontend",
+        }
+    )
+    assert cfg == Config(
+        dir="/t", capture="metadata", top_k_cap=5, ring_slots=1024, ring_bytes=64 << 20,
+        segment_bytes=1 << 20, disk_budget_bytes=2 << 30, fsync="100ms", role="frontend",
+    )
+
+
+def test_tensorrt_llm_spelling_reaches_mpi_workers():
+    cfg = from_env({"TLLM_TOKTRACE_DIR": "/w", "TLLM_TOKTRACE_CAPTURE": "text"})
+    assert cfg is not None and cfg.dir == "/w" and cfg.capture == "text"
+    # The plain spelling wins when both are set.
+    assert from_env({"TOKTRACE_DIR": "/a", "TLLM_TOKTRACE_DIR": "/b"}).dir == "/a"
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("TOKTRACE_CAPTURE", "everything"),
+        ("TOKTRACE_TOPK", "many"),
+        ("TOKTRACE_TOPK", "300"),
+        ("TOKTRACE_RING_BYTES", "lots"),
+        ("TOKTRACE_RING_SLOTS", "0"),
+        ("TOKTRACE_FSYNC", "sometimes"),
+    ],
+)
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError) as err:
+        from_env({"TOKTRACE_DIR": "/t", name: value})
+    assert name in str(err.value)
+
+
+def test_sizes():
+    assert parse_size("X", "4096") == 4096
+    assert parse_size("X", "4k") == 4096
+    assert parse_size("X", "3 GiB") == 3 << 30
