@@ -7,7 +7,7 @@
 //! child calls `reset_after_fork` and gets its own ring, thread and directory.
 
 use crate::convert::{extend_f32, extend_u32, u32s};
-use crate::intern::{Interner, Key};
+use crate::intern::{Interner, Site};
 use probe_core::event::{
     BatchEntry, CaptureLevel, EmitBatch, FinishReason, ProcessInfo, Record, RequestArrival,
     RequestFinish, SamplingParams, SpecialTokens, Step, TokenRun,
@@ -15,7 +15,7 @@ use probe_core::event::{
 use probe_core::{clock, FsyncPolicy, Probe, ProbeConfig};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::PyString;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ pub struct NativeProbe {
     top_k_cap: u32,
     probe: OnceLock<Probe>,
     interner: Mutex<Interner>,
+    scratch: Mutex<Scratch>,
 }
 
 fn poisoned<T>(_: T) -> PyErr {
@@ -56,37 +57,26 @@ impl NativeProbe {
     }
 
     /// Key of each request id in `ids`, recording an arrival for ids never seen.
-    fn keys(&self, ids: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
+    fn keys(&self, site: Site, ids: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
         if ids.is_none() {
             return Ok(());
         }
         let mut new = Vec::new();
-        {
-            let mut interner = self.interner.lock().map_err(poisoned)?;
-            let mut push = |item: &Bound<'_, PyAny>| -> PyResult<()> {
-                match interner.key(item)? {
-                    Key::Known(k) => out.push(k),
-                    Key::New(k, id) => {
-                        out.push(k);
-                        new.push((k, id));
-                    }
-                }
-                Ok(())
-            };
-            if let Ok(list) = ids.downcast::<PyList>() {
-                for item in list.iter() {
-                    push(&item)?;
-                }
-            } else {
-                for item in ids.try_iter()? {
-                    push(&item?)?;
-                }
-            }
+        self.interner
+            .lock()
+            .map_err(poisoned)?
+            .keys(site, ids, out, &mut new)?;
+        self.record_first_sight(new)
+    }
+
+    /// Ids seen in a step (or a finish) before any arrival record: record what
+    /// we know, so no key in the trace is ever an orphan.
+    fn record_first_sight(&self, new: Vec<(u32, String)>) -> PyResult<()> {
+        if new.is_empty() {
+            return Ok(());
         }
         let now = clock::monotonic_ns();
         for (req, internal_id) in new {
-            // Seen in a step before any lifecycle record: record what we know,
-            // so no key in the trace is ever an orphan.
             self.record(Record::Arrival(RequestArrival {
                 req,
                 arrival_ns: now,
@@ -187,6 +177,7 @@ impl NativeProbe {
             top_k_cap,
             probe: OnceLock::new(),
             interner: Mutex::new(Interner::default()),
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -288,12 +279,12 @@ impl NativeProbe {
             at,
         ) in arrivals
         {
+            // The arrival written here is the first sight: no extra record.
             let key = self
                 .interner
                 .lock()
                 .map_err(poisoned)?
-                .key(id.as_any())?
-                .key();
+                .key(id.as_any(), &mut Vec::new())?;
             let (trace_id, parent_span_id) = traceparent
                 .as_deref()
                 .and_then(parse_traceparent)
@@ -330,7 +321,9 @@ impl NativeProbe {
         let now = clock::monotonic_ns();
         let mut recorded = 0;
         for (id, reason, output_tokens) in finishes {
-            let key = self.interner.lock().map_err(poisoned)?.key(&id)?.key();
+            let mut new = Vec::new();
+            let key = self.interner.lock().map_err(poisoned)?.key(&id, &mut new)?;
+            self.record_first_sight(new)?;
             let ok = self.record(Record::Finish(RequestFinish {
                 req: key,
                 time_ns: now,
@@ -354,7 +347,7 @@ impl NativeProbe {
     ) -> PyResult<bool> {
         let now = clock::monotonic_ns();
         let mut keys = Vec::new();
-        self.keys(req_ids, &mut keys)?;
+        self.keys(Site::Other, req_ids, &mut keys)?;
         let firsts = u32s(Some(first_index))?;
         let counts = match opt(&counts) {
             Some(c) => u32s(Some(c))?,
@@ -385,6 +378,9 @@ impl NativeProbe {
     /// `prefill`, `decode`, optional `cached`. Token runs (one per request that
     /// got tokens this step): `run_reqs`, `run_first_index` (output index of
     /// the run's first token), optional `run_counts` (default 1 each).
+    /// `run_reqs=None` means one run per batch entry, in batch order (entries
+    /// with a count of 0, such as partial prefill chunks, get no run) — the
+    /// cheap form, since each id is looked up once.
     /// Token columns over all n tokens, in run order: `token_ids`; with
     /// `top_k >= 0` also `logprobs`, `ranks` and, for k > 0, `top_ids` and
     /// `top_logprobs` (n×k, flat or 2-D). `run_has_logprobs` (bools per run)
@@ -427,6 +423,7 @@ impl NativeProbe {
         let end = end_ns.unwrap_or_else(clock::monotonic_ns);
         let probe = self.probe()?;
         let mut step = probe.take_step();
+        let mut scratch = self.scratch.lock().map_err(poisoned)?;
         let built = self.fill_step(
             &mut step,
             StepArgs {
@@ -448,10 +445,10 @@ impl NativeProbe {
                 finished: opt(&finished),
                 texts,
             },
+            &mut scratch,
         );
-        if let Err(e) = built {
-            return Err(e);
-        }
+        drop(scratch);
+        built?;
         step.step_id = step_id;
         step.start_ns = start_ns;
         step.end_ns = end;
@@ -494,6 +491,35 @@ impl NativeProbe {
     }
 }
 
+/// Per-step working columns, reused from step to step so recording does not
+/// allocate.
+#[derive(Default)]
+pub struct Scratch {
+    keys: Vec<u32>,
+    prefill: Vec<u32>,
+    decode: Vec<u32>,
+    cached: Vec<u32>,
+    firsts: Vec<u32>,
+    counts: Vec<u32>,
+    has_lp: Vec<u32>,
+}
+
+impl Scratch {
+    fn clear(&mut self) {
+        for v in [
+            &mut self.keys,
+            &mut self.prefill,
+            &mut self.decode,
+            &mut self.cached,
+            &mut self.firsts,
+            &mut self.counts,
+            &mut self.has_lp,
+        ] {
+            v.clear();
+        }
+    }
+}
+
 struct StepArgs<'a, 'py> {
     batch_reqs: &'a Bound<'py, PyAny>,
     prefill: &'a Bound<'py, PyAny>,
@@ -521,75 +547,95 @@ fn mismatch(what: &str, got: usize, want: usize) -> PyErr {
 }
 
 impl NativeProbe {
-    fn fill_step(&self, step: &mut Step, a: StepArgs<'_, '_>) -> PyResult<()> {
+    fn fill_step(&self, step: &mut Step, a: StepArgs<'_, '_>, sc: &mut Scratch) -> PyResult<()> {
+        sc.clear();
         // Batch composition.
-        let mut keys = Vec::new();
-        self.keys(a.batch_reqs, &mut keys)?;
-        let mut prefill = Vec::with_capacity(keys.len());
-        let mut decode = Vec::with_capacity(keys.len());
-        extend_u32(a.prefill, &mut prefill)?;
-        extend_u32(a.decode, &mut decode)?;
-        let cached = u32s(a.cached)?;
-        if prefill.len() != keys.len() {
-            return Err(mismatch("prefill", prefill.len(), keys.len()));
+        self.keys(Site::Batch, a.batch_reqs, &mut sc.keys)?;
+        let nb = sc.keys.len();
+        extend_u32(a.prefill, &mut sc.prefill)?;
+        extend_u32(a.decode, &mut sc.decode)?;
+        if let Some(c) = a.cached {
+            extend_u32(c, &mut sc.cached)?;
         }
-        if decode.len() != keys.len() {
-            return Err(mismatch("decode", decode.len(), keys.len()));
+        if sc.prefill.len() != nb {
+            return Err(mismatch("prefill", sc.prefill.len(), nb));
         }
-        if !cached.is_empty() && cached.len() != keys.len() {
-            return Err(mismatch("cached", cached.len(), keys.len()));
+        if sc.decode.len() != nb {
+            return Err(mismatch("decode", sc.decode.len(), nb));
+        }
+        if !sc.cached.is_empty() && sc.cached.len() != nb {
+            return Err(mismatch("cached", sc.cached.len(), nb));
         }
         step.batch
-            .extend(keys.iter().enumerate().map(|(i, &req)| BatchEntry {
-                req,
-                prefill_tokens: prefill[i],
-                cached_tokens: cached.get(i).copied().unwrap_or(0),
-                decode_tokens: decode[i],
-            }));
+            .extend(
+                sc.keys
+                    .iter()
+                    .zip(&sc.prefill)
+                    .zip(&sc.decode)
+                    .map(|((&req, &p), &d)| BatchEntry {
+                        req,
+                        prefill_tokens: p,
+                        cached_tokens: 0,
+                        decode_tokens: d,
+                    }),
+            );
+        for (entry, &c) in step.batch.iter_mut().zip(&sc.cached) {
+            entry.cached_tokens = c;
+        }
         if let Some(p) = a.preempted {
-            self.keys(p, &mut step.preempted)?;
+            self.keys(Site::Other, p, &mut step.preempted)?;
         }
         if let Some(f) = a.finished {
-            self.keys(f, &mut step.finished)?;
+            self.keys(Site::Other, f, &mut step.finished)?;
         }
 
-        // Token runs.
-        keys.clear();
-        self.keys(a.run_reqs, &mut keys)?;
-        let firsts = u32s(Some(a.run_first_index))?;
-        if firsts.len() != keys.len() {
-            return Err(mismatch("run_first_index", firsts.len(), keys.len()));
+        // Token runs: their own ids, or (None) one run per batch entry, in
+        // batch order, which saves looking every id up twice.
+        if !a.run_reqs.is_none() {
+            sc.keys.clear();
+            self.keys(Site::Runs, a.run_reqs, &mut sc.keys)?;
         }
-        let counts = match a.run_counts {
-            Some(c) => u32s(Some(c))?,
-            None => vec![1; keys.len()],
-        };
-        if counts.len() != keys.len() {
-            return Err(mismatch("run_counts", counts.len(), keys.len()));
+        let nr = sc.keys.len();
+        extend_u32(a.run_first_index, &mut sc.firsts)?;
+        if sc.firsts.len() != nr {
+            return Err(mismatch("run_first_index", sc.firsts.len(), nr));
         }
-        let n: usize = counts.iter().map(|&c| c as usize).sum();
-        let has_lp: Vec<bool> = match a.run_has_logprobs {
-            Some(m) => {
-                let v: Vec<bool> = m.extract::<Vec<bool>>()?;
-                if v.len() != keys.len() {
-                    return Err(mismatch("run_has_logprobs", v.len(), keys.len()));
-                }
-                v
-            }
-            None => vec![true; keys.len()],
-        };
+        match a.run_counts {
+            Some(c) => extend_u32(c, &mut sc.counts)?,
+            None => sc.counts.resize(nr, 1),
+        }
+        if sc.counts.len() != nr {
+            return Err(mismatch("run_counts", sc.counts.len(), nr));
+        }
+        let n: usize = sc.counts.iter().map(|&c| c as usize).sum();
+        match a.run_has_logprobs {
+            Some(m) => extend_u32(m, &mut sc.has_lp)?,
+            None => sc.has_lp.resize(nr, 1),
+        }
+        if sc.has_lp.len() != nr {
+            return Err(mismatch("run_has_logprobs", sc.has_lp.len(), nr));
+        }
         let given_k = usize::try_from(a.top_k).ok();
         let keep_k = given_k.map(|k| k.min(self.top_k_cap as usize).min(255));
         let capture_tokens = self.capture != CaptureLevel::Metadata;
-        step.tokens.runs.extend((0..keys.len()).map(|i| TokenRun {
-            req: keys[i],
-            first_index: firsts[i],
-            count: counts[i],
-            top_k: match keep_k {
-                Some(k) if capture_tokens && has_lp[i] => Some(k as u8),
-                _ => None,
-            },
-        }));
+        let run_k = |has: u32| match keep_k {
+            Some(k) if capture_tokens && has != 0 => Some(k as u8),
+            _ => None,
+        };
+        step.tokens.runs.extend(
+            sc.keys
+                .iter()
+                .zip(&sc.firsts)
+                .zip(&sc.counts)
+                .zip(&sc.has_lp)
+                .filter(|(((_, _), &count), _)| count > 0)
+                .map(|(((&req, &first_index), &count), &has)| TokenRun {
+                    req,
+                    first_index,
+                    count,
+                    top_k: run_k(has),
+                }),
+        );
         if !capture_tokens {
             return Ok(());
         }
@@ -628,8 +674,8 @@ impl NativeProbe {
                 }
             }
             // Keep only the runs that asked, and at most the capped k per token.
-            if keep < k || has_lp.iter().any(|h| !h) {
-                select_rows(t, &counts, &has_lp, k, keep);
+            if keep < k || sc.has_lp.contains(&0) {
+                select_rows(t, &sc.counts, &sc.has_lp, k, keep);
             }
         }
         if self.capture == CaptureLevel::Text {
@@ -645,18 +691,19 @@ impl NativeProbe {
 }
 
 /// Compact logprob columns in place: drop the rows of runs without logprobs,
-/// and cut each token's candidates from `k` to `keep`.
+/// and cut each token's candidates from `k` to `keep`. `counts` and `has_lp`
+/// are per run as given (runs of 0 tokens included: they own no rows).
 fn select_rows(
     t: &mut probe_core::event::SampledTokens,
     counts: &[u32],
-    has_lp: &[bool],
+    has_lp: &[u32],
     k: usize,
     keep: usize,
 ) {
     let (mut src, mut dst) = (0usize, 0usize);
     for (run, &count) in counts.iter().enumerate() {
         for _ in 0..count {
-            if has_lp[run] {
+            if has_lp[run] != 0 {
                 t.logprobs.0[dst] = t.logprobs.0[src];
                 t.ranks.0[dst] = t.ranks.0[src];
                 for c in 0..keep {

@@ -22,7 +22,7 @@ use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Recycled step buffers kept at most.
-const SPARE_STEPS: usize = 32;
+const SPARE_STEPS: usize = 256;
 /// Largest step buffer worth keeping (a 4096-token step with top-20 fits).
 const MAX_SPARE_STEP_BYTES: usize = 1 << 20;
 

@@ -1,0 +1,153 @@
+"""Python calls -> segment files -> Rust reader: what goes in comes back out,
+whatever shape the engine hands over (numpy arrays, strided views, nested
+lists, flat lists), and capture level and top-K cap are applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import records
+from toktrace._native import NativeProbe, monotonic_ns
+from toktrace.probe import Recorder
+from toktrace.config import Config
+
+N_REQ = 4
+K = 5
+
+
+def engine_arrays(step: int):
+    rng = np.random.default_rng(step)
+    # vLLM hands [n, k+1] arrays whose column 0 is the sampled token.
+    ids = rng.integers(0, 150_000, size=(N_REQ, K + 1), dtype=np.int64)
+    lps = -np.sort(rng.random((N_REQ, K + 1), dtype=np.float32), axis=1) * 10
+    ranks = rng.integers(1, 4, size=N_REQ, dtype=np.int64)
+    return ids, lps, ranks
+
+
+def shapes(ids, lps, ranks):
+    """The same data as each engine shape."""
+    yield "numpy-strided", dict(token_ids=ids[:, 0], logprobs=lps[:, 0], ranks=ranks,
+                                top_ids=ids[:, 1:], top_logprobs=lps[:, 1:])
+    yield "numpy-contiguous", dict(token_ids=np.ascontiguousarray(ids[:, 0]).astype(np.int32),
+                                   logprobs=lps[:, 0].astype(np.float64), ranks=ranks.astype(np.uint32),
+                                   top_ids=np.ascontiguousarray(ids[:, 1:]).ravel(),
+                                   top_logprobs=np.ascontiguousarray(lps[:, 1:]).ravel())
+    yield "nested-lists", dict(token_ids=[[int(x)] for x in ids[:, 0]], logprobs=lps[:, 0].tolist(),
+                               ranks=ranks.tolist(), top_ids=ids[:, 1:].tolist(),
+                               top_logprobs=lps[:, 1:].tolist())
+    yield "flat-lists", dict(token_ids=ids[:, 0].tolist(), logprobs=lps[:, 0].tolist(), ranks=ranks.tolist(),
+                             top_ids=ids[:, 1:].ravel().tolist(), top_logprobs=lps[:, 1:].ravel().tolist())
+
+
+def record(probe: NativeProbe, step: int, cols: dict, **extra) -> bool:
+    reqs = [f"req-{i}" for i in range(N_REQ)]
+    return probe.record_step(
+        step, monotonic_ns(), reqs, [0, 0, 7, 0], [1, 1, 0, 1], reqs, [step] * N_REQ,
+        top_k=K, waiting=2, running=N_REQ, kv_usage=0.25, **cols, **extra,
+    )
+
+
+@pytest.mark.parametrize("shape", ["numpy-strided", "numpy-contiguous", "nested-lists", "flat-lists"])
+def test_every_engine_shape_round_trips(tmp_path: Path, shape: str):
+    probe = NativeProbe(str(tmp_path))
+    ids, lps, ranks = engine_arrays(3)
+    cols = dict(shapes(ids, lps, ranks))[shape]
+    assert record(probe, 3, cols)
+    assert probe.shutdown(10.0)
+    [step] = records(tmp_path, "Step")
+    t = step["tokens"]
+    assert t["ids"] == ids[:, 0].tolist()
+    assert t["ranks"] == ranks.tolist()
+    assert t["top_ids"] == ids[:, 1:].ravel().tolist()
+    np.testing.assert_array_equal(np.float32(t["logprobs"]), lps[:, 0])
+    np.testing.assert_array_equal(np.float32(t["top_logprobs"]), lps[:, 1:].ravel())
+    assert [r["top_k"] for r in t["runs"]] == [K] * N_REQ
+    assert [b["prefill_tokens"] for b in step["batch"]] == [0, 0, 7, 0]
+    assert step["waiting"] == 2 and step["running"] == N_REQ and step["kv_usage"] == 0.25
+    assert step["start_ns"] <= step["end_ns"]
+
+
+def test_logprob_mask_and_top_k_cap(tmp_path: Path):
+    probe = NativeProbe(str(tmp_path), top_k_cap=2)
+    ids, lps, ranks = engine_arrays(1)
+    cols = dict(shapes(ids, lps, ranks))["numpy-strided"]
+    assert record(probe, 1, cols, run_has_logprobs=[True, False, True, False])
+    probe.shutdown(10.0)
+    t = records(tmp_path, "Step")[0]["tokens"]
+    assert [r["top_k"] for r in t["runs"]] == [2, None, 2, None]
+    assert t["ids"] == ids[:, 0].tolist()  # every token keeps its id
+    assert t["ranks"] == ranks[[0, 2]].tolist()
+    assert t["top_ids"] == ids[[0, 2], 1:3].ravel().tolist()
+
+
+def test_capture_metadata_keeps_no_token_data(tmp_path: Path):
+    probe = NativeProbe(str(tmp_path), capture="metadata")
+    ids, lps, ranks = engine_arrays(2)
+    record(probe, 2, dict(shapes(ids, lps, ranks))["numpy-strided"])
+    probe.shutdown(10.0)
+    t = records(tmp_path, "Step")[0]["tokens"]
+    assert t["ids"] == [] and t["logprobs"] == [] and t["top_ids"] == []
+    assert [r["count"] for r in t["runs"]] == [1] * N_REQ  # timing and counts stay
+
+
+def test_capture_text_keeps_texts_and_tokens_drops_them(tmp_path: Path):
+    for level, expect in (("text", ["a", " b", "<s>", "\u00e9"]), ("tokens", [])):
+        d = tmp_path / level
+        probe = NativeProbe(str(d), capture=level)
+        ids, lps, ranks = engine_arrays(4)
+        record(probe, 4, dict(shapes(ids, lps, ranks))["flat-lists"], texts=["a", " b", "<s>", "\u00e9"])
+        probe.shutdown(10.0)
+        assert records(d, "Step")[0]["tokens"]["texts"] == expect
+
+
+def test_lifecycle_and_emits(tmp_path: Path):
+    probe = NativeProbe(str(tmp_path))
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert probe.record_arrivals([
+        ("cmpl-1-abcd", "cmpl-1", tp, 12, 0.7, 0.95, 40, 64, 5, 1234, 1000),
+        ("cmpl-2-ef01", None, "not-a-traceparent", None, None, None, None, None, -1, None, None),
+    ]) == 2
+    assert probe.record_emits(["cmpl-1-abcd", "cmpl-2-ef01"], np.array([0, 3]), [1, 2])
+    assert probe.record_finishes([("cmpl-1-abcd", "stop", 9), ("cmpl-2-ef01", "repetition", None)]) == 2
+    assert probe.known_requests() == 0
+    probe.shutdown(10.0)
+    a1, a2 = records(tmp_path, "Arrival")
+    assert a1["internal_id"] == "cmpl-1-abcd" and a1["external_id"] == "cmpl-1"
+    assert bytes(a1["trace_id"]).hex() == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert bytes(a1["parent_span_id"]).hex() == "00f067aa0ba902b7"
+    assert a1["arrival_ns"] == 1000 and a1["prompt_tokens"] == 12
+    assert a1["params"] == {"temperature": pytest.approx(0.7), "top_p": pytest.approx(0.95), "top_k": 40,
+                            "max_tokens": 64, "logprobs": 5, "seed": 1234}
+    assert a2["trace_id"] is None and a2["params"]["logprobs"] is None
+    [emit] = records(tmp_path, "Emit")
+    assert [(e["req"], e["first_index"], e["count"]) for e in emit["emits"]] == [(a1["req"], 0, 1), (a2["req"], 3, 2)]
+    f1, f2 = records(tmp_path, "Finish")
+    assert f1["reason"] == "Stop" and f1["output_tokens"] == 9
+    assert f2["reason"] == {"Other": "repetition"}
+
+
+def test_a_request_first_seen_in_a_step_gets_an_arrival(tmp_path: Path):
+    probe = NativeProbe(str(tmp_path))
+    probe.record_step(0, monotonic_ns(), ["x"], [5], [0], [], [])
+    probe.shutdown(10.0)
+    [arrival] = records(tmp_path, "Arrival")
+    assert arrival["internal_id"] == "x"
+    assert records(tmp_path, "Step")[0]["batch"][0]["req"] == arrival["req"]
+
+
+def test_bad_input_never_raises_through_the_recorder(tmp_path: Path, capsys):
+    rec = Recorder(Config(dir=str(tmp_path)))
+    # Columns that disagree in length, wrong types, negative ids.
+    assert rec.step(0, monotonic_ns(), ["a", "b"], [1], [0, 0], [], []) is False
+    assert rec.step(1, monotonic_ns(), [1, 2], [1, 1], [0, 0], [], []) is False
+    assert rec.step(2, monotonic_ns(), ["a"], [0], [1], ["a"], [0], token_ids=[-5]) is False
+    assert rec.step(3, monotonic_ns(), ["a"], [0], [1], ["a"], [0], token_ids=[5], top_k=2) is False
+    assert rec.errors == 4
+    assert capsys.readouterr().err.count("toktrace:") == 1
+    # And it keeps working afterwards.
+    assert rec.step(4, monotonic_ns(), ["a"], [0], [1], ["a"], [0], token_ids=[5]) is True
+    rec.shutdown()
+    assert [s["step_id"] for s in records(tmp_path, "Step")] == [4]
