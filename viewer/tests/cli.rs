@@ -1,0 +1,110 @@
+//! The `toktrace` binary as scripts use it: exit codes, JSON, errors.
+
+use probe_core::event::Record;
+use probe_core::{synth, Probe, ProbeConfig};
+use std::process::Command;
+use std::time::Duration;
+
+fn toktrace(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_toktrace"))
+        .args(args)
+        .output()
+        .expect("run toktrace")
+}
+
+fn small_trace(dir: &std::path::Path) {
+    let mut probe = Probe::start(ProbeConfig::new(dir)).unwrap();
+    probe.record(Record::Process(synth::process_info()));
+    for r in 0..3 {
+        probe.record(synth::arrival(r));
+    }
+    for i in 0..10 {
+        probe.record(Record::Step(synth::step(i, 3, Some(2))));
+    }
+    assert!(probe.shutdown(Duration::from_secs(30)).clean);
+}
+
+#[test]
+fn info_json_counts_what_was_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    small_trace(dir.path());
+    let out = toktrace(&["info", dir.path().to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["processes"][0];
+    assert_eq!(p["steps"], 10);
+    assert_eq!(p["tokens"], 30);
+    assert_eq!(p["requests"], 3);
+    assert_eq!(p["engine"], "synthetic");
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn dump_prints_one_json_line_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    small_trace(dir.path());
+    let out = toktrace(&["dump", dir.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // header + process + 3 arrivals + 10 steps
+    assert_eq!(lines.len(), 15);
+    assert!(lines[0]["record"]["Header"].is_object());
+    assert_eq!(
+        lines[14]["record"]["Step"]["tokens"]["ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn bad_input_exits_1_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let out = toktrace(&["info", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file or directory"));
+
+    let junk = dir.path().join("junk.tts");
+    std::fs::write(&junk, b"definitely not a trace").unwrap();
+    let out = toktrace(&["info", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a toktrace trace"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    assert_eq!(toktrace(&["info"]).status.code(), Some(2));
+    assert_eq!(toktrace(&["frobnicate"]).status.code(), Some(2));
+    let help = toktrace(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("TOKTRACE_DIR"));
+}
+
+#[test]
+fn a_torn_trace_reads_with_a_warning_and_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    small_trace(dir.path());
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("seg-000000.tts");
+    let bytes = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &bytes[..bytes.len() - 7]).unwrap();
+    let out = toktrace(&["info", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("torn tail"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["processes"][0]["steps"], 9);
+}
