@@ -42,7 +42,10 @@ class _Loader:
         with _lock:
             callbacks = _watch.pop(self._name, [])
         for cb in callbacks:
-            cb(module)
+            try:
+                cb(module)
+            except Exception as exc:  # noqa: BLE001 - never break the host's import
+                print(f"toktrace: post-import hook for {self._name} failed: {exc!r}", file=sys.stderr)
 
     def __getattr__(self, name: str):
         return getattr(self._loader, name)

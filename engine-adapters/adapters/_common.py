@@ -1,0 +1,119 @@
+"""What every engine adapter needs: patching helpers, clock conversion,
+special tokens from a tokenizer, and the guard that keeps a tracing bug from
+ever reaching the engine."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+MARK = "__toktrace_wrapped__"
+
+
+class AdapterError(RuntimeError):
+    """The engine does not look the way this adapter expects (missing attribute,
+    unknown version). Raised at apply time, reported once, engine untraced."""
+
+
+def require(obj: Any, *names: str, where: str) -> None:
+    """Raise AdapterError naming every attribute of `obj` that is missing."""
+    missing = [n for n in names if not hasattr(obj, n)]
+    if missing:
+        raise AdapterError(f"{where} has no {', '.join(missing)}")
+
+
+def patch(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+    """Replace ``owner.name`` by ``make(original)``, once: a second call finds
+    the mark and leaves it alone (the .pth hook and a plugin may both apply)."""
+    original = getattr(owner, name)
+    if getattr(original, MARK, False):
+        return
+    wrapper = functools.wraps(original)(make(original))
+    setattr(wrapper, MARK, True)
+    setattr(owner, name, wrapper)
+
+
+class Guard:
+    """Counts and reports (once) exceptions raised by tracing code, so that
+    the wrapped engine call always proceeds as if toktrace were absent."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+        self.errors = 0
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            print(
+                f"toktrace: {self.engine} adapter error in {where}: {type(exc).__name__}: {exc} "
+                "(tracing continues; further errors counted)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def unix_to_mono_ns(unix_s: float | None) -> int | None:
+    """A wall-clock time (seconds) as CLOCK_MONOTONIC ns, via the current offset."""
+    if unix_s is None:
+        return None
+    offset = time.time_ns() - time.monotonic_ns()
+    return int(unix_s * 1e9) - offset
+
+
+def traceparent(headers: Any) -> str | None:
+    """The W3C traceparent value from a header mapping, if any."""
+    if not headers:
+        return None
+    try:
+        for key, value in headers.items():
+            if str(key).lower() == "traceparent":
+                return str(value)
+    except Exception:  # noqa: BLE001
+        return None
+    return None
+
+
+def special_tokens_from_dir(path: str | None) -> list[tuple[int, str]]:
+    """Every special token declared in a local model's tokenizer.json."""
+    if not path:
+        return []
+    f = Path(path) / "tokenizer.json"
+    if not f.is_file():
+        return []
+    try:
+        added = json.loads(f.read_text(encoding="utf-8")).get("added_tokens", [])
+        return sorted((int(t["id"]), str(t["content"])) for t in added if t.get("special"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def special_tokens_from_tokenizer(tok: Any) -> dict[str, Any]:
+    """bos/eos/pad/all special ids of a Hugging Face style tokenizer object."""
+    out: dict[str, Any] = {}
+    if tok is None:
+        return out
+    for name in ("bos", "pad"):
+        v = getattr(tok, f"{name}_token_id", None)
+        if isinstance(v, int):
+            out[name] = v
+    eos = getattr(tok, "eos_token_id", None)
+    if isinstance(eos, int):
+        out["eos"] = [eos]
+    try:
+        ids = list(getattr(tok, "all_special_ids", []) or [])
+        toks = list(getattr(tok, "all_special_tokens", []) or [])
+        if len(ids) == len(toks):
+            out["special"] = sorted((int(i), str(t)) for i, t in zip(ids, toks))
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def local_dir(path: str | None) -> str | None:
+    """`path` if it is a local directory (a model path rather than a hub name)."""
+    return path if path and os.path.isdir(path) else None

