@@ -44,17 +44,30 @@ venv_for() {
     echo "$dir"
 }
 
-# Build the toktrace wheel (probe extension + bundled CLI) and install it into
-# a venv, reinstalling only when the sources changed.
-install_toktrace() {
-    local venv="$1"
+# Build the toktrace wheel (probe extension + bundled CLI) once per source
+# state, into the cache; prints the wheel's path.
+build_wheel() {
     local stamp
     stamp="$(cd "$REPO" && git ls-files -s bindings-python engine-adapters probe-core viewer analyzer Cargo.toml Cargo.lock 2>/dev/null | sha256sum | cut -c1-16)"
-    if ! git -C "$REPO" diff --quiet 2>/dev/null; then
+    if ! git -C "$REPO" diff --quiet HEAD -- bindings-python engine-adapters probe-core viewer analyzer 2>/dev/null; then
         stamp="$stamp-dirty-$(date +%s)"
     fi
-    if [ "$(cat "$venv/.toktrace-stamp" 2>/dev/null)" != "$stamp" ]; then
-        "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$REPO/bindings-python"
-        echo "$stamp" > "$venv/.toktrace-stamp"
+    local dir="$CACHE/wheels/$stamp"
+    if ! ls "$dir"/toktrace-*.whl >/dev/null 2>&1; then
+        local builder
+        builder="$(venv_for build "$REPO/scripts/build-requirements.txt")"
+        rm -rf "$dir" && mkdir -p "$dir"
+        "$builder/bin/pip" wheel --quiet --no-deps --wheel-dir "$dir" "$REPO/bindings-python" >&2
+    fi
+    ls "$dir"/toktrace-*.whl | head -n 1
+}
+
+# Install the current toktrace wheel into a venv (reinstalled only when it changed).
+install_toktrace() {
+    local venv="$1" wheel
+    wheel="$(build_wheel)"
+    if [ "$(cat "$venv/.toktrace-wheel" 2>/dev/null)" != "$wheel" ]; then
+        "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$wheel"
+        echo "$wheel" > "$venv/.toktrace-wheel"
     fi
 }

@@ -130,8 +130,11 @@ def mixed(request, tmp_path_factory):
     return run_scenario(tmp_path_factory.mktemp("vllm"), "mixed", request.param)
 
 
-def test_every_token_matches_vllm(mixed):
+def test_every_token_matches_vllm(mixed, request):
     out, trace = mixed
+    assert out["engine_core_started_by"] == request.node.callspec.params["mixed"]
+    # The engine core is its own process with its own trace directory.
+    assert trace.engine[0] not in trace.frontend
     n = check_tokens_match(out, trace)
     assert n == sum(len(co["token_ids"]) for r in out["requests"] for co in r["outputs"])
     assert len(out["requests"]) >= 16

@@ -4,7 +4,7 @@ Run with the vLLM venv's python, TOKTRACE_DIR set (so the .pth hook traces
 it), and an output JSON path; it writes what vLLM itself returned, for the
 tests to compare with the trace:
 
-  python vllm_scenarios.py mixed OUT.json [--method fork|spawn]
+  python vllm_scenarios.py mixed OUT.json [--method fork|spawn]   (how the engine core starts)
   python vllm_scenarios.py interference OUT.json
   python vllm_scenarios.py preempt OUT.json
 
@@ -127,11 +127,26 @@ def main() -> int:
     ap.add_argument("--method", choices=["fork", "spawn"], default="spawn",
                     help="how vLLM starts its engine-core process")
     args = ap.parse_args()
-    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = args.method
+    started_by = []
+    if args.method == "fork":
+        # vLLM's CPU platform forces spawn for its processes (platforms/cpu.py),
+        # while GPU servers usually fork their engine core. To exercise the fork
+        # path here, the engine core is started from a fork context; its model
+        # worker is still spawned by the engine core, as on the CPU normally.
+        import multiprocessing
+
+        import vllm.v1.engine.utils as engine_utils
+
+        def fork_context():
+            started_by.append("fork")
+            return multiprocessing.get_context("fork")
+
+        engine_utils.get_mp_context = fork_context
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = {"mixed": mixed, "interference": interference, "preempt": preempt}[args.scenario]()
+    result["engine_core_started_by"] = "fork" if started_by else "spawn"
     with open(args.out, "w") as f:
         json.dump(result, f)
     return 0
