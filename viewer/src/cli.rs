@@ -32,6 +32,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The engine's iterations in order: duration, batch composition, tokens sampled.
+    ///
+    /// One line per step of every process that recorded steps. Times are
+    /// milliseconds from the first step of that process.
+    Steps {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+        /// Show at most this many steps (the slowest first with --slowest).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Order by step duration, longest first.
+        #[arg(long)]
+        slowest: bool,
+    },
     /// Every record of a trace as JSON lines, in file order (for debugging and scripts).
     ///
     /// Each line is {"process": DIR, "segment": INDEX, "offset": BYTE, "record": {KIND: {...}}}.

@@ -10,7 +10,62 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Info { dir, json } => info(&dir, json),
         Command::Dump { dir } => dump(&dir),
+        Command::Steps {
+            dir,
+            limit,
+            slowest,
+        } => steps(&dir, limit, slowest),
     }
+}
+
+fn steps(dir: &std::path::Path, limit: Option<usize>, slowest: bool) -> Result<()> {
+    use probe_core::event::Record;
+    let trace = read_trace(dir)?;
+    for w in trace.all_warnings() {
+        eprintln!("toktrace: warning: {w}");
+    }
+    for p in &trace.processes {
+        let mut steps: Vec<&probe_core::event::Step> = p
+            .records()
+            .filter_map(|r| match r {
+                Record::Step(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        if steps.is_empty() {
+            continue;
+        }
+        let origin = steps.iter().map(|s| s.start_ns).min().unwrap_or(0);
+        let name = p.dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        println!("{}", name.unwrap_or_default());
+        println!(
+            "{:>7} {:>10} {:>9} {:>5} {:>8} {:>7} {:>7} {:>7} {:>6}",
+            "step", "start_ms", "dur_ms", "reqs", "prefill", "cached", "decode", "tokens", "kv"
+        );
+        if slowest {
+            steps.sort_by_key(|s| std::cmp::Reverse(s.end_ns.saturating_sub(s.start_ns)));
+        }
+        for s in steps.iter().take(limit.unwrap_or(usize::MAX)) {
+            let sum = |f: fn(&probe_core::event::BatchEntry) -> u32| -> u64 {
+                s.batch.iter().map(|b| u64::from(f(b))).sum()
+            };
+            println!(
+                "{:>7} {:>10.3} {:>9.3} {:>5} {:>8} {:>7} {:>7} {:>7} {:>6}",
+                s.step_id,
+                s.start_ns.saturating_sub(origin) as f64 / 1e6,
+                s.end_ns.saturating_sub(s.start_ns) as f64 / 1e6,
+                s.batch.len(),
+                sum(|b| b.prefill_tokens),
+                sum(|b| b.cached_tokens),
+                sum(|b| b.decode_tokens),
+                s.tokens.len(),
+                s.kv_usage
+                    .map(|k| format!("{:.0}%", k * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn dump(dir: &std::path::Path) -> Result<()> {

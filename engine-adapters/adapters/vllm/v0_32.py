@@ -14,8 +14,11 @@ Engine-core process (where the scheduler lives):
 
 Frontend process (``AsyncLLM`` for ``vllm serve``, ``LLMEngine`` offline):
 - ``OutputProcessor.__init__``: process info from the tokenizer.
+- ``AsyncLLM.add_request``: the W3C ``traceparent`` header the API server
+  passes in — vLLM drops it right there unless its own OpenTelemetry export
+  is configured, so it is kept aside by request id.
 - ``OutputProcessor.add_request``: arrival with the client-visible id and the
-  W3C ``traceparent`` header.
+  ``traceparent``.
 - ``OutputProcessor.process_outputs``: the moment tokens are handed to the
   client streams (emit).
 
@@ -31,6 +34,7 @@ and ``cu_num_generated_tokens`` (row offsets under speculative decoding);
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import time
 from typing import Any
@@ -54,6 +58,7 @@ def install(version: str) -> None:
 
     hooks.when_imported("vllm.v1.core.sched.scheduler", _checked(_patch_scheduler))
     hooks.when_imported("vllm.v1.engine.output_processor", _checked(_patch_output_processor))
+    hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_async_llm))
 
 
 def _checked(patcher):
@@ -362,6 +367,37 @@ def _wrap_op_init(orig):
     return __init__
 
 
+# traceparent by request id, between AsyncLLM.add_request and OutputProcessor.add_request.
+_traceparents: dict[str, str] = {}
+MAX_TRACEPARENTS = 4096
+
+
+def _patch_async_llm(mod) -> None:
+    C.require(mod, "AsyncLLM", where="vllm.v1.engine.async_llm")
+    A = mod.AsyncLLM
+    C.require(A, "add_request", where="vllm AsyncLLM")
+    sig = inspect.signature(A.add_request)
+    if "trace_headers" not in sig.parameters or "request_id" not in sig.parameters:
+        raise C.AdapterError("AsyncLLM.add_request takes no request_id/trace_headers")
+
+    def make(orig):
+        async def add_request(self, *args: Any, **kwargs: Any):
+            try:
+                bound = sig.bind_partial(self, *args, **kwargs).arguments
+                tp = C.traceparent(bound.get("trace_headers"))
+                if tp is not None:
+                    _traceparents[str(bound["request_id"])] = tp
+                    if len(_traceparents) > MAX_TRACEPARENTS:
+                        _traceparents.pop(next(iter(_traceparents)))
+            except Exception as exc:  # noqa: BLE001
+                _guard.failed("AsyncLLM.add_request", exc)
+            return await orig(self, *args, **kwargs)
+
+        return add_request
+
+    C.patch(A, "add_request", make)
+
+
 def _wrap_op_add_request(orig):
     def add_request(self, request: Any, *args: Any, **kwargs: Any) -> None:
         known = request.request_id in self.request_states
@@ -371,10 +407,13 @@ def _wrap_op_add_request(orig):
         try:
             rec = _frontend_recorder()
             if rec is not None:
+                external = getattr(request, "external_req_id", None)
+                tp = C.traceparent(getattr(request, "trace_headers", None))
+                kept = _traceparents.pop(external, None) if external is not None else None
                 rec.arrivals([(
                     request.request_id,
-                    getattr(request, "external_req_id", None),
-                    C.traceparent(getattr(request, "trace_headers", None)),
+                    external,
+                    tp or kept,
                     len(request.prompt_token_ids or ()),
                     *_params(request.sampling_params),
                     C.unix_to_mono_ns(getattr(request, "arrival_time", None)),
