@@ -13,8 +13,10 @@ TOKTRACE="$VLLM_VENV/bin/toktrace"
 
 stage "record (real vLLM, tiny model)"
 rm -rf "$OUT" && mkdir -p "$OUT"
-TOKTRACE_DIR="$OUT/trace" "$VLLM_VENV/bin/python" "$REPO/fixtures/vllm_demo.py" 2> "$OUT/vllm.log" \
+TOKTRACE_DIR="$OUT/trace" VLLM_LOGGING_LEVEL=WARNING \
+    "$VLLM_VENV/bin/python" "$REPO/fixtures/vllm_demo.py" > "$OUT/vllm.log" 2>&1 \
     || { tail -n 40 "$OUT/vllm.log"; exit 1; }
+grep -E '^(vLLM:|  )' "$OUT/vllm.log"
 
 stage "show"
 "$TOKTRACE" info "$OUT/trace"

@@ -38,14 +38,97 @@ fn key_from_delta(prev: &mut u32, v: u32) -> u32 {
     *prev
 }
 
-struct Packer<'a> {
-    buf: &'a mut Vec<u8>,
+/// An element packed as a request key plus three more unsigned fields.
+trait Quad: Sized + serde::Serialize + for<'de> Deserialize<'de> {
+    /// What the element is called in error messages.
+    const NAME: &'static str;
+    fn req(&self) -> u32;
+    fn fields(&self) -> [u32; 3];
+    fn build(req: u32, fields: [u32; 3]) -> Result<Self, &'static str>;
 }
 
-impl Packer<'_> {
-    fn values(&mut self, v: impl ExactSizeIterator<Item = u32>) {
-        push_leb128(v, self.buf);
+impl Quad for BatchEntry {
+    const NAME: &'static str = "batch list";
+    fn req(&self) -> u32 {
+        self.req
     }
+    fn fields(&self) -> [u32; 3] {
+        [self.prefill_tokens, self.cached_tokens, self.decode_tokens]
+    }
+    fn build(
+        req: u32,
+        [prefill_tokens, cached_tokens, decode_tokens]: [u32; 3],
+    ) -> Result<Self, &'static str> {
+        Ok(BatchEntry {
+            req,
+            prefill_tokens,
+            cached_tokens,
+            decode_tokens,
+        })
+    }
+}
+
+impl Quad for TokenRun {
+    const NAME: &'static str = "run list";
+    fn req(&self) -> u32 {
+        self.req
+    }
+    /// `top_k` is stored as 0 for `None`, `k + 1` for `Some(k)`.
+    fn fields(&self) -> [u32; 3] {
+        [
+            self.first_index,
+            self.count,
+            self.top_k.map_or(0, |k| u32::from(k) + 1),
+        ]
+    }
+    fn build(req: u32, [first_index, count, k]: [u32; 3]) -> Result<Self, &'static str> {
+        let top_k = match k {
+            0 => None,
+            k @ 1..=256 => Some((k - 1) as u8),
+            _ => return Err("top_k out of range"),
+        };
+        Ok(TokenRun {
+            req,
+            first_index,
+            count,
+            top_k,
+        })
+    }
+}
+
+fn serialize_quads<T: Quad, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        return s.collect_seq(v);
+    }
+    with_scratch(|buf| {
+        buf.clear();
+        push_leb128(std::iter::once(v.len() as u32), buf);
+        for (e, d) in v.iter().zip(key_deltas(v.iter().map(T::req))) {
+            let [a, b, c] = e.fields();
+            push_leb128([d, a, b, c].into_iter(), buf);
+        }
+        s.serialize_bytes(buf)
+    })
+}
+
+fn deserialize_quads<'de, T: Quad, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    if d.is_human_readable() {
+        return Vec::<T>::deserialize(d);
+    }
+    let bytes = d.deserialize_bytes(BytesVisitor)?;
+    let values = decode_leb128(&bytes).map_err(D::Error::custom)?;
+    let (n, rest) = values
+        .split_first()
+        .ok_or_else(|| D::Error::custom(format!("empty {}", T::NAME)))?;
+    if rest.len() != *n as usize * 4 {
+        return Err(D::Error::custom(format!("{} length mismatch", T::NAME)));
+    }
+    let mut prev = 0u32;
+    rest.chunks_exact(4)
+        .map(|c| {
+            T::build(key_from_delta(&mut prev, c[0]), [c[1], c[2], c[3]]).map_err(D::Error::custom)
+        })
+        .collect()
 }
 
 /// `#[serde(with)]` module for `Vec<BatchEntry>`.
@@ -54,44 +137,12 @@ pub mod batch {
 
     /// Encode.
     pub fn serialize<S: Serializer>(v: &[BatchEntry], s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return s.collect_seq(v);
-        }
-        with_scratch(|buf| {
-            buf.clear();
-            let mut p = Packer { buf };
-            p.values(std::iter::once(v.len() as u32));
-            for (e, d) in v.iter().zip(key_deltas(v.iter().map(|e| e.req))) {
-                p.values([d, e.prefill_tokens, e.cached_tokens, e.decode_tokens].into_iter());
-            }
-            s.serialize_bytes(p.buf)
-        })
+        serialize_quads(v, s)
     }
 
     /// Decode.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BatchEntry>, D::Error> {
-        if d.is_human_readable() {
-            return Vec::<BatchEntry>::deserialize(d);
-        }
-        let bytes = d.deserialize_bytes(BytesVisitor)?;
-        let values = decode_leb128(&bytes).map_err(D::Error::custom)?;
-        let (n, rest) = values
-            .split_first()
-            .ok_or_else(|| D::Error::custom("empty batch list"))?;
-        if rest.len() != *n as usize * 4 {
-            return Err(D::Error::custom("batch list length mismatch"));
-        }
-        let mut prev = 0u32;
-        rest.chunks_exact(4)
-            .map(|c| {
-                Ok(BatchEntry {
-                    req: key_from_delta(&mut prev, c[0]),
-                    prefill_tokens: c[1],
-                    cached_tokens: c[2],
-                    decode_tokens: c[3],
-                })
-            })
-            .collect()
+        deserialize_quads(d)
     }
 }
 
@@ -99,52 +150,14 @@ pub mod batch {
 pub mod runs {
     use super::*;
 
-    /// Encode. `top_k` is stored as 0 for `None`, `k + 1` for `Some(k)`.
+    /// Encode.
     pub fn serialize<S: Serializer>(v: &[TokenRun], s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            return s.collect_seq(v);
-        }
-        with_scratch(|buf| {
-            buf.clear();
-            let mut p = Packer { buf };
-            p.values(std::iter::once(v.len() as u32));
-            for (r, d) in v.iter().zip(key_deltas(v.iter().map(|r| r.req))) {
-                let k = r.top_k.map_or(0, |k| u32::from(k) + 1);
-                p.values([d, r.first_index, r.count, k].into_iter());
-            }
-            s.serialize_bytes(p.buf)
-        })
+        serialize_quads(v, s)
     }
 
     /// Decode.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenRun>, D::Error> {
-        if d.is_human_readable() {
-            return Vec::<TokenRun>::deserialize(d);
-        }
-        let bytes = d.deserialize_bytes(BytesVisitor)?;
-        let values = decode_leb128(&bytes).map_err(D::Error::custom)?;
-        let (n, rest) = values
-            .split_first()
-            .ok_or_else(|| D::Error::custom("empty run list"))?;
-        if rest.len() != *n as usize * 4 {
-            return Err(D::Error::custom("run list length mismatch"));
-        }
-        let mut prev = 0u32;
-        rest.chunks_exact(4)
-            .map(|c| {
-                let top_k = match c[3] {
-                    0 => None,
-                    k @ 1..=256 => Some((k - 1) as u8),
-                    _ => return Err(D::Error::custom("top_k out of range")),
-                };
-                Ok(TokenRun {
-                    req: key_from_delta(&mut prev, c[0]),
-                    first_index: c[1],
-                    count: c[2],
-                    top_k,
-                })
-            })
-            .collect()
+        deserialize_quads(d)
     }
 }
 

@@ -66,55 +66,35 @@ class Recorder:
         if self.errors >= MAX_ERRORS:
             self.enabled = False
 
+    def _call(self, what: str, fn: Any, failed: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call into the native probe; an exception is counted, never raised."""
+        if not self.enabled:
+            return failed
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(what, exc)
+            return failed
+
     def step(self, *args: Any, **kwargs: Any) -> bool:
         """One engine iteration; see ``NativeProbe.record_step``."""
-        if not self.enabled:
-            return False
-        try:
-            return self.native.record_step(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            self._fail("record_step", exc)
-            return False
+        return self._call("record_step", self.native.record_step, False, *args, **kwargs)
 
     def arrivals(self, arrivals: list[tuple]) -> int:
         """Request arrivals; see ``NativeProbe.record_arrivals``."""
-        if not self.enabled:
-            return 0
-        try:
-            return self.native.record_arrivals(arrivals)
-        except Exception as exc:  # noqa: BLE001
-            self._fail("record_arrivals", exc)
-            return 0
+        return self._call("record_arrivals", self.native.record_arrivals, 0, arrivals)
 
     def finishes(self, finishes: list[tuple]) -> int:
         """Finished requests; see ``NativeProbe.record_finishes``."""
-        if not self.enabled:
-            return 0
-        try:
-            return self.native.record_finishes(finishes)
-        except Exception as exc:  # noqa: BLE001
-            self._fail("record_finishes", exc)
-            return 0
+        return self._call("record_finishes", self.native.record_finishes, 0, finishes)
 
     def emits(self, req_ids: Any, first_index: Any, counts: Any = None) -> bool:
         """Tokens handed to client streams now; see ``NativeProbe.record_emits``."""
-        if not self.enabled:
-            return False
-        try:
-            return self.native.record_emits(req_ids, first_index, counts)
-        except Exception as exc:  # noqa: BLE001
-            self._fail("record_emits", exc)
-            return False
+        return self._call("record_emits", self.native.record_emits, False, req_ids, first_index, counts)
 
     def process(self, **info: Any) -> bool:
         """What the adapter knows of the process; see ``NativeProbe.record_process``."""
-        if not self.enabled:
-            return False
-        try:
-            return self.native.record_process(**info)
-        except Exception as exc:  # noqa: BLE001
-            self._fail("record_process", exc)
-            return False
+        return self._call("record_process", self.native.record_process, False, **info)
 
     def flush(self, timeout_s: float = 2.0) -> bool:
         """Wait (bounded) until everything recorded so far reached the kernel."""

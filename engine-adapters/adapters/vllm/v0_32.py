@@ -39,12 +39,26 @@ import itertools
 import time
 from typing import Any
 
+import numpy as np
+
 import toktrace
 from toktrace.adapters import _common as C
 
 ENGINE = "vllm"
 _guard = C.Guard(ENGINE)
 _version = "unknown"
+# The adapter's own cost, measured inside the hooks: [self ns, steps, step ns]
+# (step ns = schedule() return to update_from_output() return).
+_cost = [0, 0, 0]
+
+
+def cost() -> dict[str, float]:
+    """Adapter self-time so far in this process (what the overhead budget is about)."""
+    self_ns, steps, step_ns = _cost
+    return {"steps": steps, "self_us_per_step": self_ns / max(steps, 1) / 1e3,
+            "step_us": step_ns / max(steps, 1) / 1e3, "fraction": self_ns / max(step_ns, 1)}
+
+
 # At most this many scheduled-but-not-yet-updated batches are remembered
 # (async scheduling keeps 2 in flight; pipeline parallelism a few more).
 MAX_PENDING = 64
@@ -92,7 +106,9 @@ def _state(sched: Any) -> _SchedState:
 
 
 def _recorder():
-    return toktrace.recorder("engine-core")
+    """The recorder, or None when tracing is off (or switched off at runtime)."""
+    rec = toktrace.recorder("engine-core")
+    return rec if rec is not None and rec.enabled else None
 
 
 def _patch_scheduler(mod) -> None:
@@ -195,6 +211,8 @@ def _wrap_add_request(orig):
 def _wrap_schedule(orig):
     def schedule(self, *args: Any, **kwargs: Any):
         out = orig(self, *args, **kwargs)
+        if _recorder() is None:
+            return out
         try:
             t0 = time.monotonic_ns()
             st = _state(self)
@@ -203,6 +221,7 @@ def _wrap_schedule(orig):
             st.pending[id(out)] = (next(st.steps), t0, len(self.waiting), len(self.running), kv, preempted)
             if len(st.pending) > MAX_PENDING:
                 st.pending.pop(next(iter(st.pending)))
+            _cost[0] += time.monotonic_ns() - t0
         except Exception as exc:  # noqa: BLE001
             _guard.failed("Scheduler.schedule", exc)
         return out
@@ -211,46 +230,46 @@ def _wrap_schedule(orig):
 
 
 def _before_update(sched: Any, so: Any) -> tuple | None:
-    """Batch composition, from the SchedulerOutput and the pre-step request state."""
+    """Batch composition, from the SchedulerOutput and the pre-step request state.
+
+    This loop runs once per scheduled request per step, so it reads each field
+    once and binds the appends locally; see benches/vllm_ab.py for its cost.
+    """
     nst = so.num_scheduled_tokens
     if not nst:
         return None
-    computed: dict[str, int] = {}
-    new_ids = set()
-    for nr in so.scheduled_new_reqs:
-        computed[nr.req_id] = nr.num_computed_tokens
-        new_ids.add(nr.req_id)
-    cr = so.scheduled_cached_reqs
-    computed.update(zip(cr.req_ids, cr.num_computed_tokens))
-    requests = sched.requests
-    batch: list[str] = []
+    # Prefix-cache hits: what a new request had computed before its first step.
+    new = {nr.req_id: nr.num_computed_tokens for nr in so.scheduled_new_reqs}
+    get = sched.requests.get
+    batch = list(nst)
     prefill: list[int] = []
     decode: list[int] = []
     cached: list[int] = []
-    outputs_before: dict[str, int] = {}
-    for rid, n in nst.items():
-        r = requests.get(rid)
-        if r is None:
+    before: dict[str, int] = {}
+    add_p, add_d, add_c = prefill.append, decode.append, cached.append
+    for rid, n in zip(batch, nst.values()):
+        r = get(rid)
+        if r is None:  # finished or aborted while running: listed, no work
+            add_p(0), add_d(0), add_c(0)
             continue
-        c0 = computed.get(rid, r.num_computed_tokens - n)
-        batch.append(rid)
-        # Positions before the last known token are prefill work (the prompt,
-        # or recomputing outputs after a preemption); from it on, decode.
-        if c0 >= r.num_tokens - 1:
-            prefill.append(0)
-            decode.append(n)
+        outputs = r.num_output_tokens
+        # num_computed_tokens was advanced by n when the step was scheduled.
+        # Positions before the last known token are prefill work (the prompt, or
+        # recomputing outputs after a preemption); from it on, decode.
+        if r.num_computed_tokens - n >= r.num_prompt_tokens + outputs - 1:
+            add_p(0), add_d(n)
         else:
-            prefill.append(n)
-            decode.append(0)
-        cached.append(c0 if rid in new_ids else 0)
-        outputs_before[rid] = r.num_output_tokens
-    return batch, prefill, decode, cached, outputs_before
+            add_p(n), add_d(0)
+        add_c(new.get(rid, 0))
+        before[rid] = outputs
+    return batch, prefill, decode, cached, before
 
 
 _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
 
 
-def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> None:
+def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> int:
+    """Record the step; returns when its batch was launched (monotonic ns)."""
     batch, prefill, decode, cached, outputs_before = pre
     step_id, t0, waiting, running, kv, preempted = st.pending.pop(id(so), (None, None, 0, 0, None, None))
     if step_id is None:
@@ -265,51 +284,68 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     has_lp: list[bool] = []
     rows: list[int] = []
     finishes: list[tuple] = []
+    add_id, add_first, add_count = run_ids.append, first.append, counts.append
+    add_tokens, add_lp, add_row = tokens.append, has_lp.append, rows.append
+    get_before = outputs_before.get
     for eco in out.values():
         for o in eco.outputs:
             rid = o.request_id
-            n = len(o.new_token_ids)
-            before = outputs_before.get(rid)
+            ids = o.new_token_ids
+            n = len(ids)
+            before = get_before(rid)
             if n and before is not None:
-                run_ids.append(rid)
-                first.append(before)
-                counts.append(n)
-                tokens.append(o.new_token_ids)
-                has_lp.append(o.new_logprobs is not None)
+                add_id(rid)
+                add_first(before)
+                add_count(n)
+                add_tokens(ids)
+                add_lp(o.new_logprobs is not None)
                 if lp is not None:
                     i = index[rid]
-                    start = cu[i] if cu is not None else i
-                    rows.extend(range(start, start + n))
+                    if cu is None and n == 1:
+                        add_row(i)
+                    else:
+                        start = cu[i] if cu is not None else i
+                        rows.extend(range(start, start + n))
             if o.finish_reason is not None:
                 finishes.append((rid, _FINISH.get(int(o.finish_reason), str(o.finish_reason)),
                                  (before or 0) + n))
     kwargs: dict[str, Any] = {}
     if lp is not None and rows and any(has_lp):
-        ids = lp.logprob_token_ids[rows]
-        vals = lp.logprobs[rows]
+        take = np.asarray(rows, dtype=np.intp)
+        ids = lp.logprob_token_ids.take(take, axis=0)
+        vals = lp.logprobs.take(take, axis=0)
         k = ids.shape[1] - 1
-        kwargs = dict(top_k=k, logprobs=vals[:, 0], ranks=lp.sampled_token_ranks[rows],
+        kwargs = dict(top_k=k, logprobs=vals[:, 0], ranks=lp.sampled_token_ranks.take(take),
                       top_ids=ids[:, 1:], top_logprobs=vals[:, 1:], run_has_logprobs=has_lp)
     rec.step(step_id, t0, batch, prefill, decode, run_ids, first, token_ids=tokens,
              run_counts=counts, cached=cached, waiting=waiting, running=running, kv_usage=kv,
              preempted=preempted, finished=[f[0] for f in finishes] or None, **kwargs)
     if finishes:
         rec.finishes(finishes)
+    return t0
 
 
 def _wrap_update_from_output(orig):
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any):
         rec = _recorder()
+        if rec is None:
+            return orig(self, scheduler_output, model_runner_output)
+        ta = time.monotonic_ns()
         pre = None
-        if rec is not None:
-            try:
-                pre = _before_update(self, scheduler_output)
-            except Exception as exc:  # noqa: BLE001
-                _guard.failed("update_from_output (before)", exc)
+        try:
+            pre = _before_update(self, scheduler_output)
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("update_from_output (before)", exc)
+        tb = time.monotonic_ns()
         out = orig(self, scheduler_output, model_runner_output)
+        tc = time.monotonic_ns()
         if pre is not None:
             try:
-                _after_update(rec, _state(self), scheduler_output, model_runner_output, pre, out)
+                t0 = _after_update(rec, _state(self), scheduler_output, model_runner_output, pre, out)
+                td = time.monotonic_ns()
+                _cost[0] += (tb - ta) + (td - tc)
+                _cost[1] += 1
+                _cost[2] += td - t0
             except Exception as exc:  # noqa: BLE001
                 _guard.failed("update_from_output (after)", exc)
         else:
@@ -338,7 +374,8 @@ def _wrap_finish_requests(orig):
 
 
 def _frontend_recorder():
-    return toktrace.recorder("frontend")
+    rec = toktrace.recorder("frontend")
+    return rec if rec is not None and rec.enabled else None
 
 
 def _patch_output_processor(mod) -> None:
