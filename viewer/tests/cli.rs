@@ -108,3 +108,27 @@ fn a_torn_trace_reads_with_a_warning_and_exit_0() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["processes"][0]["steps"], 9);
 }
+
+#[test]
+fn committed_real_vllm_fixture_traces_still_read() {
+    // Readers keep reading every format version the fixtures use.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/traces");
+    for scenario in ["vllm-mixed", "vllm-interference", "vllm-preempt"] {
+        let dir = root.join(scenario).join("trace");
+        let out = toktrace(&["info", dir.to_str().unwrap(), "--json"]);
+        assert!(
+            out.status.success(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["warnings"].as_array().unwrap().len(), 0, "{scenario}");
+        let steps: u64 = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["steps"].as_u64().unwrap())
+            .sum();
+        assert!(steps > 10, "{scenario}: {steps} steps");
+    }
+}
