@@ -96,6 +96,15 @@ class _SchedState:
     def __init__(self) -> None:
         self.steps = itertools.count()
         self.pending: dict[int, tuple] = {}
+        # Per traced request: prompt length and outputs recorded so far, so the
+        # per-step loops never touch vLLM's Request objects (their properties
+        # are the costly part). Entries leave when the request finishes.
+        self.prompt: dict[str, int] = {}
+        self.outputs: dict[str, int] = {}
+
+    def forget(self, rid: str) -> None:
+        self.prompt.pop(rid, None)
+        self.outputs.pop(rid, None)
 
 
 def _state(sched: Any) -> _SchedState:
@@ -194,6 +203,7 @@ def _wrap_add_request(orig):
         try:
             rec = _recorder()
             if rec is not None:
+                _state(self).prompt[request.request_id] = int(request.num_prompt_tokens)
                 rec.arrivals([(
                     request.request_id,
                     None,
@@ -229,40 +239,46 @@ def _wrap_schedule(orig):
     return schedule
 
 
-def _before_update(sched: Any, so: Any) -> tuple | None:
-    """Batch composition, from the SchedulerOutput and the pre-step request state.
+def _before_update(sched: Any, st: _SchedState, so: Any) -> tuple | None:
+    """Batch composition, from the SchedulerOutput's own lists (computed tokens
+    before the step) and the adapter's per-request counters.
 
-    This loop runs once per scheduled request per step, so it reads each field
-    once and binds the appends locally; see benches/vllm_ab.py for its cost.
+    This loop runs once per scheduled request per step: it reads dicts only,
+    and falls back to vLLM's Request object for a request it did not see arrive.
     """
     nst = so.num_scheduled_tokens
     if not nst:
         return None
+    cr = so.scheduled_cached_reqs
+    computed = dict(zip(cr.req_ids, cr.num_computed_tokens))
     # Prefix-cache hits: what a new request had computed before its first step.
     new = {nr.req_id: nr.num_computed_tokens for nr in so.scheduled_new_reqs}
-    get = sched.requests.get
+    computed.update(new)
+    get_c, get_p, get_o = computed.get, st.prompt.get, st.outputs.get
     batch = list(nst)
     prefill: list[int] = []
     decode: list[int] = []
-    cached: list[int] = []
-    before: dict[str, int] = {}
-    add_p, add_d, add_c = prefill.append, decode.append, cached.append
+    add_p, add_d = prefill.append, decode.append
     for rid, n in zip(batch, nst.values()):
-        r = get(rid)
-        if r is None:  # finished or aborted while running: listed, no work
-            add_p(0), add_d(0), add_c(0)
-            continue
-        outputs = r.num_output_tokens
-        # num_computed_tokens was advanced by n when the step was scheduled.
-        # Positions before the last known token are prefill work (the prompt, or
-        # recomputing outputs after a preemption); from it on, decode.
-        if r.num_computed_tokens - n >= r.num_prompt_tokens + outputs - 1:
+        c0 = get_c(rid)
+        p = get_p(rid)
+        if c0 is None or p is None:
+            r = sched.requests.get(rid)
+            if r is None:  # finished or aborted while running: listed, no work
+                add_p(0), add_d(0)
+                continue
+            c0, p = r.num_computed_tokens - n, r.num_prompt_tokens
+            st.prompt[rid] = p
+            st.outputs.setdefault(rid, r.num_output_tokens)
+        # Prompt positions, and outputs recomputed after a preemption, are
+        # prefill work; computing from the last sampled token on is decode.
+        o = get_o(rid, 0)
+        if o and c0 >= p + o - 1:
             add_p(0), add_d(n)
         else:
             add_p(n), add_d(0)
-        add_c(new.get(rid, 0))
-        before[rid] = outputs
-    return batch, prefill, decode, cached, before
+    cached = [new.get(rid, 0) for rid in batch] if new else None
+    return batch, prefill, decode, cached
 
 
 _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
@@ -270,58 +286,47 @@ _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
 
 def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> int:
     """Record the step; returns when its batch was launched (monotonic ns)."""
-    batch, prefill, decode, cached, outputs_before = pre
+    batch, prefill, decode, cached = pre
     step_id, t0, waiting, running, kv, preempted = st.pending.pop(id(so), (None, None, 0, 0, None, None))
     if step_id is None:
         step_id, t0 = next(st.steps), time.monotonic_ns()
-    lp = mro.logprobs
-    cu = getattr(lp, "cu_num_generated_tokens", None) if lp is not None else None
-    index = mro.req_id_to_index
-    run_ids: list[str] = []
-    first: list[int] = []
-    counts: list[int] = []
-    tokens: list[list[int]] = []
-    has_lp: list[bool] = []
-    rows: list[int] = []
-    finishes: list[tuple] = []
-    add_id, add_first, add_count = run_ids.append, first.append, counts.append
-    add_tokens, add_lp, add_row = tokens.append, has_lp.append, rows.append
-    get_before = outputs_before.get
-    for eco in out.values():
-        for o in eco.outputs:
-            rid = o.request_id
-            ids = o.new_token_ids
-            n = len(ids)
-            before = get_before(rid)
-            if n and before is not None:
-                add_id(rid)
-                add_first(before)
-                add_count(n)
-                add_tokens(ids)
-                add_lp(o.new_logprobs is not None)
-                if lp is not None:
-                    i = index[rid]
-                    if cu is None and n == 1:
-                        add_row(i)
-                    else:
-                        start = cu[i] if cu is not None else i
-                        rows.extend(range(start, start + n))
-            if o.finish_reason is not None:
-                finishes.append((rid, _FINISH.get(int(o.finish_reason), str(o.finish_reason)),
-                                 (before or 0) + n))
+    outputs = [o for eco in out.values() for o in eco.outputs]
+    emitted = [o for o in outputs if o.new_token_ids]
+    run_ids = [o.request_id for o in emitted]
+    tokens = [o.new_token_ids for o in emitted]
+    counts = [len(t) for t in tokens]
+    get_o = st.outputs.get
+    first = [get_o(r, 0) for r in run_ids]
+    st.outputs.update(zip(run_ids, map(int.__add__, first, counts)))
     kwargs: dict[str, Any] = {}
-    if lp is not None and rows and any(has_lp):
-        take = np.asarray(rows, dtype=np.intp)
-        ids = lp.logprob_token_ids.take(take, axis=0)
-        vals = lp.logprobs.take(take, axis=0)
-        k = ids.shape[1] - 1
-        kwargs = dict(top_k=k, logprobs=vals[:, 0], ranks=lp.sampled_token_ranks.take(take),
-                      top_ids=ids[:, 1:], top_logprobs=vals[:, 1:], run_has_logprobs=has_lp)
+    lp = mro.logprobs
+    if lp is not None and emitted:
+        has_lp = [o.new_logprobs is not None for o in emitted]
+        if any(has_lp):
+            index = mro.req_id_to_index
+            cu = getattr(lp, "cu_num_generated_tokens", None)
+            if cu is None and max(counts) == 1:
+                rows = [index[r] for r in run_ids]
+            else:
+                rows = []
+                for r, n in zip(run_ids, counts):
+                    i = index[r]
+                    start = cu[i] if cu is not None else i
+                    rows.extend(range(start, start + n))
+            take = np.asarray(rows, dtype=np.intp)
+            ids = lp.logprob_token_ids.take(take, axis=0)
+            vals = lp.logprobs.take(take, axis=0)
+            kwargs = dict(top_k=ids.shape[1] - 1, logprobs=vals[:, 0], ranks=lp.sampled_token_ranks.take(take),
+                          top_ids=ids[:, 1:], top_logprobs=vals[:, 1:], run_has_logprobs=has_lp)
+    finishes = [(o.request_id, _FINISH.get(int(o.finish_reason), str(o.finish_reason)),
+                 get_o(o.request_id, 0)) for o in outputs if o.finish_reason is not None]
     rec.step(step_id, t0, batch, prefill, decode, run_ids, first, token_ids=tokens,
              run_counts=counts, cached=cached, waiting=waiting, running=running, kv_usage=kv,
              preempted=preempted, finished=[f[0] for f in finishes] or None, **kwargs)
     if finishes:
         rec.finishes(finishes)
+        for f in finishes:
+            st.forget(f[0])
     return t0
 
 
@@ -333,7 +338,7 @@ def _wrap_update_from_output(orig):
         ta = time.monotonic_ns()
         pre = None
         try:
-            pre = _before_update(self, scheduler_output)
+            pre = _before_update(self, _state(self), scheduler_output)
         except Exception as exc:  # noqa: BLE001
             _guard.failed("update_from_output (before)", exc)
         tb = time.monotonic_ns()
@@ -363,6 +368,9 @@ def _wrap_finish_requests(orig):
             if rec is not None and finished:
                 reason = "error" if "ERROR" in str(finished_status) else "abort"
                 rec.finishes([(r.request_id, reason, r.num_output_tokens) for r in finished])
+                st = _state(self)
+                for r in finished:
+                    st.forget(r.request_id)
         except Exception as exc:  # noqa: BLE001
             _guard.failed("Scheduler.finish_requests", exc)
         return finished
