@@ -92,22 +92,25 @@ def special_tokens_from_dir(path: str | None) -> list[tuple[int, str]]:
         return []
 
 
-def special_tokens_from_tokenizer(tok: Any) -> dict[str, Any]:
-    """bos/eos/pad/all special ids of a Hugging Face style tokenizer object."""
+def special_token_ids(obj: Any) -> dict[str, Any]:
+    """bos/eos/pad (and, for a tokenizer, all special) ids of a Hugging Face
+    style tokenizer or model config, as ``Recorder.process`` keywords."""
     out: dict[str, Any] = {}
-    if tok is None:
+    if obj is None:
         return out
     for name in ("bos", "pad"):
-        v = getattr(tok, f"{name}_token_id", None)
+        v = getattr(obj, f"{name}_token_id", None)
         if isinstance(v, int):
             out[name] = v
-    eos = getattr(tok, "eos_token_id", None)
+    eos = getattr(obj, "eos_token_id", None)
     if isinstance(eos, int):
         out["eos"] = [eos]
+    elif isinstance(eos, (list, tuple)):
+        out["eos"] = [int(e) for e in eos]
     try:
-        ids = list(getattr(tok, "all_special_ids", []) or [])
-        toks = list(getattr(tok, "all_special_tokens", []) or [])
-        if len(ids) == len(toks):
+        ids = list(getattr(obj, "all_special_ids", []) or [])
+        toks = list(getattr(obj, "all_special_tokens", []) or [])
+        if ids and len(ids) == len(toks):
             out["special"] = sorted((int(i), str(t)) for i, t in zip(ids, toks))
     except Exception:  # noqa: BLE001
         pass

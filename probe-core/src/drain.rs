@@ -233,6 +233,7 @@ impl Drain {
                 took_any = true;
                 if self.backing_off() {
                     self.lost(1, record.token_count());
+                    self.shared.ring.recycle(record);
                     continue;
                 }
                 self.note_drops();

@@ -61,11 +61,6 @@ def parse_size(key: str, value: str) -> int:
     return n
 
 
-def enabled(env: Mapping[str, str] | None = None) -> bool:
-    """True when a trace directory is configured (the only switch)."""
-    return _get(os.environ if env is None else env, "DIR") is not None
-
-
 def from_env(env: Mapping[str, str] | None = None) -> Config | None:
     """The configuration, or None when tracing is off. Raises ConfigError."""
     env = os.environ if env is None else env

@@ -86,9 +86,3 @@ def when_imported(name: str, callback: Callback) -> None:
         _watch.setdefault(name, []).append(callback)
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
-
-
-def watched() -> list[str]:
-    """Names still waiting for their import."""
-    with _lock:
-        return sorted(_watch)

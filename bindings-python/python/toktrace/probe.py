@@ -191,11 +191,3 @@ def _install_process_hooks() -> None:
         signal.signal(signal.SIGTERM, on_sigterm)
     except (ValueError, OSError):
         pass
-
-
-def _reset_for_tests() -> None:
-    """Forget the process recorder (tests only)."""
-    global _recorder, _resolved
-    with _lock:
-        _recorder = None
-        _resolved = False

@@ -165,16 +165,7 @@ def _engine_process_info(sched: Any) -> dict[str, Any]:
             ("max_num_batched_tokens", str(getattr(sched.scheduler_config, "max_num_batched_tokens", None))),
         ],
     )
-    if hf is not None:
-        for name in ("bos", "pad"):
-            v = getattr(hf, f"{name}_token_id", None)
-            if isinstance(v, int):
-                info[name] = v
-        eos = getattr(hf, "eos_token_id", None)
-        if isinstance(eos, int):
-            info["eos"] = [eos]
-        elif isinstance(eos, (list, tuple)):
-            info["eos"] = [int(e) for e in eos]
+    info.update(C.special_token_ids(hf))
     special = C.special_tokens_from_dir(model_path)
     if special:
         info["special"] = special
@@ -297,7 +288,7 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     counts = [len(t) for t in tokens]
     get_o = st.outputs.get
     first = [get_o(r, 0) for r in run_ids]
-    st.outputs.update(zip(run_ids, map(int.__add__, first, counts)))
+    st.outputs.update(zip(run_ids, [f + n for f, n in zip(first, counts)]))
     kwargs: dict[str, Any] = {}
     lp = mro.logprobs
     if lp is not None and emitted:
@@ -405,7 +396,7 @@ def _wrap_op_init(orig):
                 tok = getattr(self, "tokenizer", None)
                 path = C.local_dir(getattr(tok, "name_or_path", None))
                 rec.process(engine=ENGINE, engine_version=_version, model_path=path,
-                            role="frontend", **C.special_tokens_from_tokenizer(tok))
+                            role="frontend", **C.special_token_ids(tok))
         except Exception as exc:  # noqa: BLE001
             _guard.failed("OutputProcessor.__init__", exc)
 
