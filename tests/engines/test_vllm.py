@@ -349,3 +349,16 @@ def test_serve_request_is_found_by_its_trace_id(served):
     # Seen by the API server (with the client-visible id) and by the engine core.
     assert {a["external_id"] for a in found if a["external_id"]} == {results[0]["id"] + "-0"}
     assert any(a["internal_id"] in trace.tokens for a in found)
+
+
+def test_process_info_names_model_and_special_tokens(mixed):
+    _, trace = mixed
+    model = json.loads((HERE.parent.parent / "fixtures" / "tiny-llama" / "config.json").read_text())
+    for p in trace.engine + trace.frontend:
+        info = next(r["Process"] for r in trace.processes[p] if "Process" in r)
+        assert info["engine"] == "vllm" and info["engine_version"].startswith("0.32")
+        special = info["special_tokens"]
+        assert special["bos"] == model["bos_token_id"]
+        assert special["eos"] == [model["eos_token_id"]]
+        assert special["pad"] == model["pad_token_id"]
+        assert [model["bos_token_id"], "<s>"] in special["all"]
