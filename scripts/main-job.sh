@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end: set up real vLLM (CPU) as CI does, record a trace
-# of a mixed workload with a moment of interference, and show what was recorded.
+# of a mixed workload with a moment of interference, and show the analysis:
+# the summary, the slowest requests and whose work stalled them.
 # Usage: scripts/main-job.sh [OUT_DIR]
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
@@ -18,13 +19,24 @@ TOKTRACE_DIR="$OUT/trace" VLLM_LOGGING_LEVEL=WARNING \
     || { tail -n 40 "$OUT/vllm.log"; exit 1; }
 grep -E '^(vLLM:|  )' "$OUT/vllm.log"
 
-stage "show"
-"$TOKTRACE" info "$OUT/trace"
+stage "analyse"
+"$TOKTRACE" summary "$OUT/trace"
 echo
-echo "slowest engine steps (the long prompt's prefill stands out):"
-"$TOKTRACE" steps "$OUT/trace" --slowest --limit 6
+echo "slowest requests (largest inter-token gap) and who delayed them:"
+"$TOKTRACE" requests "$OUT/trace" --slowest 5
+SLOWEST="$("$TOKTRACE" requests "$OUT/trace" --slowest 1 --json \
+    | "$VLLM_VENV/bin/python" -c 'import json,sys; r=json.load(sys.stdin); print(r[0]["internal_id"] if r else "")')"
+if [ -n "$SLOWEST" ]; then
+    echo
+    echo "why request $SLOWEST stalled:"
+    "$TOKTRACE" interference "$OUT/trace" --request "$SLOWEST" --limit 3
+fi
 echo
-echo "steps around it:"
-"$TOKTRACE" steps "$OUT/trace" | sed -n '1,2p;12,20p'
+echo "slowest engine steps:"
+"$TOKTRACE" steps "$OUT/trace" --slowest --limit 5
 stage_end
-echo "trace written to $OUT/trace (vLLM's log: $OUT/vllm.log); every record: $TOKTRACE dump $OUT/trace"
+echo
+echo "trace written to $OUT/trace (vLLM's log: $OUT/vllm.log). Next:"
+echo "  $TOKTRACE tokens $OUT/trace --request ${SLOWEST:-ID}     # token by token"
+echo "  $TOKTRACE interference $OUT/trace                  # offender ranking"
+echo "  $TOKTRACE dump $OUT/trace | head                   # raw records"

@@ -1,9 +1,27 @@
-//! toktrace-analyzer: turns a trace into answers — per-token timelines, request
-//! metrics (TTFT, TPOT, inter-token latency), interference attribution and the
-//! exports an incident review needs.
+//! toktrace-analyzer: turns a trace into answers — which tokens of a request
+//! were slow, and whose work made them slow.
 //!
-//! Today it holds the plain record counts the `toktrace` command prints; the
-//! polars frames and metrics of the analyzer issue build on `probe_core::reader`.
+//! [`load`] folds a trace directory (every process, merged on one clock,
+//! frontend emits joined to engine tokens) into compact tables ([`data`]);
+//! [`Analysis`] fits the trace's own step-time model ([`step_model`]), computes
+//! per-request latency metrics ([`metrics`]), splits every token's gap into
+//! expected work and excess laid at the culprits' doors ([`attribution`]) and
+//! flags accuracy problems. [`report`] gives the stable JSON shapes of the CLI,
+//! [`frames`] the same as polars DataFrames.
+
+pub mod analysis;
+pub mod attribution;
+pub mod data;
+pub mod frames;
+pub mod load;
+pub mod metrics;
+pub mod report;
+pub mod step_model;
+
+pub use analysis::{Analysis, AnalyzeOptions};
+pub use load::{load, Detail, LoadOptions};
+/// The polars this crate builds its frames with, for callers that write them.
+pub use polars;
 
 use probe_core::event::Record;
 use probe_core::reader::Trace;

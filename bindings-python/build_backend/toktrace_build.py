@@ -34,12 +34,20 @@ def _build_cli() -> None:
     if os.environ.get("TOKTRACE_SKIP_CLI") == "1":
         _log("TOKTRACE_SKIP_CLI=1: the wheel will not contain the toktrace CLI binary")
         return
+    dest = PACKAGE / "bin"
+    dest.mkdir(exist_ok=True)
+    # The test suite has just built the same binary from the same sources
+    # (`cargo test --release`); taking it spares a second release build of
+    # polars under cargo's other feature resolution.
+    prebuilt = os.environ.get("TOKTRACE_PREBUILT_CLI")
+    if prebuilt and Path(prebuilt).is_file():
+        _log(f"using the CLI already built at {prebuilt}")
+        shutil.copy2(prebuilt, dest / "toktrace")
+        return
     target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
     cmd = ["cargo", "build", "--release", "--locked", "-p", "toktrace-viewer", "--bin", "toktrace"]
     _log(" ".join(cmd))
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CARGO_TARGET_DIR": str(target)})
-    dest = PACKAGE / "bin"
-    dest.mkdir(exist_ok=True)
     shutil.copy2(target / "release" / "toktrace", dest / "toktrace")
 
 

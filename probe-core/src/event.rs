@@ -70,7 +70,7 @@ impl Record {
 }
 
 /// The pair of clock readings that converts monotonic to unix time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ClockAnchor {
     /// `CLOCK_MONOTONIC` in nanoseconds.
     pub mono_ns: u64,

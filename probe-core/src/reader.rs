@@ -387,35 +387,60 @@ fn segment_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>, ReadError> {
     Ok(out)
 }
 
-fn read_process_dir(dir: &Path, files: Vec<(u32, PathBuf)>) -> Result<ProcessTrace, ReadError> {
-    let mut segments = Vec::with_capacity(files.len());
-    for (_, path) in files {
-        segments.push(read_segment(&path)?);
-    }
-    Ok(ProcessTrace {
-        dir: dir.to_path_buf(),
-        segments,
-    })
+/// The segment files of one traced process, oldest first, not yet read.
+#[derive(Debug, Clone)]
+pub struct ProcessFiles {
+    /// The process directory (or the segment's parent for a single file).
+    pub dir: PathBuf,
+    /// Its segment files.
+    pub segments: Vec<PathBuf>,
 }
 
-/// Open a trace: a trace directory, a process directory, or one segment file.
-pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
+impl ProcessFiles {
+    /// Read every segment.
+    pub fn read(&self) -> Result<ProcessTrace, ReadError> {
+        let segments = self
+            .segments
+            .iter()
+            .map(|p| read_segment(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ProcessTrace {
+            dir: self.dir.clone(),
+            segments,
+        })
+    }
+}
+
+/// Where a trace's segments are: what [`list_trace`] finds before anything is
+/// decoded, so a large trace can be read one segment at a time.
+#[derive(Debug, Clone)]
+pub struct TraceFiles {
+    /// Processes, in directory-name order.
+    pub processes: Vec<ProcessFiles>,
+    /// Directories skipped.
+    pub warnings: Vec<ReadWarning>,
+}
+
+/// Find the segments of a trace directory, a process directory or one segment file.
+pub fn list_trace(path: &Path) -> Result<TraceFiles, ReadError> {
     let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
     if meta.is_file() {
-        let segment = read_segment(path)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        return Ok(Trace {
-            processes: vec![ProcessTrace {
+        return Ok(TraceFiles {
+            processes: vec![ProcessFiles {
                 dir,
-                segments: vec![segment],
+                segments: vec![path.to_path_buf()],
             }],
             warnings: Vec::new(),
         });
     }
     let own = segment_files(path)?;
     if !own.is_empty() {
-        return Ok(Trace {
-            processes: vec![read_process_dir(path, own)?],
+        return Ok(TraceFiles {
+            processes: vec![ProcessFiles {
+                dir: path.to_path_buf(),
+                segments: own.into_iter().map(|(_, p)| p).collect(),
+            }],
             warnings: Vec::new(),
         });
     }
@@ -426,7 +451,7 @@ pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
         .filter(|p| p.is_dir())
         .collect();
     subdirs.sort();
-    let mut trace = Trace {
+    let mut trace = TraceFiles {
         processes: Vec::new(),
         warnings: Vec::new(),
     };
@@ -444,7 +469,10 @@ pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
         if files.is_empty() {
             continue;
         }
-        trace.processes.push(read_process_dir(&dir, files)?);
+        trace.processes.push(ProcessFiles {
+            dir,
+            segments: files.into_iter().map(|(_, p)| p).collect(),
+        });
     }
     if trace.processes.is_empty() {
         return Err(ReadError::NotATrace {
@@ -453,4 +481,17 @@ pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
         });
     }
     Ok(trace)
+}
+
+/// Open a trace: a trace directory, a process directory, or one segment file.
+pub fn read_trace(path: &Path) -> Result<Trace, ReadError> {
+    let files = list_trace(path)?;
+    Ok(Trace {
+        processes: files
+            .processes
+            .iter()
+            .map(ProcessFiles::read)
+            .collect::<Result<Vec<_>, _>>()?,
+        warnings: files.warnings,
+    })
 }

@@ -37,8 +37,10 @@ def text(n_words: int, offset: int = 0) -> str:
 
 
 def engine_kwargs(**over) -> dict:
+    # disable_log_stats=False: vLLM then measures each request itself
+    # (RequestOutput.metrics), which the analyzer's figures are checked against.
     kw = dict(model=os.path.abspath(MODEL), dtype="float32", max_model_len=512, seed=0,
-              enforce_eager=True, max_num_seqs=32)
+              enforce_eager=True, max_num_seqs=32, disable_log_stats=False)
     kw.update(over)
     return kw
 
@@ -59,8 +61,19 @@ def dump_outputs(outputs, extra: dict | None = None) -> dict:
                     {str(t): [lp.logprob, lp.rank] for t, lp in pos.items()} for pos in co.logprobs
                 ],
             } for co in ro.outputs],
+            "metrics": vllm_metrics(ro),
         })
     return {"requests": reqs, **(extra or {})}
+
+
+def vllm_metrics(ro) -> dict | None:
+    """vLLM's own per-request measurements (engine-core stamps are CLOCK_MONOTONIC seconds)."""
+    m = getattr(ro, "metrics", None)
+    if m is None:
+        return None
+    keys = ("num_generation_tokens", "num_preemptions", "arrival_time", "queued_ts", "scheduled_ts",
+            "first_token_ts", "last_token_ts", "first_token_latency")
+    return {k: getattr(m, k, None) for k in keys}
 
 
 def mixed() -> dict:

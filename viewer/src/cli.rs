@@ -11,8 +11,16 @@ use std::path::PathBuf;
 /// directory. DIR may be the trace directory, one process directory inside it,
 /// or a single segment file.
 ///
+/// Start with `toktrace summary DIR`, then `toktrace requests DIR --sort max-itl`
+/// to find the worst requests, `toktrace interference DIR --request ID` for whose
+/// work stalled one of them and `toktrace tokens DIR --request ID` for its
+/// token-by-token timeline. ID is the client-visible request id, the engine's
+/// internal id or the W3C trace id. Add --json for stable JSON (documented in
+/// the README).
+///
 /// Exit codes: 0 success; 1 the trace could not be read (missing, not a trace,
-/// unsupported format version); 2 bad command line.
+/// unsupported format version) or the output could not be written; 2 bad
+/// command line; 3 no request has the given ID.
 #[derive(Debug, Parser, PartialEq)]
 #[command(name = "toktrace", version, about, long_about)]
 pub struct Cli {
@@ -24,6 +32,98 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand, PartialEq)]
 pub enum Command {
+    /// The whole trace at a glance: processes, throughput, latency spread,
+    /// stalls, the worst offenders, accuracy flags, losses and read warnings.
+    Summary {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+        /// Print stable JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        analysis: AnalysisArgs,
+    },
+    /// One line per request with its latency metrics, interference and flags.
+    Requests {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+        /// Order by this, worst first (arrival: oldest first).
+        #[arg(long, value_enum, default_value_t = SortKey::Arrival)]
+        sort: SortKey,
+        /// Only the N slowest requests by their largest inter-token gap
+        /// (shorthand for --sort max-itl --limit N).
+        #[arg(long, value_name = "N")]
+        slowest: Option<usize>,
+        /// Show at most this many requests.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only requests whose largest inter-token gap is at least this long.
+        #[arg(long, value_name = "MS")]
+        min_itl_ms: Option<f64>,
+        /// Only requests delayed by other requests' work.
+        #[arg(long)]
+        has_interference: bool,
+        /// Only requests carrying this flag (e.g. special_token_in_output).
+        #[arg(long, value_name = "NAME")]
+        flag: Option<String>,
+        /// Print stable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        analysis: AnalysisArgs,
+    },
+    /// Every generated token of one request: timing, batch, logprob, rank,
+    /// top-K candidates and who delayed it.
+    Tokens {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+        /// Request id (client-visible or internal) or trace id.
+        #[arg(long, value_name = "ID")]
+        request: String,
+        /// Print stable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        analysis: AnalysisArgs,
+    },
+    /// Whose work stalled whom: the offender ranking of the trace, or with
+    /// --request the slow tokens of one request with their culprits.
+    ///
+    /// A token's excess is its gap minus what the trace's own step-time model
+    /// expects (a decode-only step of its batch plus the usual pause between
+    /// steps); it is shared among the requests whose prefill ran in its step,
+    /// or in the steps it sat out, by the work they added.
+    Interference {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+        /// Request id (client-visible or internal) or trace id.
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
+        /// Show at most this many offenders or slow tokens.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+        /// Print stable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        analysis: AnalysisArgs,
+    },
+    /// Write the analyzer's frames (steps, slices, tokens, requests) as files.
+    ///
+    /// `ipc` writes Arrow IPC (Feather v2) files, one per frame, that polars,
+    /// pandas (pyarrow) and DuckDB open; `toktrace.load()` in Python uses it.
+    Export {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+        /// File format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        analysis: AnalysisArgs,
+    },
     /// What a trace holds: processes, segments, record counts, losses, read warnings.
     Info {
         /// Trace directory, process directory or segment file.
@@ -55,6 +155,41 @@ pub enum Command {
         /// Trace directory, process directory or segment file.
         dir: PathBuf,
     },
+}
+
+/// Options every analysis command shares.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct AnalysisArgs {
+    /// Decode deadline of the fluidity-index (Etalon's D_d); default: 5 × the
+    /// engine's median decode-only step in this trace.
+    #[arg(long, value_name = "MS")]
+    pub tbt_deadline_ms: Option<f64>,
+}
+
+/// What `requests --sort` orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    /// Arrival time, oldest first.
+    Arrival,
+    /// Time to first token.
+    Ttft,
+    /// Time per output token.
+    Tpot,
+    /// 99th percentile inter-token gap.
+    ItlP99,
+    /// Largest inter-token gap.
+    MaxItl,
+    /// Delay caused by other requests.
+    Interference,
+    /// Arrival to last token.
+    E2e,
+}
+
+/// Formats of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Arrow IPC (Feather v2), one file per frame.
+    Ipc,
 }
 
 /// Parse arguments (the first is the program name).

@@ -1,5 +1,6 @@
 //! What each subcommand does.
 
+use crate::analyze;
 use crate::cli::Command;
 use anyhow::Result;
 use probe_core::reader::read_trace;
@@ -15,6 +16,51 @@ pub fn run(command: Command) -> Result<()> {
             limit,
             slowest,
         } => steps(&dir, limit, slowest),
+        Command::Summary {
+            dir,
+            json,
+            analysis,
+        } => analyze::summary(&dir, json, &analysis),
+        Command::Requests {
+            dir,
+            sort,
+            slowest,
+            limit,
+            min_itl_ms,
+            has_interference,
+            flag,
+            json,
+            analysis,
+        } => {
+            let query = analyze::RequestQuery {
+                sort,
+                slowest,
+                limit,
+                min_itl_ms,
+                has_interference,
+                flag,
+            };
+            analyze::requests(&dir, &query, json, &analysis)
+        }
+        Command::Tokens {
+            dir,
+            request,
+            json,
+            analysis,
+        } => analyze::tokens(&dir, &request, json, &analysis),
+        Command::Interference {
+            dir,
+            request,
+            limit,
+            json,
+            analysis,
+        } => analyze::interference(&dir, request.as_deref(), limit, json, &analysis),
+        Command::Export {
+            dir,
+            format,
+            out,
+            analysis,
+        } => analyze::export(&dir, format, &out, &analysis),
     }
 }
 

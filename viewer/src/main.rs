@@ -1,6 +1,8 @@
 //! The `toktrace` command. Parsing lives in `cli`, the work in `commands`;
-//! this file alone turns errors into messages and exit codes.
+//! this file alone turns errors into messages and exit codes (0 ok, 1 the
+//! trace or the output failed, 2 bad command line, 3 unknown request id).
 
+mod analyze;
 mod cli;
 mod commands;
 
@@ -23,7 +25,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("toktrace: error: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<analyze::UnknownRequest>().is_some() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -132,3 +132,92 @@ fn committed_real_vllm_fixture_traces_still_read() {
         assert!(steps > 10, "{scenario}: {steps} steps");
     }
 }
+
+#[test]
+fn analysis_commands_on_bad_input_and_unknown_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    for cmd in ["summary", "requests", "interference"] {
+        let out = toktrace(&[cmd, missing.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+        assert!(out.stdout.is_empty(), "{cmd}: nothing on stdout");
+    }
+    small_trace(dir.path());
+    let d = dir.path().to_str().unwrap();
+    for args in [
+        vec!["tokens", d, "--request", "no-such-request"],
+        vec!["interference", d, "--request", "no-such-request"],
+    ] {
+        let out = toktrace(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no request with id"));
+    }
+    // The synthetic requests are found by external id, internal id and trace id.
+    for id in [
+        "cmpl-1",
+        "cmpl-1-0a1b2c3d",
+        "01010101010101010101010101010101",
+    ] {
+        let out = toktrace(&["tokens", d, "--request", id, "--json"]);
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 10, "{id}");
+    }
+    let out = toktrace(&["tokens", d, "--request", "x", "--tbt-deadline-ms", "abc"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn analysis_json_is_valid_on_a_torn_trace_with_warnings_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    small_trace(dir.path());
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("seg-000000.tts");
+    let bytes = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &bytes[..bytes.len() - 7]).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = toktrace(&["requests", d, "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("torn tail"));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(rows[0]["output_tokens"], 9);
+    let out = toktrace(&["summary", d, "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["warnings"].as_array().unwrap().len(), 1);
+    assert_eq!(s["tokens"], 27);
+}
+
+#[test]
+fn export_writes_arrow_files() {
+    let dir = tempfile::tempdir().unwrap();
+    small_trace(dir.path());
+    let out_dir = dir.path().join("frames");
+    let out = toktrace(&[
+        "export",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "ipc",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["steps", "slices", "tokens", "requests"] {
+        let bytes = std::fs::read(out_dir.join(format!("{name}.arrow"))).unwrap();
+        assert!(bytes.starts_with(b"ARROW1"), "{name}");
+    }
+}

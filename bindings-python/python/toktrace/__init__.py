@@ -5,17 +5,19 @@ start-up hook (``toktrace.pth``) that does nothing unless ``TOKTRACE_DIR`` is
 set; when it is, importing vLLM, SGLang or TensorRT-LLM applies the matching
 adapter from ``toktrace.adapters``, which records every engine iteration and
 every sampled token through the native probe (``toktrace._native``) into
-``$TOKTRACE_DIR``. Analysis happens offline with the ``toktrace`` command.
+``$TOKTRACE_DIR``. Analysis happens offline with the ``toktrace`` command, or
+from Python with ``toktrace.load(DIR)`` (polars DataFrames).
 
 Modules: ``config`` (settings from the environment), ``activate`` (hooks,
 idempotent adapter application), ``probe`` (the per-process recorder adapters
-call), ``hooks`` (post-import hooks), ``cli`` (runs the bundled CLI binary).
+call), ``hooks`` (post-import hooks), ``cli`` (runs the bundled CLI binary),
+``analysis`` (``load``: the analyzer's frames; never imported by the probe).
 Nothing heavy is imported here.
 """
 
 from __future__ import annotations
 
-__all__ = ["recorder", "monotonic_ns"]
+__all__ = ["recorder", "monotonic_ns", "load"]
 
 
 def recorder(role: str | None = None):
@@ -30,3 +32,10 @@ def monotonic_ns() -> int:
     from toktrace._native import monotonic_ns as _now
 
     return _now()
+
+
+def load(path, tbt_deadline_ms: float | None = None):
+    """The analyzer's frames of a trace (steps, slices, tokens, requests) as polars DataFrames."""
+    from toktrace.analysis import load as _load
+
+    return _load(path, tbt_deadline_ms)

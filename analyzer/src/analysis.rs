@@ -1,0 +1,302 @@
+//! One pass over a loaded trace: step models, per-request metrics,
+//! interference totals, offender ranking and accuracy flags.
+
+use crate::attribution::{fit_processes, request_timings, ProcessModel, TokenTiming};
+use crate::data::{Request, RequestIx, TraceData};
+use crate::metrics::{latency, Latency};
+use std::collections::HashMap;
+
+/// Knobs of the analysis.
+#[derive(Debug, Clone, Default)]
+pub struct AnalyzeOptions {
+    /// The fluidity-index decode deadline D_d; default 5 × the engine's median
+    /// decode-only step.
+    pub tbt_deadline_ns: Option<f64>,
+}
+
+/// Smallest excess that makes a token "slow", whatever the request's pace.
+pub const SLOW_FLOOR_NS: f64 = 1e6;
+
+/// An accuracy or health finding about one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flag {
+    /// Stable name (`special_token_in_output`, `sampled_outside_top_k`,
+    /// `repetition`, `preempted`, `missing_tokens`).
+    pub name: &'static str,
+    /// What was seen, for people.
+    pub detail: String,
+}
+
+/// What the analysis says about one request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestReport {
+    /// Latency figures.
+    pub latency: Latency,
+    /// Times preempted.
+    pub preemptions: usize,
+    /// Delay laid at other requests' doors, over all its tokens.
+    pub interference_ns: f64,
+    /// Tokens whose excess exceeded max(the median gap, 1 ms): stalls.
+    pub stalls: u32,
+    /// Culprits by total delay, largest first.
+    pub culprits: Vec<(RequestIx, f64)>,
+    /// Findings.
+    pub flags: Vec<Flag>,
+}
+
+/// A request that delayed others, with what it cost them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Offender {
+    /// The request.
+    pub request: RequestIx,
+    /// Delay it caused, summed over every token it delayed.
+    pub ns: f64,
+    /// Requests it delayed.
+    pub victims: u32,
+    /// Tokens it delayed.
+    pub tokens: u64,
+}
+
+/// A trace with everything computed.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    /// The loaded trace.
+    pub data: TraceData,
+    /// Step model per process.
+    pub models: Vec<ProcessModel>,
+    /// Fluidity deadline per process.
+    pub tbt_deadline_ns: Vec<f64>,
+    /// One report per request, aligned with `data.requests`.
+    pub reports: Vec<RequestReport>,
+    /// Requests that delayed others, most harmful first.
+    pub offenders: Vec<Offender>,
+}
+
+impl Analysis {
+    /// Analyse a loaded trace.
+    pub fn new(data: TraceData, options: &AnalyzeOptions) -> Analysis {
+        let models = fit_processes(&data);
+        let tbt_deadline_ns: Vec<f64> = models
+            .iter()
+            .map(|m| options.tbt_deadline_ns.unwrap_or(5.0 * m.decode_step_ns))
+            .collect();
+        let mut offenders: HashMap<RequestIx, (f64, std::collections::HashSet<RequestIx>, u64)> =
+            HashMap::new();
+        let mut reports = Vec::with_capacity(data.requests.len());
+        for (ix, r) in data.requests.iter().enumerate() {
+            let ix = ix as RequestIx;
+            let timings = request_timings(&data, &models, ix);
+            let exits: Vec<u64> = timings.iter().map(|t| t.exit_ns).collect();
+            let first_scheduled = r.first_scheduled.map(|s| data.steps[s as usize].start_ns);
+            let deadline = tbt_deadline_ns
+                .get(r.process as usize)
+                .copied()
+                .unwrap_or(0.0);
+            let latency = latency(r, &exits, first_scheduled, deadline);
+            let slow = slow_threshold_ns(&latency);
+            let mut culprits: HashMap<RequestIx, f64> = HashMap::new();
+            let mut report = RequestReport {
+                preemptions: r.preempted_at.len(),
+                ..Default::default()
+            };
+            for t in &timings {
+                if t.position > 0 && t.excess_ns > slow {
+                    report.stalls += 1;
+                }
+                let mut counted = Vec::new();
+                for s in &t.shares {
+                    *culprits.entry(s.culprit).or_default() += s.ns;
+                    report.interference_ns += s.ns;
+                    let o = offenders.entry(s.culprit).or_default();
+                    o.0 += s.ns;
+                    o.1.insert(ix);
+                    if !counted.contains(&s.culprit) {
+                        o.2 += 1;
+                        counted.push(s.culprit);
+                    }
+                }
+            }
+            let mut culprits: Vec<(RequestIx, f64)> = culprits.into_iter().collect();
+            culprits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            report.culprits = culprits;
+            report.flags = flags(&data, r);
+            report.latency = latency;
+            reports.push(report);
+        }
+        let mut offenders: Vec<Offender> = offenders
+            .into_iter()
+            .map(|(request, (ns, victims, tokens))| Offender {
+                request,
+                ns,
+                victims: victims.len() as u32,
+                tokens,
+            })
+            .collect();
+        offenders.sort_by(|a, b| b.ns.total_cmp(&a.ns).then(a.request.cmp(&b.request)));
+        Analysis {
+            data,
+            models,
+            tbt_deadline_ns,
+            reports,
+            offenders,
+        }
+    }
+
+    /// Every token of a request with its gap broken down.
+    pub fn timings(&self, r: RequestIx) -> Vec<TokenTiming> {
+        request_timings(&self.data, &self.models, r)
+    }
+
+    /// The tokens of a request that count as slow, slowest (by excess) first.
+    pub fn slow_tokens(&self, r: RequestIx) -> Vec<TokenTiming> {
+        let threshold = self
+            .reports
+            .get(r as usize)
+            .map(|rep| slow_threshold_ns(&rep.latency))
+            .unwrap_or(SLOW_FLOOR_NS);
+        let mut slow: Vec<TokenTiming> = self
+            .timings(r)
+            .into_iter()
+            .filter(|t| t.position > 0 && t.excess_ns > threshold)
+            .collect();
+        slow.sort_by(|a, b| b.excess_ns.total_cmp(&a.excess_ns));
+        slow
+    }
+
+    /// Find requests by id: the client-visible id, the engine's internal id or
+    /// the trace id, exactly; failing that, a unique id that starts with it
+    /// (the completions API answers `cmpl-X` for the engine's `cmpl-X-0`).
+    pub fn find(&self, id: &str) -> Vec<RequestIx> {
+        find_request(&self.data, id)
+    }
+}
+
+/// Find requests by id (see [`Analysis::find`]).
+pub fn find_request(data: &TraceData, id: &str) -> Vec<RequestIx> {
+    let id_lower = id.to_ascii_lowercase();
+    let exact: Vec<RequestIx> = data
+        .requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.internal_id == id
+                || r.external_id.as_deref() == Some(id)
+                || r.trace_id_hex().as_deref() == Some(id_lower.as_str())
+        })
+        .map(|(i, _)| i as RequestIx)
+        .collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    data.requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.external_id
+                .as_deref()
+                .is_some_and(|e| e.starts_with(id) && e[id.len()..].starts_with('-'))
+                || (r.internal_id.starts_with(id) && r.internal_id[id.len()..].starts_with('-'))
+        })
+        .map(|(i, _)| i as RequestIx)
+        .collect()
+}
+
+/// A token is slow when its excess over the model exceeds the request's own
+/// median gap (and 1 ms): its gap was at least about twice what it should be.
+fn slow_threshold_ns(l: &Latency) -> f64 {
+    l.itl
+        .map(|q| q.p50 as f64)
+        .unwrap_or(0.0)
+        .max(SLOW_FLOOR_NS)
+}
+
+fn flags(data: &TraceData, r: &Request) -> Vec<Flag> {
+    let mut out = Vec::new();
+    let c = &r.checks;
+    if c.special_count > 0 {
+        let names = special_names(data, r);
+        let listed: Vec<String> = c
+            .special
+            .iter()
+            .map(|(i, id)| match names.get(id) {
+                Some(n) => format!("{n} (id {id}) at token {i}"),
+                None => format!("id {id} at token {i}"),
+            })
+            .collect();
+        out.push(Flag {
+            name: "special_token_in_output",
+            detail: format!(
+                "{} special token(s) inside the answer: {}",
+                c.special_count,
+                listed.join(", ")
+            ),
+        });
+    }
+    if c.outside_top_k > 0 {
+        let p = &r.params;
+        out.push(Flag {
+            name: "sampled_outside_top_k",
+            detail: format!(
+                "{} of {} tokens were sampled outside the recorded top-K (first at token {}); check the sampling parameters: temperature {}, top_p {}, top_k {}",
+                c.outside_top_k,
+                c.with_top_k,
+                c.first_outside_top_k.unwrap_or(0),
+                opt(p.temperature),
+                opt(p.top_p),
+                opt(p.top_k)
+            ),
+        });
+    }
+    if let Some((index, period)) = c.repetition {
+        out.push(Flag {
+            name: "repetition",
+            detail: format!("a {period}-token pattern repeats, detected at token {index}"),
+        });
+    }
+    if !r.preempted_at.is_empty() {
+        out.push(Flag {
+            name: "preempted",
+            detail: format!("preempted {} time(s)", r.preempted_at.len()),
+        });
+    }
+    if let Some(n) = r.reported_output_tokens {
+        let seen = r.token_step.len() as u32;
+        if n > seen {
+            out.push(Flag {
+                name: "missing_tokens",
+                detail: format!(
+                    "the engine reported {n} output tokens, the trace holds {seen} (records dropped or segments deleted)"
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "default".to_string(), |v| v.to_string())
+}
+
+fn special_names(data: &TraceData, r: &Request) -> HashMap<u32, String> {
+    let mut names = HashMap::new();
+    if let Some(info) = data
+        .processes
+        .get(r.process as usize)
+        .and_then(|p| p.info.as_ref())
+    {
+        let s = &info.special_tokens;
+        for (id, text) in &s.all {
+            names.insert(*id, text.clone());
+        }
+        if let Some(b) = s.bos {
+            names.entry(b).or_insert_with(|| "BOS".into());
+        }
+        for e in &s.eos {
+            names.entry(*e).or_insert_with(|| "EOS".into());
+        }
+        if let Some(p) = s.pad {
+            names.entry(p).or_insert_with(|| "PAD".into());
+        }
+    }
+    names
+}

@@ -1,0 +1,478 @@
+//! The analysis commands: summary, requests, tokens, interference, export.
+//! Each loads the trace, runs the analyzer and prints a table or stable JSON.
+
+use crate::cli::{AnalysisArgs, ExportFormat, SortKey};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+use toktrace_analyzer::data::RequestIx;
+use toktrace_analyzer::report::RequestRow;
+use toktrace_analyzer::{Analysis, AnalyzeOptions, Detail, LoadOptions};
+
+/// No request (or more than one) answers to the ID given: exit code 3.
+#[derive(Debug)]
+pub struct UnknownRequest(pub String);
+
+impl std::fmt::Display for UnknownRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnknownRequest {}
+
+fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
+    Ok(analyze_loaded(read(dir, load.clone())?, args))
+}
+
+/// Load, showing progress on stderr when it is a terminal and the trace is
+/// big enough to keep someone waiting.
+fn read(dir: &Path, mut options: LoadOptions) -> Result<toktrace_analyzer::data::TraceData> {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        let started = std::time::Instant::now();
+        options.progress = Some(std::sync::Arc::new(move |done: u64, total: u64| {
+            if total >= PROGRESS_FROM_BYTES && started.elapsed().as_millis() > 300 {
+                eprint!(
+                    "\rtoktrace: reading {:.0} / {:.0} MB ({:.0}%)",
+                    done as f64 / 1e6,
+                    total as f64 / 1e6,
+                    100.0 * done as f64 / total.max(1) as f64
+                );
+                if done >= total {
+                    eprintln!();
+                }
+            }
+        }));
+    }
+    Ok(toktrace_analyzer::load(dir, &options)?)
+}
+
+/// Traces smaller than this load too fast to need a progress line.
+const PROGRESS_FROM_BYTES: u64 = 256 << 20;
+
+/// Report what the load worked around, then analyse.
+fn analyze_loaded(data: toktrace_analyzer::data::TraceData, args: &AnalysisArgs) -> Analysis {
+    for w in &data.warnings {
+        eprintln!("toktrace: warning: {w}");
+    }
+    for p in &data.processes {
+        if p.drops.records() > 0 {
+            eprintln!(
+                "toktrace: warning: {}: the probe dropped {} records ({} tokens)",
+                p.name,
+                p.drops.records(),
+                p.drops.tokens
+            );
+        }
+    }
+    let options = AnalyzeOptions {
+        tbt_deadline_ns: args.tbt_deadline_ms.map(|ms| ms * 1e6),
+    };
+    Analysis::new(data, &options)
+}
+
+/// Load with per-token detail for the request `id` only: the first pass finds
+/// it, the second keeps its tokens.
+fn analyze_request(dir: &Path, id: &str, args: &AnalysisArgs) -> Result<(Analysis, RequestIx)> {
+    let light = read(dir, LoadOptions::default())?;
+    let r = resolve(&light, id)?;
+    let key = (
+        light.requests[r as usize].process,
+        light.requests[r as usize].key,
+    );
+    drop(light);
+    let options = LoadOptions {
+        detail: Detail::Only([key].into_iter().collect()),
+        ..Default::default()
+    };
+    let a = analyze(dir, &options, args)?;
+    Ok((a, r))
+}
+
+fn resolve(data: &toktrace_analyzer::data::TraceData, id: &str) -> Result<RequestIx> {
+    let found = toktrace_analyzer::analysis::find_request(data, id);
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(UnknownRequest(format!(
+            "no request with id or trace id {id:?} in this trace ({} requests; `toktrace requests DIR` lists them)",
+            data.requests.len()
+        ))
+        .into()),
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .take(5)
+                .map(|&r| {
+                    let req = &data.requests[r as usize];
+                    format!("{} (internal {})", req.display_id(), req.internal_id)
+                })
+                .collect();
+            Err(UnknownRequest(format!(
+                "{} requests answer to {id:?}: {}; give the internal id",
+                many.len(),
+                names.join(", ")
+            ))
+            .into())
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
+
+fn f(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(n - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("…{tail}")
+    }
+}
+
+/// `toktrace summary`.
+pub fn summary(dir: &Path, json: bool, args: &AnalysisArgs) -> Result<()> {
+    let a = analyze(dir, &LoadOptions::default(), args)?;
+    let s = a.summary();
+    if json {
+        return print_json(&s);
+    }
+    println!("trace {}", dir.display());
+    for p in &s.processes {
+        println!(
+            "  {:<44} {:<12} {:<16} {} steps, {} tokens, {} emitted{}",
+            p.name,
+            p.role,
+            format!(
+                "{} {}",
+                p.engine.as_deref().unwrap_or("-"),
+                p.engine_version.as_deref().unwrap_or("")
+            ),
+            p.steps,
+            p.tokens,
+            p.emitted_tokens,
+            if p.dropped_records > 0 {
+                format!(", {} records DROPPED", p.dropped_records)
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!(
+        "{} requests ({} finished), {} steps, {} tokens in {:.1} s ({:.1} tokens/s)",
+        s.requests, s.finished_requests, s.steps, s.tokens, s.duration_s, s.output_tokens_per_s
+    );
+    println!("                     p50       p90       p99       max");
+    for (name, sp) in [
+        ("TTFT ms", s.ttft_ms),
+        ("TPOT ms", s.tpot_ms),
+        ("p99 ITL ms", s.itl_p99_ms),
+        ("max ITL ms", s.max_itl_ms),
+    ] {
+        println!(
+            "  {name:<12} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            sp.p50, sp.p90, sp.p99, sp.max
+        );
+    }
+    println!(
+        "{} stalls, {} preemptions, {:.1} ms of delay caused by other requests' work",
+        s.stalls, s.preemptions, s.total_interference_ms
+    );
+    if !s.top_offenders.is_empty() {
+        println!("worst offenders (whose work delayed others most):");
+        for o in &s.top_offenders {
+            println!(
+                "  {:<28} {:>10.1} ms over {} tokens of {} requests (prompt {} tokens)",
+                short(&o.request_id, 28),
+                o.delay_ms,
+                o.tokens,
+                o.victims,
+                o.prompt_tokens
+            );
+        }
+    }
+    if !s.flags.is_empty() {
+        let flags: Vec<String> = s.flags.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!("flags: {}", flags.join(", "));
+    }
+    for m in &s.step_models {
+        println!(
+            "step model {}: {:.2} ms + {:.3} ms/decode token + {:.4} ms/prefill token + {:.6} ms/context token ({} steps, pause {:.2} ms, TBT deadline {:.1} ms)",
+            m.process,
+            m.base_ms,
+            m.per_decode_token_ms,
+            m.per_prefill_token_ms,
+            m.per_context_token_ms,
+            m.steps,
+            m.pause_ms,
+            m.tbt_deadline_ms
+        );
+    }
+    if !s.warnings.is_empty() {
+        println!("{} read warning(s), see stderr", s.warnings.len());
+    }
+    Ok(())
+}
+
+/// Filters and order of `toktrace requests`.
+pub struct RequestQuery {
+    pub sort: SortKey,
+    pub slowest: Option<usize>,
+    pub limit: Option<usize>,
+    pub min_itl_ms: Option<f64>,
+    pub has_interference: bool,
+    pub flag: Option<String>,
+}
+
+fn sort_value(r: &RequestRow, key: SortKey) -> Option<f64> {
+    match key {
+        SortKey::Arrival => r.arrival_unix_ns.map(|t| -(t as f64)),
+        SortKey::Ttft => r.ttft_ms,
+        SortKey::Tpot => r.tpot_ms,
+        SortKey::ItlP99 => r.itl_p99_ms,
+        SortKey::MaxItl => r.max_itl_ms,
+        SortKey::Interference => Some(r.interference_ms),
+        SortKey::E2e => r.e2e_ms,
+    }
+}
+
+/// `toktrace requests`.
+pub fn requests(dir: &Path, q: &RequestQuery, json: bool, args: &AnalysisArgs) -> Result<()> {
+    let a = analyze(dir, &LoadOptions::default(), args)?;
+    let (sort, limit) = match q.slowest {
+        Some(n) => (SortKey::MaxItl, Some(n.min(q.limit.unwrap_or(usize::MAX)))),
+        None => (q.sort, q.limit),
+    };
+    let mut rows: Vec<RequestRow> = (0..a.data.requests.len() as RequestIx)
+        .map(|r| a.request_row(r))
+        .filter(|r| {
+            q.min_itl_ms
+                .is_none_or(|m| r.max_itl_ms.is_some_and(|x| x >= m))
+        })
+        .filter(|r| !q.has_interference || r.interference_ms > 0.0)
+        .filter(|r| {
+            q.flag
+                .as_ref()
+                .is_none_or(|f| r.flags.iter().any(|x| x == f))
+        })
+        .collect();
+    // Worst first; requests without the figure go last.
+    rows.sort_by(|x, y| {
+        let (a, b) = (sort_value(x, sort), sort_value(y, sort));
+        b.unwrap_or(f64::NEG_INFINITY)
+            .total_cmp(&a.unwrap_or(f64::NEG_INFINITY))
+    });
+    rows.truncate(limit.unwrap_or(usize::MAX));
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<24} {:>6} {:>5} {:>9} {:>8} {:>9} {:>14} {:>9} {:<20} flags",
+        "request",
+        "prompt",
+        "out",
+        "ttft_ms",
+        "tpot_ms",
+        "p99_itl",
+        "max_itl@token",
+        "interf_ms",
+        "top culprit"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:>6} {:>5} {:>9} {:>8} {:>9} {:>14} {:>9.1} {:<20} {}",
+            short(&r.request_id, 24),
+            r.prompt_tokens,
+            r.output_tokens,
+            f(r.ttft_ms),
+            f(r.tpot_ms),
+            f(r.itl_p99_ms),
+            match (r.max_itl_ms, r.max_itl_index) {
+                (Some(m), Some(i)) => format!("{m:.1}@{i}"),
+                _ => "-".into(),
+            },
+            r.interference_ms,
+            r.top_culprits
+                .first()
+                .map(|c| short(&c.request_id, 20))
+                .unwrap_or_else(|| "-".into()),
+            r.flags.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// `toktrace tokens`.
+pub fn tokens(dir: &Path, id: &str, json: bool, args: &AnalysisArgs) -> Result<()> {
+    let (a, r) = analyze_request(dir, id, args)?;
+    let rows = a.token_rows(r);
+    if json {
+        return print_json(&rows);
+    }
+    let req = &a.data.requests[r as usize];
+    println!(
+        "request {} (internal {}), {} prompt tokens, {} tokens",
+        req.display_id(),
+        req.internal_id,
+        req.prompt_tokens,
+        rows.len()
+    );
+    println!(
+        "{:>5} {:>7} {:<12} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9}  culprit",
+        "index", "token", "text", "logprob", "rank", "gap_ms", "step", "batch", "excess"
+    );
+    for t in &rows {
+        let text = t
+            .text
+            .as_deref()
+            .map(|s| short(&s.escape_debug().to_string(), 12))
+            .unwrap_or_default();
+        println!(
+            "{:>5} {:>7} {:<12} {:>8} {:>8} {:>9.2} {:>7} {:>9} {:>9.2}  {}",
+            t.index,
+            t.token_id
+                .map(|i| if t.special {
+                    format!("⟨{i}⟩")
+                } else {
+                    i.to_string()
+                })
+                .unwrap_or_else(|| "-".into()),
+            text,
+            t.logprob.map_or_else(|| "-".into(), |l| format!("{l:.3}")),
+            t.rank.map_or_else(|| "-".into(), |r| r.to_string()),
+            t.gap_ms,
+            t.step,
+            format!("{}r/{}t", t.batch_requests, t.batch_tokens),
+            t.excess_ms,
+            t.culprits
+                .first()
+                .map(|c| format!("{} {:.0}%", c.request_id, c.share * 100.0))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `toktrace interference`.
+pub fn interference(
+    dir: &Path,
+    id: Option<&str>,
+    limit: usize,
+    json: bool,
+    args: &AnalysisArgs,
+) -> Result<()> {
+    let Some(id) = id else {
+        let a = analyze(dir, &LoadOptions::default(), args)?;
+        let t = a.trace_interference(limit);
+        if json {
+            return print_json(&t);
+        }
+        println!(
+            "{:.1} ms of delay caused by other requests' work in all",
+            t.total_interference_ms
+        );
+        println!(
+            "{:<28} {:>12} {:>8} {:>8} {:>8}",
+            "offender", "delay_ms", "victims", "tokens", "prompt"
+        );
+        for o in &t.offenders {
+            println!(
+                "{:<28} {:>12.1} {:>8} {:>8} {:>8}",
+                short(&o.request_id, 28),
+                o.delay_ms,
+                o.victims,
+                o.tokens,
+                o.prompt_tokens
+            );
+        }
+        return Ok(());
+    };
+    let light = read(dir, LoadOptions::default())?;
+    let r = resolve(&light, id)?;
+    let a = analyze_loaded(light, args);
+    let mut report = a.request_interference(r);
+    report.slow_tokens.truncate(limit);
+    if json {
+        return print_json(&report);
+    }
+    println!(
+        "request {}: {:.1} ms of delay caused by other requests; {} slow token(s)",
+        report.request_id,
+        report.interference_ms,
+        report.slow_tokens.len()
+    );
+    for t in &report.slow_tokens {
+        println!(
+            "  token {} (step {}): waited {:.1} ms, expected {:.1} ms, excess {:.1} ms (scheduling {:.1} ms, running {:.1} ms)",
+            t.index, t.step, t.gap_ms, t.expected_ms, t.excess_ms, t.scheduling_ms, t.running_ms
+        );
+        if t.culprits.is_empty() {
+            println!("    no other request's prefill explains it (engine pause, warm-up or noise)");
+        }
+        for c in &t.culprits {
+            println!(
+                "    {:<28} {:>9.1} ms {:>4.0}%  {}",
+                short(&c.request_id, 28),
+                c.ms,
+                c.share * 100.0,
+                serde_json::to_value(c.cause)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `toktrace export`.
+pub fn export(dir: &Path, format: ExportFormat, out: &Path, args: &AnalysisArgs) -> Result<()> {
+    use toktrace_analyzer::polars::prelude::{IpcWriter, SerWriter};
+    let options = LoadOptions {
+        detail: Detail::All,
+        decode_slices: true,
+        progress: None,
+    };
+    let a = analyze(dir, &options, args)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut frames = toktrace_analyzer::frames::frames(&a).context("building the frames")?;
+    match format {
+        ExportFormat::Ipc => {
+            for (name, frame) in frames.named() {
+                let path = out.join(format!("{name}.arrow"));
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                IpcWriter::new(file)
+                    .finish(frame)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!(
+                    "toktrace: wrote {} ({} rows)",
+                    path.display(),
+                    frame.height()
+                );
+            }
+        }
+    }
+    Ok(())
+}
