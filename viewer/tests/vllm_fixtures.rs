@@ -200,3 +200,51 @@ fn preemptions_are_counted_and_tokens_still_complete() {
     let summary = toktrace_json(&["summary", dir]);
     assert!(summary["preemptions"].as_u64().unwrap() > 0);
 }
+
+/// `|ours - theirs| <= abs_ms + rel * theirs`.
+fn close(ours: f64, theirs: f64, abs_ms: f64, rel: f64) -> bool {
+    (ours - theirs).abs() <= abs_ms + rel * theirs.abs()
+}
+
+/// The analyzer's figures against what vLLM measured itself in the same run
+/// (RequestOutput.metrics, kept in outputs.json by the scenario script):
+/// engine-side TPOT and prefill from vLLM's engine-core stamps, the frontend's
+/// first-token latency, preemptions and token counts.
+#[test]
+fn metrics_agree_with_vllms_own_measurements() {
+    for scenario in ["vllm-mixed", "vllm-preempt"] {
+        let dir = fixture(scenario).join("trace");
+        let dir = dir.to_str().unwrap();
+        let out = outputs(scenario);
+        let rows = toktrace_json(&["requests", dir]);
+        let rows = rows.as_array().unwrap();
+        let mut compared = 0;
+        for r in out["requests"].as_array().unwrap() {
+            let outs = r["outputs"].as_array().unwrap();
+            if outs.len() != 1 {
+                continue; // vLLM's metrics of an n > 1 request cover all its children
+            }
+            let m = &r["metrics"];
+            assert!(m.is_object(), "{scenario}: outputs.json has no vLLM metrics");
+            let id = r["request_id"].as_str().unwrap();
+            let row = row_of(rows, id, 0, 1);
+            let n = outs[0]["token_ids"].as_array().unwrap().len();
+            assert_eq!(row["output_tokens"], m["num_generation_tokens"], "{id}");
+            assert_eq!(row["preemptions"], m["num_preemptions"], "{id}");
+            let s = |k: &str| m[k].as_f64().unwrap();
+            let prefill = (s("first_token_ts") - s("scheduled_ts")) * 1e3;
+            let ours = row["prefill_ms"].as_f64().unwrap();
+            assert!(close(ours, prefill, 2.0, 0.05), "{scenario} {id}: prefill {ours} vs vLLM {prefill}");
+            let ttft = s("first_token_latency") * 1e3;
+            let ours = row["ttft_emit_ms"].as_f64().unwrap();
+            assert!(close(ours, ttft, 2.0, 0.05), "{scenario} {id}: TTFT {ours} vs vLLM {ttft}");
+            if n > 1 {
+                let tpot = (s("last_token_ts") - s("first_token_ts")) * 1e3 / (n - 1) as f64;
+                let ours = row["tpot_ms"].as_f64().unwrap();
+                assert!(close(ours, tpot, 0.5, 0.05), "{scenario} {id}: TPOT {ours} vs vLLM {tpot}");
+            }
+            compared += 1;
+        }
+        assert!(compared >= 10, "{scenario}: {compared} requests compared");
+    }
+}
