@@ -44,6 +44,13 @@ where
     Series::new(name.into(), values).into_column()
 }
 
+/// A column of one value per row: `column_of!(rows, "name", |row| value)`.
+macro_rules! column_of {
+    ($rows:expr, $name:literal, |$x:ident| $e:expr) => {
+        col($name, $rows.iter().map(|$x| $e).collect::<Vec<_>>())
+    };
+}
+
 /// Build the frames. `slices` holds decode rows only when the trace was
 /// loaded with `decode_slices`; `tokens` has ids and top-K only for requests
 /// loaded with detail.
@@ -59,106 +66,42 @@ pub fn frames(a: &Analysis) -> PolarsResult<Frames> {
 fn steps(a: &Analysis) -> PolarsResult<DataFrame> {
     let d = &a.data;
     let s = &d.steps;
-    let unix = |t: u64, p: u32| d.processes[p as usize].unix_ns(t);
+    let process = |x: &crate::data::StepRow| &d.processes[x.process as usize];
     DataFrame::new_infer_height(vec![
-        col(
-            "process",
-            s.iter()
-                .map(|x| d.processes[x.process as usize].name.as_str())
-                .collect::<Vec<_>>(),
-        ),
-        col("step", s.iter().map(|x| x.step_id).collect::<Vec<_>>()),
-        col(
-            "start_unix_ns",
-            s.iter()
-                .map(|x| unix(x.start_ns, x.process))
-                .collect::<Vec<_>>(),
-        ),
-        col(
-            "end_unix_ns",
-            s.iter()
-                .map(|x| unix(x.end_ns, x.process))
-                .collect::<Vec<_>>(),
-        ),
-        col(
-            "duration_ms",
-            s.iter()
-                .map(|x| x.duration_ns() as f64 / 1e6)
-                .collect::<Vec<_>>(),
-        ),
-        col("requests", s.iter().map(|x| x.requests).collect::<Vec<_>>()),
-        col(
-            "prefill_tokens",
-            s.iter().map(|x| x.prefill_tokens).collect::<Vec<_>>(),
-        ),
-        col(
-            "cached_tokens",
-            s.iter().map(|x| x.cached_tokens).collect::<Vec<_>>(),
-        ),
-        col(
-            "decode_tokens",
-            s.iter().map(|x| x.decode_tokens).collect::<Vec<_>>(),
-        ),
-        col(
-            "context_tokens",
-            s.iter().map(|x| x.context_tokens).collect::<Vec<_>>(),
-        ),
-        col("waiting", s.iter().map(|x| x.waiting).collect::<Vec<_>>()),
-        col("running", s.iter().map(|x| x.running).collect::<Vec<_>>()),
-        col("kv_usage", s.iter().map(|x| x.kv_usage).collect::<Vec<_>>()),
-        col(
-            "preempted",
-            s.iter().map(|x| x.preempted).collect::<Vec<_>>(),
-        ),
-        col("finished", s.iter().map(|x| x.finished).collect::<Vec<_>>()),
-        col(
-            "sampled_tokens",
-            s.iter().map(|x| x.sampled).collect::<Vec<_>>(),
-        ),
+        column_of!(s, "process", |x| process(x).name.as_str()),
+        column_of!(s, "step", |x| x.step_id),
+        column_of!(s, "start_unix_ns", |x| process(x).unix_ns(x.start_ns)),
+        column_of!(s, "end_unix_ns", |x| process(x).unix_ns(x.end_ns)),
+        column_of!(s, "duration_ms", |x| x.duration_ns() as f64 / 1e6),
+        column_of!(s, "requests", |x| x.requests),
+        column_of!(s, "prefill_tokens", |x| x.prefill_tokens),
+        column_of!(s, "cached_tokens", |x| x.cached_tokens),
+        column_of!(s, "decode_tokens", |x| x.decode_tokens),
+        column_of!(s, "context_tokens", |x| x.context_tokens),
+        column_of!(s, "waiting", |x| x.waiting),
+        column_of!(s, "running", |x| x.running),
+        column_of!(s, "kv_usage", |x| x.kv_usage),
+        column_of!(s, "preempted", |x| x.preempted),
+        column_of!(s, "finished", |x| x.finished),
+        column_of!(s, "sampled_tokens", |x| x.sampled),
     ])
 }
 
 fn slices(a: &Analysis) -> PolarsResult<DataFrame> {
     let d = &a.data;
     let s = &d.slices;
-    let id = |r: RequestIx| d.requests[r as usize].display_id();
+    let step = |x: &crate::data::Slice| &d.steps[x.step as usize];
     DataFrame::new_infer_height(vec![
-        col(
-            "step",
-            s.iter()
-                .map(|x| d.steps[x.step as usize].step_id)
-                .collect::<Vec<_>>(),
-        ),
-        col(
-            "process",
-            s.iter()
-                .map(|x| {
-                    d.processes[d.steps[x.step as usize].process as usize]
-                        .name
-                        .as_str()
-                })
-                .collect::<Vec<_>>(),
-        ),
-        col(
-            "request_id",
-            s.iter().map(|x| id(x.request)).collect::<Vec<_>>(),
-        ),
-        col(
-            "prefill_tokens",
-            s.iter().map(|x| x.prefill_tokens).collect::<Vec<_>>(),
-        ),
-        col(
-            "cached_tokens",
-            s.iter().map(|x| x.cached_tokens).collect::<Vec<_>>(),
-        ),
-        col(
-            "decode_tokens",
-            s.iter().map(|x| x.decode_tokens).collect::<Vec<_>>(),
-        ),
-        col(
-            "context_tokens",
-            s.iter().map(|x| x.context_tokens).collect::<Vec<_>>(),
-        ),
+        column_of!(s, "step", |x| step(x).step_id),
+        column_of!(s, "process", |x| d.processes[step(x).process as usize]
+            .name
+            .as_str()),
+        column_of!(s, "request_id", |x| d.requests[x.request as usize]
+            .display_id()),
+        column_of!(s, "prefill_tokens", |x| x.prefill_tokens),
+        column_of!(s, "cached_tokens", |x| x.cached_tokens),
+        column_of!(s, "decode_tokens", |x| x.decode_tokens),
+        column_of!(s, "context_tokens", |x| x.context_tokens),
     ])
 }
 
@@ -226,54 +169,33 @@ fn requests(a: &Analysis) -> PolarsResult<DataFrame> {
     let rows: Vec<_> = (0..a.data.requests.len() as RequestIx)
         .map(|r| a.request_row(r))
         .collect();
-    macro_rules! column {
-        ($name:literal, $field:ident) => {
-            col(
-                $name,
-                rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>(),
-            )
-        };
-    }
     DataFrame::new_infer_height(vec![
-        column!("request_id", request_id),
-        column!("internal_id", internal_id),
-        column!("trace_id", trace_id),
-        column!("arrival_unix_ns", arrival_unix_ns),
-        column!("prompt_tokens", prompt_tokens),
-        column!("cached_tokens", cached_tokens),
-        col(
-            "output_tokens",
-            rows.iter()
-                .map(|r| r.output_tokens as u64)
-                .collect::<Vec<_>>(),
-        ),
-        column!("finish_reason", finish_reason),
-        column!("ttft_ms", ttft_ms),
-        column!("ttft_emit_ms", ttft_emit_ms),
-        column!("tpot_ms", tpot_ms),
-        column!("itl_p50_ms", itl_p50_ms),
-        column!("itl_p90_ms", itl_p90_ms),
-        column!("itl_p99_ms", itl_p99_ms),
-        column!("max_itl_ms", max_itl_ms),
-        column!("max_itl_index", max_itl_index),
-        column!("emit_itl_p50_ms", emit_itl_p50_ms),
-        column!("emit_itl_p99_ms", emit_itl_p99_ms),
-        column!("queue_ms", queue_ms),
-        column!("prefill_ms", prefill_ms),
-        column!("decode_ms", decode_ms),
-        column!("e2e_ms", e2e_ms),
-        column!("fluidity_index", fluidity_index),
-        column!("stalls", stalls),
-        col(
-            "preemptions",
-            rows.iter()
-                .map(|r| r.preemptions as u64)
-                .collect::<Vec<_>>(),
-        ),
-        column!("interference_ms", interference_ms),
-        col(
-            "flags",
-            rows.iter().map(|r| r.flags.join(",")).collect::<Vec<_>>(),
-        ),
+        column_of!(rows, "request_id", |r| r.request_id.clone()),
+        column_of!(rows, "internal_id", |r| r.internal_id.clone()),
+        column_of!(rows, "trace_id", |r| r.trace_id.clone()),
+        column_of!(rows, "arrival_unix_ns", |r| r.arrival_unix_ns),
+        column_of!(rows, "prompt_tokens", |r| r.prompt_tokens),
+        column_of!(rows, "cached_tokens", |r| r.cached_tokens),
+        column_of!(rows, "output_tokens", |r| r.output_tokens as u64),
+        column_of!(rows, "finish_reason", |r| r.finish_reason.clone()),
+        column_of!(rows, "ttft_ms", |r| r.ttft_ms),
+        column_of!(rows, "ttft_emit_ms", |r| r.ttft_emit_ms),
+        column_of!(rows, "tpot_ms", |r| r.tpot_ms),
+        column_of!(rows, "itl_p50_ms", |r| r.itl_p50_ms),
+        column_of!(rows, "itl_p90_ms", |r| r.itl_p90_ms),
+        column_of!(rows, "itl_p99_ms", |r| r.itl_p99_ms),
+        column_of!(rows, "max_itl_ms", |r| r.max_itl_ms),
+        column_of!(rows, "max_itl_index", |r| r.max_itl_index),
+        column_of!(rows, "emit_itl_p50_ms", |r| r.emit_itl_p50_ms),
+        column_of!(rows, "emit_itl_p99_ms", |r| r.emit_itl_p99_ms),
+        column_of!(rows, "queue_ms", |r| r.queue_ms),
+        column_of!(rows, "prefill_ms", |r| r.prefill_ms),
+        column_of!(rows, "decode_ms", |r| r.decode_ms),
+        column_of!(rows, "e2e_ms", |r| r.e2e_ms),
+        column_of!(rows, "fluidity_index", |r| r.fluidity_index),
+        column_of!(rows, "stalls", |r| r.stalls),
+        column_of!(rows, "preemptions", |r| r.preemptions as u64),
+        column_of!(rows, "interference_ms", |r| r.interference_ms),
+        column_of!(rows, "flags", |r| r.flags.join(",")),
     ])
 }

@@ -24,6 +24,19 @@ fn small_trace(dir: &std::path::Path) {
     assert!(probe.shutdown(Duration::from_secs(30)).clean);
 }
 
+/// Cut the last bytes of the trace's only segment, as a killed writer leaves it.
+fn tear_last_frame(dir: &std::path::Path) {
+    let seg = std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("seg-000000.tts");
+    let bytes = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &bytes[..bytes.len() - 7]).unwrap();
+}
+
 #[test]
 fn info_json_counts_what_was_recorded() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,15 +106,7 @@ fn usage_errors_exit_2_and_help_exits_0() {
 fn a_torn_trace_reads_with_a_warning_and_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     small_trace(dir.path());
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-        .join("seg-000000.tts");
-    let bytes = std::fs::read(&seg).unwrap();
-    std::fs::write(&seg, &bytes[..bytes.len() - 7]).unwrap();
+    tear_last_frame(dir.path());
     let out = toktrace(&["info", dir.path().to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("torn tail"));
@@ -176,15 +181,7 @@ fn analysis_commands_on_bad_input_and_unknown_ids() {
 fn analysis_json_is_valid_on_a_torn_trace_with_warnings_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     small_trace(dir.path());
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-        .join("seg-000000.tts");
-    let bytes = std::fs::read(&seg).unwrap();
-    std::fs::write(&seg, &bytes[..bytes.len() - 7]).unwrap();
+    tear_last_frame(dir.path());
     let d = dir.path().to_str().unwrap();
     let out = toktrace(&["requests", d, "--json"]);
     assert_eq!(out.status.code(), Some(0));

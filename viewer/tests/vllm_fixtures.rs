@@ -225,7 +225,10 @@ fn metrics_agree_with_vllms_own_measurements() {
                 continue; // vLLM's metrics of an n > 1 request cover all its children
             }
             let m = &r["metrics"];
-            assert!(m.is_object(), "{scenario}: outputs.json has no vLLM metrics");
+            assert!(
+                m.is_object(),
+                "{scenario}: outputs.json has no vLLM metrics"
+            );
             let id = r["request_id"].as_str().unwrap();
             let row = row_of(rows, id, 0, 1);
             let n = outs[0]["token_ids"].as_array().unwrap().len();
@@ -234,14 +237,23 @@ fn metrics_agree_with_vllms_own_measurements() {
             let s = |k: &str| m[k].as_f64().unwrap();
             let prefill = (s("first_token_ts") - s("scheduled_ts")) * 1e3;
             let ours = row["prefill_ms"].as_f64().unwrap();
-            assert!(close(ours, prefill, 2.0, 0.05), "{scenario} {id}: prefill {ours} vs vLLM {prefill}");
+            assert!(
+                close(ours, prefill, 2.0, 0.05),
+                "{scenario} {id}: prefill {ours} vs vLLM {prefill}"
+            );
             let ttft = s("first_token_latency") * 1e3;
             let ours = row["ttft_emit_ms"].as_f64().unwrap();
-            assert!(close(ours, ttft, 2.0, 0.05), "{scenario} {id}: TTFT {ours} vs vLLM {ttft}");
+            assert!(
+                close(ours, ttft, 2.0, 0.05),
+                "{scenario} {id}: TTFT {ours} vs vLLM {ttft}"
+            );
             if n > 1 {
                 let tpot = (s("last_token_ts") - s("first_token_ts")) * 1e3 / (n - 1) as f64;
                 let ours = row["tpot_ms"].as_f64().unwrap();
-                assert!(close(ours, tpot, 0.5, 0.05), "{scenario} {id}: TPOT {ours} vs vLLM {tpot}");
+                assert!(
+                    close(ours, tpot, 0.5, 0.05),
+                    "{scenario} {id}: TPOT {ours} vs vLLM {tpot}"
+                );
             }
             compared += 1;
         }
