@@ -180,6 +180,30 @@ pub struct ProcessRow {
     pub segments_removed: u32,
 }
 
+/// What an export carries about the trace (Parquet key-value metadata).
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceMetadata {
+    pub toktrace_version: &'static str,
+    pub processes: Vec<ProcessMetadata>,
+    pub step_models: Vec<ModelRow>,
+}
+
+/// One process in [`TraceMetadata`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessMetadata {
+    pub name: String,
+    pub role: String,
+    pub host: String,
+    pub pid: u32,
+    pub engine: Option<String>,
+    pub engine_version: Option<String>,
+    pub model: Option<String>,
+    pub model_path: Option<String>,
+    /// The clock anchor: CLOCK_MONOTONIC and unix time read together.
+    pub anchor_mono_ns: u64,
+    pub anchor_unix_ns: u64,
+}
+
 /// `summary --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -406,6 +430,31 @@ impl Analysis {
         TraceInterference {
             total_interference_ms: ms(self.reports.iter().map(|r| r.interference_ns).sum()),
             offenders: self.offender_rows(limit),
+            step_models: self.model_rows(),
+        }
+    }
+
+    /// Metadata for exports.
+    pub fn metadata(&self) -> TraceMetadata {
+        TraceMetadata {
+            toktrace_version: env!("CARGO_PKG_VERSION"),
+            processes: self
+                .data
+                .processes
+                .iter()
+                .map(|p| ProcessMetadata {
+                    name: p.name.clone(),
+                    role: p.role.clone(),
+                    host: p.host.clone(),
+                    pid: p.pid,
+                    engine: p.info.as_ref().map(|i| i.engine.clone()),
+                    engine_version: p.info.as_ref().map(|i| i.engine_version.clone()),
+                    model: p.info.as_ref().and_then(|i| i.model_name.clone()),
+                    model_path: p.info.as_ref().and_then(|i| i.model_path.clone()),
+                    anchor_mono_ns: p.anchor.mono_ns,
+                    anchor_unix_ns: p.anchor.unix_ns,
+                })
+                .collect(),
             step_models: self.model_rows(),
         }
     }

@@ -448,7 +448,9 @@ pub fn interference(
 
 /// `toktrace export`.
 pub fn export(dir: &Path, format: ExportFormat, out: &Path, args: &AnalysisArgs) -> Result<()> {
-    use toktrace_analyzer::polars::prelude::{IpcWriter, SerWriter};
+    use toktrace_analyzer::polars::prelude::{
+        IpcWriter, KeyValueMetadata, ParquetWriter, SerWriter,
+    };
     let options = LoadOptions {
         detail: Detail::All,
         decode_slices: true,
@@ -457,22 +459,31 @@ pub fn export(dir: &Path, format: ExportFormat, out: &Path, args: &AnalysisArgs)
     let a = analyze(dir, &options, args)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut frames = toktrace_analyzer::frames::frames(&a).context("building the frames")?;
-    match format {
-        ExportFormat::Ipc => {
-            for (name, frame) in frames.named() {
-                let path = out.join(format!("{name}.arrow"));
-                let file = std::fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                IpcWriter::new(file)
-                    .finish(frame)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                eprintln!(
-                    "toktrace: wrote {} ({} rows)",
-                    path.display(),
-                    frame.height()
-                );
-            }
+    let metadata = serde_json::to_string(&a.metadata()).context("encoding the trace metadata")?;
+    let ext = match format {
+        ExportFormat::Parquet => "parquet",
+        ExportFormat::Ipc => "arrow",
+    };
+    for (name, frame) in frames.named() {
+        let path = out.join(format!("{name}.{ext}"));
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        match format {
+            ExportFormat::Parquet => ParquetWriter::new(file)
+                .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![(
+                    "toktrace".to_string(),
+                    metadata.clone(),
+                )])))
+                .finish(frame)
+                .map(|_| ()),
+            ExportFormat::Ipc => IpcWriter::new(file).finish(frame),
         }
+        .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "toktrace: wrote {} ({} rows)",
+            path.display(),
+            frame.height()
+        );
     }
     Ok(())
 }

@@ -110,8 +110,11 @@ pub enum Command {
     },
     /// Write the analyzer's frames (steps, slices, tokens, requests) as files.
     ///
-    /// `ipc` writes Arrow IPC (Feather v2) files, one per frame, that polars,
-    /// pandas (pyarrow) and DuckDB open; `toktrace.load()` in Python uses it.
+    /// One file per frame in the output directory. `parquet` carries the
+    /// trace's metadata (engines, models, clock anchors, step models) in the
+    /// Parquet key-value metadata under `toktrace`; `ipc` writes Arrow IPC
+    /// (Feather v2), which `toktrace.load()` in Python reads. Both open in
+    /// polars, pandas (pyarrow) and DuckDB. Column names carry their units.
     Export {
         /// Trace directory, process directory or segment file.
         dir: PathBuf,
@@ -188,6 +191,8 @@ pub enum SortKey {
 /// Formats of `export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
+    /// Parquet (zstd), one file per frame, trace metadata in its key-value metadata.
+    Parquet,
     /// Arrow IPC (Feather v2), one file per frame.
     Ipc,
 }
