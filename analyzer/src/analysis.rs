@@ -1,9 +1,11 @@
 //! One pass over a loaded trace: step models, per-request metrics,
 //! interference totals, offender ranking and accuracy flags.
 
-use crate::attribution::{fit_processes, request_timings, ProcessModel, TokenTiming};
+use crate::attribution::{
+    fit_processes, request_timings, request_timings_into, ProcessModel, TokenTiming,
+};
 use crate::data::{Request, RequestIx, TraceData};
-use crate::metrics::{latency, Latency};
+use crate::metrics::{latency, Latency, Scratch};
 use std::collections::HashMap;
 
 /// Knobs of the analysis.
@@ -73,55 +75,46 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// Analyse a loaded trace.
+    /// Analyse a loaded trace. Requests are independent once the step
+    /// models are fitted, so they are split across the machine's cores.
     pub fn new(data: TraceData, options: &AnalyzeOptions) -> Analysis {
         let models = fit_processes(&data);
         let tbt_deadline_ns: Vec<f64> = models
             .iter()
             .map(|m| options.tbt_deadline_ns.unwrap_or(5.0 * m.decode_step_ns))
             .collect();
-        let mut offenders: HashMap<RequestIx, (f64, std::collections::HashSet<RequestIx>, u64)> =
-            HashMap::new();
-        let mut reports = Vec::with_capacity(data.requests.len());
-        for (ix, r) in data.requests.iter().enumerate() {
-            let ix = ix as RequestIx;
-            let timings = request_timings(&data, &models, ix);
-            let exits: Vec<u64> = timings.iter().map(|t| t.exit_ns).collect();
-            let first_scheduled = r.first_scheduled.map(|s| data.steps[s as usize].start_ns);
-            let deadline = tbt_deadline_ns
-                .get(r.process as usize)
-                .copied()
-                .unwrap_or(0.0);
-            let latency = latency(r, &exits, first_scheduled, deadline);
-            let slow = slow_threshold_ns(&latency);
-            let mut culprits: HashMap<RequestIx, f64> = HashMap::new();
-            let mut report = RequestReport {
-                preemptions: r.preempted_at.len(),
-                ..Default::default()
-            };
-            for t in &timings {
-                if t.position > 0 && t.excess_ns > slow {
-                    report.stalls += 1;
-                }
-                let mut counted = Vec::new();
-                for s in &t.shares {
-                    *culprits.entry(s.culprit).or_default() += s.ns;
-                    report.interference_ns += s.ns;
-                    let o = offenders.entry(s.culprit).or_default();
-                    o.0 += s.ns;
-                    o.1.insert(ix);
-                    if !counted.contains(&s.culprit) {
-                        o.2 += 1;
-                        counted.push(s.culprit);
-                    }
-                }
+        let n = data.requests.len();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |t| t.get())
+            .clamp(1, 8)
+            .min(n.max(1));
+        let per_thread = n.div_ceil(threads).max(1);
+        let parts: Vec<(Vec<RequestReport>, OffenderTotals)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let range = (t * per_thread).min(n)..((t + 1) * per_thread).min(n);
+                    let (data, models, deadlines) = (&data, &models, &tbt_deadline_ns);
+                    scope.spawn(move || report_range(data, models, deadlines, range))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let mut reports = Vec::with_capacity(n);
+        let mut offenders = OffenderTotals::new();
+        for (part, totals) in parts {
+            reports.extend(part);
+            for (culprit, (ns, victims, tokens)) in totals {
+                let o = offenders.entry(culprit).or_default();
+                o.0 += ns;
+                o.1.extend(victims);
+                o.2 += tokens;
             }
-            let mut culprits: Vec<(RequestIx, f64)> = culprits.into_iter().collect();
-            culprits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            report.culprits = culprits;
-            report.flags = flags(&data, r);
-            report.latency = latency;
-            reports.push(report);
         }
         let mut offenders: Vec<Offender> = offenders
             .into_iter()
@@ -169,6 +162,63 @@ impl Analysis {
     pub fn find(&self, id: &str) -> Vec<RequestIx> {
         find_request(&self.data, id)
     }
+}
+
+/// Per culprit: delay caused, requests delayed, tokens delayed.
+type OffenderTotals = HashMap<RequestIx, (f64, std::collections::HashSet<RequestIx>, u64)>;
+
+/// Reports of the requests in `range`, and what their culprits cost them.
+fn report_range(
+    data: &TraceData,
+    models: &[ProcessModel],
+    deadlines: &[f64],
+    range: std::ops::Range<usize>,
+) -> (Vec<RequestReport>, OffenderTotals) {
+    let mut offenders = OffenderTotals::new();
+    let mut reports = Vec::with_capacity(range.len());
+    let mut scratch = Scratch::default();
+    let mut timings = Vec::new();
+    let mut exits = Vec::new();
+    for ix in range {
+        let r = &data.requests[ix];
+        let ix = ix as RequestIx;
+        request_timings_into(data, models, ix, &mut timings);
+        exits.clear();
+        exits.extend(timings.iter().map(|t| t.exit_ns));
+        let first_scheduled = r.first_scheduled.map(|s| data.steps[s as usize].start_ns);
+        let deadline = deadlines.get(r.process as usize).copied().unwrap_or(0.0);
+        let latency = latency(&mut scratch, r, &exits, first_scheduled, deadline);
+        let slow = slow_threshold_ns(&latency);
+        let mut culprits: HashMap<RequestIx, f64> = HashMap::new();
+        let mut report = RequestReport {
+            preemptions: r.preempted_at.len(),
+            ..Default::default()
+        };
+        for t in &timings {
+            if t.position > 0 && t.excess_ns > slow {
+                report.stalls += 1;
+            }
+            let mut counted: Vec<RequestIx> = Vec::new();
+            for s in &t.shares {
+                *culprits.entry(s.culprit).or_default() += s.ns;
+                report.interference_ns += s.ns;
+                let o = offenders.entry(s.culprit).or_default();
+                o.0 += s.ns;
+                o.1.insert(ix);
+                if !counted.contains(&s.culprit) {
+                    o.2 += 1;
+                    counted.push(s.culprit);
+                }
+            }
+        }
+        let mut culprits: Vec<(RequestIx, f64)> = culprits.into_iter().collect();
+        culprits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        report.culprits = culprits;
+        report.flags = flags(data, r);
+        report.latency = latency;
+        reports.push(report);
+    }
+    (reports, offenders)
 }
 
 /// Find requests by id (see [`Analysis::find`]).

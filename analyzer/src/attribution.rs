@@ -132,12 +132,24 @@ pub fn request_timings(
     models: &[ProcessModel],
     r: RequestIx,
 ) -> Vec<TokenTiming> {
+    let mut out = Vec::new();
+    request_timings_into(data, models, r, &mut out);
+    out
+}
+
+/// [`request_timings`] into a buffer the caller reuses.
+pub fn request_timings_into(
+    data: &TraceData,
+    models: &[ProcessModel],
+    r: RequestIx,
+    out: &mut Vec<TokenTiming>,
+) {
+    out.clear();
     let req = &data.requests[r as usize];
-    let pm = models
-        .get(req.process as usize)
-        .cloned()
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(req.token_step.len());
+    let Some(pm) = models.get(req.process as usize) else {
+        return;
+    };
+    out.reserve(req.token_step.len());
     for (pos, (&step_ix, &index)) in req.token_step.iter().zip(&req.token_index).enumerate() {
         let step = &data.steps[step_ix as usize];
         let mut t = TokenTiming {
@@ -161,11 +173,10 @@ pub fn request_timings(
         t.gap_ns = step.end_ns.saturating_sub(prev.end_ns);
         t.scheduling_ns = step.start_ns.saturating_sub(prev.end_ns);
         if prev_ix != step_ix {
-            attribute(data, &pm, r, prev_ix, step_ix, &mut t);
+            attribute(data, pm, r, prev_ix, step_ix, &mut t);
         }
         out.push(t);
     }
-    out
 }
 
 /// Work a prefill slice added to its step, by the model (prompt tokens when

@@ -261,8 +261,10 @@ pub struct TraceData {
     /// Every step of every engine process, by process then time.
     pub steps: Vec<StepRow>,
     /// Step × request rows: always those with prefill work; decode rows too
-    /// when the load asked for them.
+    /// when the load asked for them. Ordered by step.
     pub slices: Vec<Slice>,
+    /// `slices[slice_start[s]..slice_start[s + 1]]` are the slices of step s.
+    pub slice_start: Vec<u32>,
     /// Engine requests (frontend records joined in).
     pub requests: Vec<Request>,
     /// Frontend requests no engine process recorded.
@@ -272,11 +274,24 @@ pub struct TraceData {
 }
 
 impl TraceData {
-    /// Slices of one step (slices are stored in step order).
+    /// Slices of one step.
     pub fn slices_of(&self, step: StepIx) -> &[Slice] {
-        let from = self.slices.partition_point(|s| s.step < step);
-        let to = self.slices.partition_point(|s| s.step <= step);
-        &self.slices[from..to]
+        let at = |s: usize| self.slice_start.get(s).map_or(0, |&v| v as usize);
+        let (from, to) = (at(step as usize), at(step as usize + 1));
+        self.slices.get(from..to).unwrap_or(&[])
+    }
+
+    /// Order the slices by step and index them (after loading).
+    pub fn index_slices(&mut self) {
+        self.slices.sort_by_key(|s| s.step);
+        self.slice_start = Vec::with_capacity(self.steps.len() + 1);
+        let mut i = 0usize;
+        for step in 0..=self.steps.len() as StepIx {
+            while i < self.slices.len() && self.slices[i].step < step {
+                i += 1;
+            }
+            self.slice_start.push(i as u32);
+        }
     }
 
     /// Total generated tokens recorded.

@@ -34,6 +34,38 @@ impl Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<u32, V, BuildHasherDefault<KeyHasher>>;
 
+/// Request key -> request index. The probe hands out keys densely from 0, so
+/// a vector serves; a key too large for one (corrupt or foreign data) goes to
+/// a map instead of allocating without bound.
+#[derive(Default)]
+struct KeyIndex {
+    dense: Vec<RequestIx>,
+    sparse: KeyMap<RequestIx>,
+}
+
+const DENSE_KEYS: u32 = 1 << 22;
+
+impl KeyIndex {
+    fn get(&self, key: u32) -> Option<RequestIx> {
+        match self.dense.get(key as usize) {
+            Some(&ix) if ix != RequestIx::MAX => Some(ix),
+            Some(_) => None,
+            None => self.sparse.get(&key).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: u32, ix: RequestIx) {
+        if key < DENSE_KEYS {
+            if self.dense.len() <= key as usize {
+                self.dense.resize(key as usize + 1, RequestIx::MAX);
+            }
+            self.dense[key as usize] = ix;
+        } else {
+            self.sparse.insert(key, ix);
+        }
+    }
+}
+
 /// Which requests keep their per-token detail (ids, logprobs, top-K, text).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Detail {
@@ -130,7 +162,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
     }
     share_host_clocks(&mut data.processes);
     join_frontends(&mut data, frontends);
-    data.slices.sort_by_key(|s| s.step);
+    data.index_slices();
     Ok(data)
 }
 
@@ -264,7 +296,7 @@ struct ProcessFolder<'o> {
     options: &'o LoadOptions,
     process: Process,
     /// Request key -> index in `TraceData::requests` (engine side).
-    requests: KeyMap<RequestIx>,
+    requests: KeyIndex,
     /// This process's requests are `TraceData::requests[base..]`.
     base: RequestIx,
     /// Load state of each, by index - base.
@@ -308,7 +340,7 @@ impl<'o> ProcessFolder<'o> {
             ix,
             options,
             process: Process::default(),
-            requests: KeyMap::default(),
+            requests: KeyIndex::default(),
             base,
             live: Vec::new(),
             special: SpecialSet::default(),
@@ -336,7 +368,7 @@ impl<'o> ProcessFolder<'o> {
             Record::Arrival(a) => self.arrival(a, data),
             Record::Step(s) => self.step(s, data),
             Record::Finish(f) => {
-                if let Some(&ix) = self.requests.get(&f.req) {
+                if let Some(ix) = self.requests.get(f.req) {
                     let r = &mut data.requests[ix as usize];
                     r.finish_ns = Some(f.time_ns);
                     r.finish_reason = f.reason;
@@ -372,7 +404,7 @@ impl<'o> ProcessFolder<'o> {
     /// (steps) or a frontend (emits); repeated arrivals (every segment repeats
     /// those in flight) are ignored.
     fn arrival(&mut self, a: RequestArrival, data: &mut TraceData) {
-        if self.requests.contains_key(&a.req)
+        if self.requests.get(a.req).is_some()
             || self.frontend.contains_key(&a.req)
             || self.arrivals.contains_key(&a.req)
         {
@@ -409,7 +441,7 @@ impl<'o> ProcessFolder<'o> {
         arrival: Option<RequestArrival>,
         data: &mut TraceData,
     ) -> RequestIx {
-        if let Some(&ix) = self.requests.get(&key) {
+        if let Some(ix) = self.requests.get(key) {
             return ix;
         }
         let arrival = arrival.or_else(|| self.arrivals.remove(&key));

@@ -4,7 +4,8 @@
 //! - TTFT: arrival (at the frontend when it was traced, else at the engine) to
 //!   the first token's exit; `ttft_emit` to its emit when a frontend recorded it.
 //! - inter-token gaps: exit(i) − exit(i−1) (engine side) and emit(i) − emit(i−1)
-//!   (client side); distributions through an HDR histogram (3 significant digits).
+//!   (client side); percentiles through an HDR histogram (microseconds, 2
+//!   significant digits: within 1 %), the maximum exact.
 //! - TPOT: (last exit − first exit) / (n − 1).
 //! - queue: engine arrival to the first step that scheduled the request;
 //!   prefill: that step's start to the first token's exit; decode: first to
@@ -60,20 +61,25 @@ pub struct Quantiles {
     pub max: u64,
 }
 
-fn quantiles(gaps: impl Iterator<Item = u64>) -> Option<Quantiles> {
-    // 1 ns to about 10 hours at 3 significant digits; longer gaps saturate.
-    let mut h = Histogram::<u64>::new_with_bounds(1, 36_000_000_000_000, 3).ok()?;
+/// Gaps are histogrammed in microseconds, 2 significant digits (1 %), up to
+/// an hour: a few thousand counters, cheap to clear and scan per request.
+fn new_histogram() -> Option<Histogram<u32>> {
+    Histogram::<u32>::new_with_bounds(1, 3_600_000_000, 2).ok()
+}
+
+fn quantiles(h: &mut Histogram<u32>, gaps: impl Iterator<Item = u64>) -> Option<Quantiles> {
+    h.reset();
     let mut max = 0;
     for g in gaps {
-        h.saturating_record(g.max(1));
+        h.saturating_record((g / 1_000).max(1));
         max = max.max(g);
     }
     if h.is_empty() {
         return None;
     }
-    // The histogram answers with its bucket's upper edge; never above the
-    // largest gap actually seen.
-    let at = |q: f64| h.value_at_quantile(q).min(max);
+    // Back to nanoseconds: the bucket's midpoint, never above the largest gap
+    // actually seen (which is exact).
+    let at = |q: f64| (h.median_equivalent(h.value_at_quantile(q)) * 1_000).min(max);
     Some(Quantiles {
         p50: at(0.50),
         p90: at(0.90),
@@ -82,9 +88,19 @@ fn quantiles(gaps: impl Iterator<Item = u64>) -> Option<Quantiles> {
     })
 }
 
+/// A reusable histogram for [`latency`].
+pub struct Scratch(Option<Histogram<u32>>);
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch(new_histogram())
+    }
+}
+
 /// Compute the latency figures; `exits` holds each recorded token's exit,
 /// `first_scheduled_ns` the start of the request's first step.
 pub fn latency(
+    scratch: &mut Scratch,
     r: &Request,
     exits: &[u64],
     first_scheduled_ns: Option<u64>,
@@ -106,7 +122,7 @@ pub fn latency(
         }
     }
     let gaps = || exits.windows(2).map(|w| w[1].saturating_sub(w[0]));
-    l.itl = quantiles(gaps());
+    l.itl = scratch.0.as_mut().and_then(|h| quantiles(h, gaps()));
     l.max_itl = gaps().zip(r.token_index.get(1..).unwrap_or(&[])).fold(
         None,
         |best: Option<(u64, u32)>, (g, &i)| match best {
@@ -116,7 +132,8 @@ pub fn latency(
     );
     if !r.emit_ns.is_empty() {
         let emits: Vec<u64> = (0..n).filter_map(|i| r.emit(i)).collect();
-        l.emit_itl = quantiles(emits.windows(2).map(|w| w[1].saturating_sub(w[0])));
+        let emit_gaps = emits.windows(2).map(|w| w[1].saturating_sub(w[0]));
+        l.emit_itl = scratch.0.as_mut().and_then(|h| quantiles(h, emit_gaps));
     }
     l.queue_ns = r
         .engine_arrival_ns
@@ -171,7 +188,7 @@ mod tests {
             ..Default::default()
         };
         let exits = [100, 110, 150, 160];
-        let l = latency(&r, &exits, Some(20), 20.0);
+        let l = latency(&mut Scratch::default(), &r, &exits, Some(20), 20.0);
         assert_eq!(l.ttft_ns, Some(100));
         assert_eq!(l.tpot_ns, Some(20.0));
         assert_eq!(l.max_itl, Some((40, 2)));

@@ -22,7 +22,18 @@ impl std::fmt::Display for UnknownRequest {
 impl std::error::Error for UnknownRequest {}
 
 fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
-    Ok(analyze_loaded(read(dir, load.clone())?, args))
+    let t0 = std::time::Instant::now();
+    let data = read(dir, load.clone())?;
+    let t1 = std::time::Instant::now();
+    let a = analyze_loaded(data, args);
+    if std::env::var_os("TOKTRACE_TIMING").is_some() {
+        eprintln!(
+            "toktrace: load {:.2} s, analysis {:.2} s",
+            (t1 - t0).as_secs_f64(),
+            t1.elapsed().as_secs_f64()
+        );
+    }
+    Ok(a)
 }
 
 /// Load, showing progress on stderr when it is a terminal and the trace is
