@@ -88,17 +88,23 @@ fn analyze_loaded(data: toktrace_analyzer::data::TraceData, args: &AnalysisArgs)
 fn analyze_request(dir: &Path, id: &str, args: &AnalysisArgs) -> Result<(Analysis, RequestIx)> {
     let light = read(dir, LoadOptions::default())?;
     let r = resolve(&light, id)?;
-    let key = (
-        light.requests[r as usize].process,
-        light.requests[r as usize].key,
-    );
+    let found = &light.requests[r as usize];
+    let key = (found.process, found.key);
     drop(light);
     let options = LoadOptions {
         detail: Detail::Only([key].into_iter().collect()),
         ..Default::default()
     };
     let a = analyze(dir, &options, args)?;
-    Ok((a, r))
+    // Look it up again: a trace still being written may have grown between
+    // the two reads.
+    let again = a
+        .data
+        .requests
+        .iter()
+        .position(|q| (q.process, q.key) == key)
+        .ok_or_else(|| UnknownRequest(format!("request {id:?} vanished between two reads")))?;
+    Ok((a, again as RequestIx))
 }
 
 fn resolve(data: &toktrace_analyzer::data::TraceData, id: &str) -> Result<RequestIx> {
