@@ -20,7 +20,7 @@ use std::path::PathBuf;
 ///
 /// Exit codes: 0 success; 1 the trace could not be read (missing, not a trace,
 /// unsupported format version) or the output could not be written; 2 bad
-/// command line; 3 no request has the given ID.
+/// command line; 3 no request (or more than one) answers to the given ID.
 #[derive(Debug, Parser, PartialEq)]
 #[command(name = "toktrace", version, about, long_about)]
 pub struct Cli {
