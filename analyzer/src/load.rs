@@ -8,7 +8,7 @@
 
 use crate::data::{Process, Request, RequestIx, Slice, StepIx, StepRow, TokenDetail, TraceData};
 use probe_core::event::{ProcessInfo, Record, RequestArrival, SpecialTokens, Step};
-use probe_core::reader::{decode_segment, list_trace, ReadError, Segment};
+use probe_core::reader::{list_trace, read_segment_into, ReadError};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
@@ -136,7 +136,8 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
                 // the other core) each time.
                 let mut buf = Vec::new();
                 for seg_path in &pf.segments {
-                    let decoded = read_into(seg_path, &mut buf).map(|s| (s, size(seg_path)));
+                    let decoded =
+                        read_segment_into(seg_path, &mut buf).map(|s| (s, size(seg_path)));
                     let failed = decoded.is_err();
                     if tx.send(decoded).is_err() || failed {
                         return;
@@ -168,23 +169,6 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
     join_frontends(&mut data, frontends);
     data.index_slices();
     Ok(data)
-}
-
-/// Read and decode one segment through a reused buffer.
-fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<Segment, ReadError> {
-    use std::io::Read;
-    let io = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => ReadError::NotFound(path.to_path_buf()),
-        _ => ReadError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    };
-    buf.clear();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(buf))
-        .map_err(io)?;
-    decode_segment(path, buf)
 }
 
 /// Processes of one host share CLOCK_MONOTONIC: show them all through the
@@ -343,14 +327,7 @@ struct SpecialSet {
 impl SpecialSet {
     fn from(tokens: &SpecialTokens) -> SpecialSet {
         let eos: HashSet<u32> = tokens.eos.iter().copied().collect();
-        let other = tokens
-            .all
-            .iter()
-            .map(|(id, _)| *id)
-            .chain(tokens.bos)
-            .chain(tokens.pad)
-            .filter(|id| !eos.contains(id))
-            .collect();
+        let other = tokens.ids().filter(|id| !eos.contains(id)).collect();
         SpecialSet { eos, other }
     }
 }

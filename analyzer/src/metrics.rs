@@ -22,8 +22,6 @@ use hdrhistogram::Histogram;
 /// Latency figures of one request, in nanoseconds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Latency {
-    /// Tokens recorded.
-    pub tokens: usize,
     /// Arrival to first exit.
     pub ttft_ns: Option<u64>,
     /// Arrival to first emit.
@@ -107,10 +105,7 @@ pub fn latency(
     tbt_deadline_ns: f64,
 ) -> Latency {
     let n = exits.len();
-    let mut l = Latency {
-        tokens: n,
-        ..Default::default()
-    };
+    let mut l = Latency::default();
     let arrival = r.arrival_ns();
     let first_exit = exits.first().copied();
     let last_exit = exits.last().copied();

@@ -339,16 +339,7 @@ impl Analysis {
         let special: std::collections::HashSet<u32> = p
             .info
             .as_ref()
-            .map(|i| {
-                let s = &i.special_tokens;
-                s.all
-                    .iter()
-                    .map(|(id, _)| *id)
-                    .chain(s.bos)
-                    .chain(s.pad)
-                    .chain(s.eos.iter().copied())
-                    .collect()
-            })
+            .map(|i| i.special_tokens.ids().collect())
             .unwrap_or_default();
         let detail = req.detail.as_ref();
         self.timings(r)

@@ -152,6 +152,18 @@ pub struct SpecialTokens {
     pub all: Vec<(u32, String)>,
 }
 
+impl SpecialTokens {
+    /// Every special id: those listed, BOS, EOS and pad (an id may repeat).
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.all
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(self.bos)
+            .chain(self.pad)
+            .chain(self.eos.iter().copied())
+    }
+}
+
 /// What the adapter knows of the process; written once known, repeated per segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ProcessInfo {

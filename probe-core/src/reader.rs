@@ -288,8 +288,18 @@ fn resync(bytes: &[u8], from: usize) -> Option<usize> {
 
 /// Read one segment file.
 pub fn read_segment(path: &Path) -> Result<Segment, ReadError> {
-    let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-    decode_segment(path, &bytes)
+    read_segment_into(path, &mut Vec::new())
+}
+
+/// [`read_segment`] through a buffer the caller keeps: a reader going through
+/// many segments spares a fresh file-sized allocation (and its unmap) per file.
+pub fn read_segment_into(path: &Path, buf: &mut Vec<u8>) -> Result<Segment, ReadError> {
+    use std::io::Read;
+    buf.clear();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(buf))
+        .map_err(|e| io_error(path, e))?;
+    decode_segment(path, buf)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> ReadError {
