@@ -44,12 +44,23 @@ venv_for() {
     echo "$dir"
 }
 
+# Debian's chromium, which the HTML-report test renders pages with.
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1; then
+        return
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    $sudo apt-get install -y -qq --no-install-recommends chromium >&2
+}
+
 # Build the toktrace wheel (probe extension + bundled CLI) once per source
 # state, into the cache; prints the wheel's path.
 build_wheel() {
     local stamp
-    stamp="$(cd "$REPO" && git ls-files -s bindings-python engine-adapters probe-core viewer analyzer Cargo.toml Cargo.lock 2>/dev/null | sha256sum | cut -c1-16)"
-    if ! git -C "$REPO" diff --quiet HEAD -- bindings-python engine-adapters probe-core viewer analyzer 2>/dev/null; then
+    stamp="$(cd "$REPO" && git ls-files -s bindings-python engine-adapters probe-core viewer analyzer exports workload Cargo.toml Cargo.lock 2>/dev/null | sha256sum | cut -c1-16)"
+    if ! git -C "$REPO" diff --quiet HEAD -- bindings-python engine-adapters probe-core viewer analyzer exports workload 2>/dev/null; then
         stamp="$stamp-dirty-$(date +%s)"
     fi
     local dir="$CACHE/wheels/$stamp"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust tests, Python tests, and the
-# adapter tests on real vLLM (CPU).
+# adapter tests on real vLLM and real SGLang (CPU).
 # Usage: scripts/test.sh
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
@@ -22,6 +22,9 @@ stage "python test environment"
 VENV="$(venv_for test "$REPO/tests/requirements.txt")"
 install_toktrace "$VENV"
 
+stage "chromium (renders the HTML report in a test)"
+ensure_chromium
+
 stage "pytest"
 "$VENV/bin/python" -m pytest -q "$REPO/tests/python"
 
@@ -32,4 +35,11 @@ install_toktrace "$VLLM_VENV"
 
 stage "pytest on real vLLM"
 "$VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm.py"
+
+stage "SGLang environment"
+SGLANG_VENV="$(bash "$REPO/scripts/setup-sglang.sh")"
+install_toktrace "$SGLANG_VENV"
+
+stage "pytest on real SGLang"
+"$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py"
 stage_end

@@ -33,6 +33,17 @@ pub enum Cause {
     Preemption,
 }
 
+impl Cause {
+    /// The name the JSON and the exports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::CoScheduledPrefill => "co_scheduled_prefill",
+            Cause::Queued => "queued",
+            Cause::Preemption => "preemption",
+        }
+    }
+}
+
 /// One culprit's share of a token's excess.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Share {
@@ -75,7 +86,8 @@ pub struct TokenTiming {
 impl TokenTiming {
     /// Excess attributed to requests other than the token's own.
     pub fn attributed_ns(&self) -> f64 {
-        self.shares.iter().map(|s| s.ns).sum()
+        // + 0.0: an empty float sum is -0.0, which CSV and JSON would show.
+        self.shares.iter().map(|s| s.ns).sum::<f64>() + 0.0
     }
 }
 

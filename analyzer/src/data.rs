@@ -195,6 +195,8 @@ pub struct Request {
     pub external_id: Option<String>,
     /// The W3C trace id from a `traceparent` header.
     pub trace_id: Option<[u8; 16]>,
+    /// The caller's span in that trace (the header's parent id).
+    pub parent_span_id: Option<[u8; 8]>,
     /// Arrival at the engine.
     pub engine_arrival_ns: Option<u64>,
     /// Arrival at the frontend.

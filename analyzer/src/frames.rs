@@ -6,13 +6,18 @@
 //! - `tokens`: one row per generated token, with its timing breakdown and,
 //!   when the trace captured them, id, logprob, rank and top-K (list columns);
 //! - `requests`: one row per request with its metrics (the `requests --json`
-//!   fields).
+//!   fields);
+//! - `interference`: one row per (slow token, culprit): who delayed which
+//!   token, how and by how much.
+//!
+//! A [`Selection`] narrows every frame to a time window and/or some requests.
 
 use crate::analysis::Analysis;
-use crate::data::RequestIx;
+use crate::data::{RequestIx, StepIx};
+use crate::select::Selection;
 use polars::prelude::*;
 
-/// The four frames.
+/// The frames.
 pub struct Frames {
     /// Engine iterations.
     pub steps: DataFrame,
@@ -22,16 +27,19 @@ pub struct Frames {
     pub tokens: DataFrame,
     /// Requests with metrics.
     pub requests: DataFrame,
+    /// Slow token × culprit.
+    pub interference: DataFrame,
 }
 
 impl Frames {
     /// Name and frame, in a fixed order.
-    pub fn named(&mut self) -> [(&'static str, &mut DataFrame); 4] {
+    pub fn named(&mut self) -> [(&'static str, &mut DataFrame); 5] {
         [
             ("steps", &mut self.steps),
             ("slices", &mut self.slices),
             ("tokens", &mut self.tokens),
             ("requests", &mut self.requests),
+            ("interference", &mut self.interference),
         ]
     }
 }
@@ -51,21 +59,28 @@ macro_rules! column_of {
     };
 }
 
-/// Build the frames. `slices` holds decode rows only when the trace was
-/// loaded with `decode_slices`; `tokens` has ids and top-K only for requests
-/// loaded with detail.
-pub fn frames(a: &Analysis) -> PolarsResult<Frames> {
+/// Build the frames of what `sel` covers. `slices` holds decode rows only
+/// when the trace was loaded with `decode_slices`; `tokens` has ids and top-K
+/// only for requests loaded with detail.
+pub fn frames(a: &Analysis, sel: &Selection) -> PolarsResult<Frames> {
+    let steps_in: Vec<StepIx> = (0..a.data.steps.len() as StepIx)
+        .filter(|&s| sel.step(a, s))
+        .collect();
+    let requests_in: Vec<RequestIx> = (0..a.data.requests.len() as RequestIx)
+        .filter(|&r| sel.request(a, r))
+        .collect();
     Ok(Frames {
-        steps: steps(a)?,
-        slices: slices(a)?,
-        tokens: tokens(a)?,
-        requests: requests(a)?,
+        steps: steps(a, &steps_in)?,
+        slices: slices(a, sel, &steps_in)?,
+        tokens: tokens(a, sel, &requests_in)?,
+        requests: requests(a, &requests_in)?,
+        interference: interference(a, sel, &requests_in)?,
     })
 }
 
-fn steps(a: &Analysis) -> PolarsResult<DataFrame> {
+fn steps(a: &Analysis, selected: &[StepIx]) -> PolarsResult<DataFrame> {
     let d = &a.data;
-    let s = &d.steps;
+    let s: Vec<&crate::data::StepRow> = selected.iter().map(|&i| &d.steps[i as usize]).collect();
     let process = |x: &crate::data::StepRow| &d.processes[x.process as usize];
     DataFrame::new_infer_height(vec![
         column_of!(s, "process", |x| process(x).name.as_str()),
@@ -87,9 +102,14 @@ fn steps(a: &Analysis) -> PolarsResult<DataFrame> {
     ])
 }
 
-fn slices(a: &Analysis) -> PolarsResult<DataFrame> {
+fn slices(a: &Analysis, sel: &Selection, steps: &[StepIx]) -> PolarsResult<DataFrame> {
     let d = &a.data;
-    let s = &d.slices;
+    let named = |r: RequestIx| sel.requests.as_ref().is_none_or(|ids| ids.contains(&r));
+    let s: Vec<&crate::data::Slice> = steps
+        .iter()
+        .flat_map(|&step| d.slices_of(step))
+        .filter(|x| named(x.request))
+        .collect();
     let step = |x: &crate::data::Slice| &d.steps[x.step as usize];
     DataFrame::new_infer_height(vec![
         column_of!(s, "step", |x| step(x).step_id),
@@ -105,7 +125,7 @@ fn slices(a: &Analysis) -> PolarsResult<DataFrame> {
     ])
 }
 
-fn tokens(a: &Analysis) -> PolarsResult<DataFrame> {
+fn tokens(a: &Analysis, sel: &Selection, selected: &[RequestIx]) -> PolarsResult<DataFrame> {
     let mut request_id = Vec::new();
     let mut index = Vec::new();
     let mut step = Vec::new();
@@ -121,11 +141,14 @@ fn tokens(a: &Analysis) -> PolarsResult<DataFrame> {
     let mut text: Vec<Option<String>> = Vec::new();
     let mut top_ids: Vec<Series> = Vec::new();
     let mut top_logprobs: Vec<Series> = Vec::new();
-    for r in 0..a.data.requests.len() as RequestIx {
+    for &r in selected {
         let req = &a.data.requests[r as usize];
         let p = &a.data.processes[req.process as usize];
         let detail = req.detail.as_ref();
         for t in a.timings(r) {
+            if !sel.contains(p.unix_ns(t.exit_ns)) {
+                continue;
+            }
             let i = t.position;
             request_id.push(req.display_id().to_string());
             index.push(t.index);
@@ -165,10 +188,8 @@ fn tokens(a: &Analysis) -> PolarsResult<DataFrame> {
     ])
 }
 
-fn requests(a: &Analysis) -> PolarsResult<DataFrame> {
-    let rows: Vec<_> = (0..a.data.requests.len() as RequestIx)
-        .map(|r| a.request_row(r))
-        .collect();
+fn requests(a: &Analysis, selected: &[RequestIx]) -> PolarsResult<DataFrame> {
+    let rows: Vec<_> = selected.iter().map(|&r| a.request_row(r)).collect();
     DataFrame::new_infer_height(vec![
         column_of!(rows, "request_id", |r| r.request_id.clone()),
         column_of!(rows, "internal_id", |r| r.internal_id.clone()),
@@ -197,5 +218,48 @@ fn requests(a: &Analysis) -> PolarsResult<DataFrame> {
         column_of!(rows, "preemptions", |r| r.preemptions as u64),
         column_of!(rows, "interference_ms", |r| r.interference_ms),
         column_of!(rows, "flags", |r| r.flags.join(",")),
+    ])
+}
+
+fn interference(a: &Analysis, sel: &Selection, selected: &[RequestIx]) -> PolarsResult<DataFrame> {
+    let mut request_id = Vec::new();
+    let mut index = Vec::new();
+    let mut step = Vec::new();
+    let mut exit = Vec::new();
+    let mut gap = Vec::new();
+    let mut excess = Vec::new();
+    let mut culprit = Vec::new();
+    let mut cause = Vec::new();
+    let mut delay = Vec::new();
+    for &r in selected {
+        let req = &a.data.requests[r as usize];
+        let p = &a.data.processes[req.process as usize];
+        for t in a.timings(r) {
+            if t.shares.is_empty() || !sel.contains(p.unix_ns(t.exit_ns)) {
+                continue;
+            }
+            for s in &t.shares {
+                request_id.push(req.display_id().to_string());
+                index.push(t.index);
+                step.push(a.data.steps[t.step as usize].step_id);
+                exit.push(p.unix_ns(t.exit_ns));
+                gap.push(t.gap_ns as f64 / 1e6);
+                excess.push(t.excess_ns / 1e6);
+                culprit.push(a.data.requests[s.culprit as usize].display_id().to_string());
+                cause.push(s.cause.name());
+                delay.push(s.ns / 1e6);
+            }
+        }
+    }
+    DataFrame::new_infer_height(vec![
+        col("request_id", request_id),
+        col("index", index),
+        col("step", step),
+        col("exit_unix_ns", exit),
+        col("gap_ms", gap),
+        col("excess_ms", excess),
+        col("culprit_request_id", culprit),
+        col("cause", cause),
+        col("delay_ms", delay),
     ])
 }

@@ -16,6 +16,7 @@ pub mod frames;
 pub mod load;
 pub mod metrics;
 pub mod report;
+pub mod select;
 pub mod step_model;
 
 pub use analysis::{Analysis, AnalyzeOptions};

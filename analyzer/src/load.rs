@@ -224,6 +224,7 @@ fn join_frontends(data: &mut TraceData, frontends: Vec<Vec<FrontendRequest>>) {
         }
         if r.trace_id.is_none() {
             r.trace_id = f.arrival.trace_id;
+            r.parent_span_id = f.arrival.parent_span_id;
         }
         r.frontend_arrival_ns = Some(f.arrival.arrival_ns);
         if f.emits.is_empty() {
@@ -453,6 +454,7 @@ impl<'o> ProcessFolder<'o> {
                 r.internal_id = a.internal_id;
                 r.external_id = a.external_id;
                 r.trace_id = a.trace_id;
+                r.parent_span_id = a.parent_span_id;
                 r.engine_arrival_ns = Some(a.arrival_ns);
                 r.prompt_tokens = a.prompt_tokens;
                 r.params = a.params;

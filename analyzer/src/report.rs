@@ -517,7 +517,7 @@ impl Analysis {
 }
 
 /// p50/p90/p99/max of a list (nearest rank).
-fn spread(mut v: Vec<f64>) -> Spread {
+pub fn spread(mut v: Vec<f64>) -> Spread {
     if v.is_empty() {
         return Spread::default();
     }

@@ -382,7 +382,8 @@ impl NativeProbe {
     /// with a count of 0, such as partial prefill chunks, get no run) — the
     /// cheap form, since each id is looked up once.
     /// Token columns over all n tokens, in run order: `token_ids`; with
-    /// `top_k >= 0` also `logprobs`, `ranks` and, for k > 0, `top_ids` and
+    /// `top_k >= 0` also `logprobs`, `ranks` (1 = best; 0 where the engine
+    /// reports no rank, read back as null) and, for k > 0, `top_ids` and
     /// `top_logprobs` (n×k, flat or 2-D). `run_has_logprobs` (bools per run)
     /// keeps logprob data only for the runs whose request asked for it.
     /// Arrays, nested lists and lists are all accepted. `start_ns` is when the

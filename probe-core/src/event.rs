@@ -298,7 +298,8 @@ pub struct SampledTokens {
     pub ids: U32Column,
     /// Logprob of each sampled token.
     pub logprobs: F32Column,
-    /// Rank of each sampled token among the candidates (1 = best).
+    /// Rank of each sampled token among the candidates (1 = best; 0 = the
+    /// engine does not report ranks, read back as `None`).
     pub ranks: U32Column,
     /// Candidate ids.
     pub top_ids: U32Column,
@@ -423,7 +424,8 @@ impl SampledTokens {
                         let c = start_cand + j * k;
                         (
                             Some(*self.logprobs.0.get(start_lp + j)?),
-                            Some(*self.ranks.0.get(start_lp + j)?),
+                            // 0: the engine gives no rank (SGLang).
+                            Some(*self.ranks.0.get(start_lp + j)?).filter(|&r| r != 0),
                             self.top_ids.0.get(c..c + k)?,
                             self.top_logprobs.0.get(c..c + k)?,
                         )

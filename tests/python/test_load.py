@@ -61,34 +61,3 @@ def test_tokens_frame_carries_ids_and_logprobs() -> None:
 def test_a_missing_trace_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(toktrace.analysis.TraceError, match="no such file"):
         toktrace.load(tmp_path / "nope")
-
-
-def test_parquet_export_reads_back_in_polars_and_duckdb(tmp_path: Path) -> None:
-    duckdb = pytest.importorskip("duckdb")
-    import pyarrow.parquet as pq
-
-    trace = FIXTURES / "vllm-interference" / "trace"
-    proc = subprocess.run(
-        [toktrace_cli(), "export", str(trace), "--format", "parquet", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = cli_json("requests", str(trace))
-    requests = pl.read_parquet(tmp_path / "requests.parquet")
-    assert sorted(requests["request_id"].to_list()) == sorted(r["request_id"] for r in rows)
-    tokens = pl.read_parquet(tmp_path / "tokens.parquet")
-    assert tokens.height == sum(r["output_tokens"] for r in rows)
-    # DuckDB reads the same files with SQL.
-    con = duckdb.connect()
-    worst = con.execute(
-        f"select request_id, max_itl_ms from '{tmp_path / 'requests.parquet'}' "
-        "where request_id like 'decode-%' order by max_itl_ms desc limit 1"
-    ).fetchone()
-    assert worst[1] == pytest.approx(max(r["max_itl_ms"] for r in rows if r["request_id"].startswith("decode-")))
-    n = con.execute(f"select count(*) from '{tmp_path / 'steps.parquet'}'").fetchone()[0]
-    assert n == 46
-    # The trace's metadata rides in the Parquet key-value metadata.
-    meta = json.loads(pq.read_metadata(tmp_path / "steps.parquet").metadata[b"toktrace"])
-    engines = {p["engine"] for p in meta["processes"]}
-    assert engines == {"vllm"}
-    assert all(p["anchor_unix_ns"] > 0 for p in meta["processes"])

@@ -1,7 +1,7 @@
-//! The analysis commands: summary, requests, tokens, interference, export.
+//! The analysis commands: summary, requests, tokens, interference.
 //! Each loads the trace, runs the analyzer and prints a table or stable JSON.
 
-use crate::cli::{AnalysisArgs, ExportFormat, SortKey};
+use crate::cli::{AnalysisArgs, SortKey};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
@@ -21,7 +21,7 @@ impl std::fmt::Display for UnknownRequest {
 
 impl std::error::Error for UnknownRequest {}
 
-fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
+pub(crate) fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
     let t0 = std::time::Instant::now();
     let data = read(dir, load.clone())?;
     let t1 = std::time::Instant::now();
@@ -107,7 +107,7 @@ fn analyze_request(dir: &Path, id: &str, args: &AnalysisArgs) -> Result<(Analysi
     Ok((a, again as RequestIx))
 }
 
-fn resolve(data: &toktrace_analyzer::data::TraceData, id: &str) -> Result<RequestIx> {
+pub(crate) fn resolve(data: &toktrace_analyzer::data::TraceData, id: &str) -> Result<RequestIx> {
     let found = toktrace_analyzer::analysis::find_request(data, id);
     match found.as_slice() {
         [one] => Ok(*one),
@@ -453,54 +453,9 @@ pub fn interference(
                 short(&c.request_id, 28),
                 c.ms,
                 c.share * 100.0,
-                serde_json::to_value(c.cause)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                c.cause.name()
             );
         }
-    }
-    Ok(())
-}
-
-/// `toktrace export`.
-pub fn export(dir: &Path, format: ExportFormat, out: &Path, args: &AnalysisArgs) -> Result<()> {
-    use toktrace_analyzer::polars::prelude::{
-        IpcWriter, KeyValueMetadata, ParquetWriter, SerWriter,
-    };
-    let options = LoadOptions {
-        detail: Detail::All,
-        decode_slices: true,
-        progress: None,
-    };
-    let a = analyze(dir, &options, args)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut frames = toktrace_analyzer::frames::frames(&a).context("building the frames")?;
-    let metadata = serde_json::to_string(&a.metadata()).context("encoding the trace metadata")?;
-    let ext = match format {
-        ExportFormat::Parquet => "parquet",
-        ExportFormat::Ipc => "arrow",
-    };
-    for (name, frame) in frames.named() {
-        let path = out.join(format!("{name}.{ext}"));
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        match format {
-            ExportFormat::Parquet => ParquetWriter::new(file)
-                .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![(
-                    "toktrace".to_string(),
-                    metadata.clone(),
-                )])))
-                .finish(frame)
-                .map(|_| ()),
-            ExportFormat::Ipc => IpcWriter::new(file).finish(frame),
-        }
-        .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!(
-            "toktrace: wrote {} ({} rows)",
-            path.display(),
-            frame.height()
-        );
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use toktrace_analyzer::select::TimeSpec;
 
 /// toktrace: token-level traces of LLM inference engines.
 ///
@@ -14,7 +15,8 @@ use std::path::PathBuf;
 /// Start with `toktrace summary DIR`, then `toktrace requests DIR --sort max-itl`
 /// to find the worst requests, `toktrace interference DIR --request ID` for whose
 /// work stalled one of them and `toktrace tokens DIR --request ID` for its
-/// token-by-token timeline. ID is the client-visible request id, the engine's
+/// token-by-token timeline, or `toktrace view DIR --request ID` to explore it
+/// in the terminal viewer. ID is the client-visible request id, the engine's
 /// internal id or the W3C trace id. Add --json for stable JSON (documented in
 /// the README).
 ///
@@ -108,24 +110,70 @@ pub enum Command {
         #[command(flatten)]
         analysis: AnalysisArgs,
     },
-    /// Write the analyzer's frames (steps, slices, tokens, requests) as files.
+    /// Write what an incident review needs: tables, a timeline or a report.
     ///
-    /// One file per frame in the output directory. `parquet` carries the
-    /// trace's metadata (engines, models, clock anchors, step models) in the
-    /// Parquet key-value metadata under `toktrace`; `ipc` writes Arrow IPC
-    /// (Feather v2), which `toktrace.load()` in Python reads. Both open in
-    /// polars, pandas (pyarrow) and DuckDB. Column names carry their units.
+    /// Formats:
+    ///   parquet, ipc, csv  one file per frame (steps, slices, tokens, requests,
+    ///                      interference) in the --out directory; column names
+    ///                      carry their units. Parquet holds the trace's metadata
+    ///                      (engines, models, clock anchors, step models) under
+    ///                      the key-value metadata key `toktrace`; `ipc` (Arrow,
+    ///                      Feather v2) is what `toktrace.load()` reads.
+    ///   perfetto           one protobuf trace file for ui.perfetto.dev: engine
+    ///                      steps with counters, one track per request with its
+    ///                      tokens, gaps and culprits.
+    ///   html               one self-contained page (no network): key numbers,
+    ///                      batch size and step time over time, TTFT and ITL
+    ///                      distributions, slowest requests with culprits,
+    ///                      offenders, accuracy flags.
+    ///
+    /// --from/--to take seconds from the trace start (90, 1.5s, 250ms) or an
+    /// RFC 3339 time (2026-11-23T14:03:10Z). --request (repeatable) keeps those
+    /// requests; without a window, the window becomes their lifetimes.
+    ///
+    /// Examples:
+    ///   toktrace export TRACE --format parquet --out review/
+    ///   toktrace export TRACE --format perfetto --out slow.pftrace --request cmpl-42
+    ///   toktrace export TRACE --format csv --out window/ --from 60s --to 90s
+    ///   toktrace export TRACE --format html --out incident.html
+    #[command(verbatim_doc_comment)]
     Export {
         /// Trace directory, process directory or segment file.
         dir: PathBuf,
         /// File format.
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Output directory (created if missing).
-        #[arg(long, value_name = "DIR")]
+        /// Output: a directory for parquet/ipc/csv (created if missing), a file otherwise.
+        #[arg(long, value_name = "PATH")]
         out: PathBuf,
+        /// Start of the window.
+        #[arg(long, value_name = "T")]
+        from: Option<TimeSpec>,
+        /// End of the window.
+        #[arg(long, value_name = "T")]
+        to: Option<TimeSpec>,
+        /// Only this request (external id, internal id or trace id); repeatable.
+        #[arg(long = "request", value_name = "ID")]
+        requests: Vec<String>,
         #[command(flatten)]
         analysis: AnalysisArgs,
+    },
+    /// The terminal viewer: requests, one request's tokens, and the
+    /// concurrency around a slow token (press ? inside for the keys).
+    ///
+    /// Opens on the requests list, or with --request straight on that
+    /// request's tokens at its slowest token. Token text comes from the trace
+    /// when it was captured, else from --tokenizer (a tokenizer.json or its
+    /// directory), else from the model path the engine recorded.
+    View {
+        /// Trace directory, process directory or segment file.
+        dir: PathBuf,
+        /// Request id (client-visible or internal) or trace id to open.
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
+        /// tokenizer.json, or a directory holding one, for token text.
+        #[arg(long, value_name = "PATH")]
+        tokenizer: Option<PathBuf>,
     },
     /// What a trace holds: processes, segments, record counts, losses, read warnings.
     Info {
@@ -195,6 +243,12 @@ pub enum ExportFormat {
     Parquet,
     /// Arrow IPC (Feather v2), one file per frame.
     Ipc,
+    /// CSV with a header row, one file per frame.
+    Csv,
+    /// A Perfetto trace (protobuf) for ui.perfetto.dev.
+    Perfetto,
+    /// A self-contained HTML report with charts.
+    Html,
 }
 
 /// Parse arguments (the first is the program name).
@@ -218,6 +272,19 @@ mod tests {
             Command::Info {
                 dir: "/tmp/t".into(),
                 json: true
+            }
+        );
+    }
+
+    #[test]
+    fn parses_view() {
+        let cli = parse(["toktrace", "view", "/tmp/t", "--request", "r1"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::View {
+                dir: "/tmp/t".into(),
+                request: Some("r1".into()),
+                tokenizer: None
             }
         );
     }

@@ -2,6 +2,7 @@
 
 use crate::analyze;
 use crate::cli::Command;
+use crate::export;
 use anyhow::Result;
 use probe_core::reader::read_trace;
 use serde_json::json;
@@ -55,12 +56,34 @@ pub fn run(command: Command) -> Result<()> {
             json,
             analysis,
         } => analyze::interference(&dir, request.as_deref(), limit, json, &analysis),
+        Command::View {
+            dir,
+            request,
+            tokenizer,
+        } => toktrace_viewer::view::run(&toktrace_viewer::view::ViewArgs {
+            dir: &dir,
+            request: request.as_deref(),
+            tokenizer: tokenizer.as_deref(),
+        }),
         Command::Export {
             dir,
             format,
             out,
+            from,
+            to,
+            requests,
             analysis,
-        } => analyze::export(&dir, format, &out, &analysis),
+        } => export::export(
+            &dir,
+            &export::ExportArgs {
+                format,
+                out,
+                from,
+                to,
+                requests,
+            },
+            &analysis,
+        ),
     }
 }
 

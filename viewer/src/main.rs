@@ -5,6 +5,7 @@
 mod analyze;
 mod cli;
 mod commands;
+mod export;
 
 use std::process::ExitCode;
 
@@ -25,7 +26,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("toktrace: error: {e:#}");
-            if e.downcast_ref::<analyze::UnknownRequest>().is_some() {
+            if e.downcast_ref::<analyze::UnknownRequest>().is_some()
+                || e.downcast_ref::<toktrace_viewer::view::UnknownRequest>()
+                    .is_some()
+            {
                 ExitCode::from(3)
             } else {
                 ExitCode::from(1)

@@ -114,12 +114,24 @@ def applied() -> dict[str, str]:
         return dict(_applied)
 
 
-def vllm_plugin() -> None:
-    """vLLM ``general_plugins`` entry point: the same activation, from inside vLLM."""
+def _from_plugin(module: str, label: str) -> None:
+    """Activation called from an engine's own plugin entry point (for when
+    the ``.pth`` hook did not run); never raises into the engine."""
     try:
-        if install_from_env() and "vllm" in sys.modules:
+        if install_from_env() and module in sys.modules:
             cfg = _config.from_env()
             if cfg is not None:
-                apply(sys.modules["vllm"], engine_adapters(cfg)["vllm"])
+                apply(sys.modules[module], engine_adapters(cfg)[module])
     except Exception as exc:  # noqa: BLE001
-        warn(f"vLLM plugin activation failed: {exc!r}", key="vllm-plugin")
+        warn(f"{label} plugin activation failed: {exc!r}", key=f"{module}-plugin")
+
+
+def vllm_plugin() -> None:
+    """vLLM ``general_plugins`` entry point: the same activation, from inside vLLM."""
+    _from_plugin("vllm", "vLLM")
+
+
+def sglang_plugin() -> None:
+    """SGLang ``sglang.srt.plugins`` entry point (SGLang >= 0.5.11 calls it first
+    thing in each scheduler, detokenizer and engine process)."""
+    _from_plugin("sglang", "SGLang")

@@ -1,0 +1,57 @@
+"""SGLang adapter: which SGLang versions are supported and by which layout.
+
+Each supported range of SGLang has one module holding everything that depends
+on its internals (hook points, object fields); this file only picks it.
+SGLang moves internals between patch releases (logprob fields moved into
+``req.logprob`` in 0.5.13, the parallel ranks into ``runtime_context`` in
+0.5.21, …), so ranges are keyed by full versions, not by major.minor. An
+unknown version raises AdapterError, so activation prints one warning and
+SGLang runs untraced.
+
+Verified against real SGLang (PyPI ``sglang``, run on the CPU) — see the
+README's compatibility table for exactly what was run.
+"""
+
+from __future__ import annotations
+
+import re
+from types import ModuleType
+
+from toktrace.adapters._common import AdapterError
+
+# (first, last) version, both included -> layout module.
+LAYOUTS: list[tuple[tuple[int, int, int], tuple[int, int, int], str]] = [
+    ((0, 5, 23), (0, 5, 23), "toktrace.adapters.sglang.v0_5_23"),
+]
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of '0.5.23', '0.5.23.post1', '0.5.23rc0', … ."""
+    m = re.match(r"^\s*(\d+)\.(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def layout_for(version: str) -> str | None:
+    key = parse_version(version)
+    if key is None:
+        return None
+    for first, last, module in LAYOUTS:
+        if first <= key <= last:
+            return module
+    return None
+
+
+def apply(sglang: ModuleType) -> None:
+    import importlib
+
+    from toktrace.activate import engine_version
+
+    version = engine_version(sglang)
+    module = layout_for(version)
+    if module is None:
+        supported = ", ".join(
+            ".".join(map(str, a)) if a == b else f"{'.'.join(map(str, a))}–{'.'.join(map(str, b))}"
+            for a, b, _ in LAYOUTS
+        )
+        raise AdapterError(f"SGLang {version} is not a version this toktrace knows (supported: {supported})")
+    importlib.import_module(module).install(version)

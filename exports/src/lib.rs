@@ -1,0 +1,18 @@
+//! toktrace-exports: what an SRE attaches to an incident review, written from
+//! an analysed trace ([`toktrace_analyzer::Analysis`]) narrowed by a
+//! [`Selection`](toktrace_analyzer::select::Selection) (time window, requests).
+//!
+//! - [`tables`]: the analyzer's frames as Parquet, Arrow IPC or CSV;
+//! - [`perfetto`]: a Perfetto timeline (engine steps with counters, one track
+//!   per request with its tokens), written packet by packet through a small
+//!   protobuf encoder ([`protobuf`]);
+//! - [`html`]: a self-contained report with inline SVG charts ([`svg`]).
+
+pub mod html;
+pub mod perfetto;
+pub mod protobuf;
+pub mod svg;
+pub mod tables;
+
+/// Told (done, total) now and then during long writes.
+pub type Progress<'a> = Option<&'a dyn Fn(u64, u64)>;

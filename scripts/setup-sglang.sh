@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# A cached virtualenv with real SGLang running on the CPU (PyPI `sglang`).
+#
+# Usage: scripts/setup-sglang.sh [--regen-requirements]
+#   stdout: the venv path (nothing else); progress goes to stderr.
+#
+# The venv lives at "${TOKTRACE_CACHE:-$HOME/.cache/toktrace}/venv-sglang-<key>",
+# <key> = short hash of the python version, the pins below and
+# fixtures/sglang-cpu-requirements.txt. A venv is only reused when it carries
+# `.complete` (written last, after `import sglang` worked), so a half-built one
+# is thrown away and rebuilt.
+#
+# How it installs (see fixtures/SGLANG_NOTES.md):
+#   1. `pip install -r fixtures/sglang-cpu-requirements.txt`: every package
+#      pinned, torch==2.14.1 from PyPI included, without the GPU kernel
+#      packages of the SKIP list below.
+#   2. `pip install --no-deps sglang==0.5.23`.
+#   3. `python -c 'import sglang; ...'`, with the test-only sgl_kernel
+#      stand-in (tests/engines/sgl_kernel_stub) on PYTHONPATH.
+#
+# There is no CPU build of `sgl_kernel` on the registries; the stand-in is
+# test scaffolding, never installed into the venv: tests put it on PYTHONPATH.
+#
+# --regen-requirements rewrites fixtures/sglang-cpu-requirements.txt from the
+# `Requires-Dist` lines of the sglang wheel (markers evaluated for this
+# python/platform, extras ignored, the skip list left out), resolved by pip
+# without installing (`--dry-run --report`), then builds the venv from it.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${TOKTRACE_CACHE:-$HOME/.cache/toktrace}"
+PY="${TOKTRACE_PYTHON:-python3}"
+REQS="$REPO/fixtures/sglang-cpu-requirements.txt"
+STUB="$REPO/tests/engines/sgl_kernel_stub"
+
+SGLANG_PIN="sglang==0.5.23"
+TORCH_PIN="torch==2.14.1"
+PIP_PIN="pip==26.3"
+# What the tests and fixtures import besides sglang.
+FIXTURE_REQS=(tokenizers transformers safetensors numpy requests pytest==9.2.0)
+# sglang requirements left out, "name: reason" (the reason goes into the
+# requirements file as a comment). Matched on the normalised name.
+SKIP=(
+    "sglang-kernel: CUDA kernels (no CPU build on PyPI); tests use the stand-in in tests/engines/sgl_kernel_stub"
+    "cuda-python: CUDA bindings, GPU only"
+    "flash-attn-4: CUDA attention kernels"
+    "flashinfer-python: CUDA attention/sampling kernels"
+    "humming-kernels: CUDA kernels"
+    "nvidia-cutlass-dsl: CUDA kernel DSL"
+    "nvidia-mathdx: CUDA math library"
+    "nvshmem4py-cu13: CUDA NVSHMEM"
+    "quack-kernels: CUDA kernels"
+    "sgl-deep-ep: CUDA expert-parallel kernels"
+    "sgl-deep-gemm: CUDA GEMM kernels"
+    "sgl-flash-mla: CUDA MLA kernels"
+    "tilelang: GPU kernel compiler"
+    "torch-memory-saver: CUDA memory release (GPU only)"
+    "torchaudio: multimodal; pins a torch release other than torch==2.14.1"
+    "torchcodec: multimodal; pins a torch release other than torch==2.14.1"
+)
+
+log() { echo "setup-sglang: $*" >&2; }
+
+regen=0
+for arg in "$@"; do
+    case "$arg" in
+        --regen-requirements) regen=1 ;;
+        -h|--help) sed -n '2,28p' "$0" >&2; exit 0 ;;
+        *) log "unknown argument: $arg"; exit 2 ;;
+    esac
+done
+
+mkdir -p "$CACHE"
+
+regen_requirements() {
+    local tmp
+    tmp="$(mktemp -d)"
+    log "downloading $SGLANG_PIN (wheel metadata only is used)"
+    "$PY" -m pip download --quiet --no-deps --only-binary :all: -d "$tmp/wheel" "$SGLANG_PIN" >&2
+    local skip_file="$tmp/skip.txt"
+    printf '%s\n' "${SKIP[@]}" > "$skip_file"
+    "$PY" - "$tmp/wheel" "$skip_file" > "$tmp/top.txt" <<'EOF'
+import glob, re, sys, zipfile
+from pip._vendor.packaging.requirements import Requirement
+
+wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
+skip = {}
+for line in open(sys.argv[2]):
+    if line.strip():
+        name, reason = line.split(":", 1)
+        skip[re.sub(r"[-_.]+", "-", name.strip().lower())] = reason.strip()
+with zipfile.ZipFile(wheel) as z:
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    text = z.read(meta).decode()
+for line in text.splitlines():
+    if not line.startswith("Requires-Dist:"):
+        continue
+    req = Requirement(line.split(":", 1)[1].strip())
+    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        continue  # other platform / python, or an optional extra
+    name = re.sub(r"[-_.]+", "-", req.name.lower())
+    req.marker = None
+    req.extras = set()  # [cu13] and similar extras only pull GPU packages
+    if name in skip:
+        print(f"# skipped {req}: {skip[name]}")
+    else:
+        print(str(req))
+EOF
+    log "top-level requirements from the wheel:"
+    sed 's/^/    /' "$tmp/top.txt" >&2
+    grep -v '^#' "$tmp/top.txt" > "$tmp/top-reqs.txt"
+    "$PY" -m pip install --quiet --dry-run --ignore-installed --report "$tmp/report.json" \
+        -r "$tmp/top-reqs.txt" "$TORCH_PIN" "${FIXTURE_REQS[@]}" >&2
+    {
+        echo "# Pinned environment for SGLang on the CPU (generated by scripts/setup-sglang.sh --regen-requirements)."
+        echo "# Source: Requires-Dist of $SGLANG_PIN (installed separately with --no-deps),"
+        echo "# plus $TORCH_PIN from PyPI and the tests' ${FIXTURE_REQS[*]}."
+        echo "# Resolved with $("$PY" --version) on $(uname -m) $(uname -s)."
+        echo "#"
+        echo "# Skipped requirements of sglang (GPU kernel packages and torch-pinned multimodal ones):"
+        grep '^#' "$tmp/top.txt" | sed 's/^# /#   /' || true
+        echo "#"
+        "$PY" - "$tmp/report.json" <<'EOF'
+import json, sys
+rep = json.load(open(sys.argv[1]))
+pins = sorted((i["metadata"]["name"], i["metadata"]["version"]) for i in rep["install"])
+for name, ver in pins:
+    print(f"{name}=={ver}")
+EOF
+    } > "$REQS.new"
+    mv "$REQS.new" "$REQS"
+    rm -rf "$tmp"
+    log "wrote $REQS ($(grep -vc '^#' "$REQS") pins)"
+}
+
+if [ "$regen" = 1 ] || [ ! -f "$REQS" ]; then
+    regen_requirements
+fi
+
+key="$( ("$PY" --version; echo "$PIP_PIN"; echo "$SGLANG_PIN"; echo "$TORCH_PIN"; cat "$REQS") | sha256sum | cut -c1-12)"
+VENV="$CACHE/venv-sglang-$key"
+
+verify() {
+    # Run from / so a checkout named sglang/ can never shadow the package; the
+    # scheduler module is what imports the sgl_kernel names.
+    (cd / && PYTHONPATH="$STUB" SGLANG_USE_CPU_ENGINE=1 "$VENV/bin/python" -c \
+        'import sglang, sglang.srt.managers.scheduler; print(sglang.__version__)')
+}
+
+if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.complete" ]; then
+    log "reusing $VENV"
+    log "sglang $(verify)"
+    echo "$VENV"
+    exit 0
+fi
+
+t0=$(date +%s)
+log "building $VENV (several GB of downloads)"
+rm -rf "$VENV"
+"$PY" -m venv "$VENV" >&2
+"$VENV/bin/python" -m pip install --quiet "$PIP_PIN" >&2
+log "installing the pinned requirements ($(grep -vc '^#' "$REQS") packages)"
+"$VENV/bin/python" -m pip install --quiet -r "$REQS" >&2
+log "installing $SGLANG_PIN --no-deps"
+"$VENV/bin/python" -m pip install --quiet --no-deps "$SGLANG_PIN" >&2
+# `pip check` reports the skipped GPU packages as missing requirements of
+# sglang: expected, filtered out.
+"$VENV/bin/python" -m pip check 2>&1 \
+    | grep -v -E '^sglang 0\.5\.23 requires ' \
+    | sed 's/^/setup-sglang: pip check: /' >&2 || true
+version="$(verify)"
+log "sglang $version importable; built in $(( $(date +%s) - t0 )) s, $(du -sh "$VENV" | cut -f1)"
+touch "$VENV/.complete"
+echo "$VENV"

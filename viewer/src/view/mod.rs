@@ -1,0 +1,88 @@
+//! `toktrace view`: the terminal viewer.
+//!
+//! [`source`] loads the trace and one request's token detail, [`detok`] turns
+//! ids into text, [`list`], [`tokens`] and [`steps`] shape what each screen
+//! shows, [`app`] holds the state and applies [`keys`]' actions, and [`ui`]
+//! draws it. This module only wires them to a real terminal.
+
+pub mod app;
+pub mod detok;
+pub mod fmt;
+pub mod keys;
+pub mod list;
+pub mod source;
+pub mod steps;
+pub mod tokens;
+pub mod ui;
+
+use anyhow::{Context, Result};
+use app::App;
+use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use std::path::Path;
+
+pub use source::UnknownRequest;
+
+/// What `toktrace view` was asked for.
+#[derive(Debug, Clone)]
+pub struct ViewArgs<'a> {
+    /// Trace directory, process directory or segment file.
+    pub dir: &'a Path,
+    /// Open this request straight away.
+    pub request: Option<&'a str>,
+    /// tokenizer.json (or its directory) for offline detokenizing.
+    pub tokenizer: Option<&'a Path>,
+}
+
+/// Build the viewer's state: load, analyse, resolve the request. Everything
+/// that can fail does so here, before the terminal is taken over, so errors
+/// print as plain messages.
+pub fn prepare(args: &ViewArgs) -> Result<App> {
+    let analysis = source::load_trace(args.dir)?;
+    let open = match args.request {
+        Some(id) => Some(source::resolve(&analysis.data, id)?),
+        None => None,
+    };
+    let detok = detok::Detokenizer::resolve(args.tokenizer, &analysis.data)?;
+    let loader = Box::new(source::ScanLoader {
+        dir: args.dir.to_path_buf(),
+    });
+    let mut app = App::new(analysis, detok, loader);
+    if !app.detok.has_tokenizer() {
+        // Say up front why ids will show instead of text.
+        app.status = app.detok.note.clone();
+    }
+    if let Some(r) = open {
+        app.open_request(r);
+    }
+    Ok(app)
+}
+
+/// `toktrace view`: prepare, then run the viewer until the user quits.
+pub fn run(args: &ViewArgs) -> Result<()> {
+    let mut app = prepare(args)?;
+    let mut terminal = ratatui::try_init().context("opening the terminal")?;
+    let result = event_loop(&mut terminal, &mut app);
+    ratatui::restore();
+    for w in &app.analysis.data.warnings {
+        eprintln!("toktrace: warning: {w}");
+    }
+    result
+}
+
+fn event_loop(terminal: &mut ratatui::DefaultTerminal, app: &mut App) -> Result<()> {
+    while !app.quit {
+        terminal
+            .draw(|frame| ui::draw(frame, app))
+            .context("drawing")?;
+        // Resizes need nothing but the redraw at the top of the loop.
+        if let Event::Key(key) = event::read().context("reading the keyboard")? {
+            // Windows reports releases too; act once per press.
+            if key.kind == KeyEventKind::Press {
+                if let Some(action) = keys::action(key, app.mode) {
+                    app.apply(action);
+                }
+            }
+        }
+    }
+    Ok(())
+}
