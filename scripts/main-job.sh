@@ -34,9 +34,16 @@ fi
 echo
 echo "slowest engine steps:"
 "$TOKTRACE" steps "$OUT/trace" --slowest --limit 5
+
+stage "incident-review exports"
+"$TOKTRACE" export "$OUT/trace" --format html --out "$OUT/report.html"
+"$TOKTRACE" export "$OUT/trace" --format perfetto --out "$OUT/trace.pftrace"
+"$TOKTRACE" export "$OUT/trace" --format parquet --out "$OUT/parquet"
 stage_end
 echo
 echo "trace written to $OUT/trace (vLLM's log: $OUT/vllm.log). Next:"
 echo "  $TOKTRACE tokens $OUT/trace --request ${SLOWEST:-ID}     # token by token"
 echo "  $TOKTRACE interference $OUT/trace                  # offender ranking"
+echo "  $TOKTRACE view $OUT/trace --request ${SLOWEST:-ID}       # terminal viewer"
+echo "  open $OUT/report.html; load $OUT/trace.pftrace at ui.perfetto.dev"
 echo "  $TOKTRACE dump $OUT/trace | head                   # raw records"

@@ -6,9 +6,11 @@
 //! - [`perfetto`]: a Perfetto timeline (engine steps with counters, one track
 //!   per request with its tokens), written packet by packet through a small
 //!   protobuf encoder ([`protobuf`]);
-//! - [`html`]: a self-contained report with inline SVG charts ([`svg`]).
+//! - [`html`]: a self-contained report with inline SVG charts ([`svg`]);
+//! - [`otlp`]: one OpenTelemetry span per request, sent to a collector.
 
 pub mod html;
+pub mod otlp;
 pub mod perfetto;
 pub mod protobuf;
 pub mod svg;

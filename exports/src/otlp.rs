@@ -209,7 +209,9 @@ fn resource(a: &Analysis) -> Resource {
         attributes.push(KeyValue::new("host.name", p.host.clone()));
     }
     attributes.push(KeyValue::new("telemetry.source", "toktrace export"));
-    Resource::builder_empty().with_attributes(attributes).build()
+    Resource::builder_empty()
+        .with_attributes(attributes)
+        .build()
 }
 
 /// Tokens the engine process had sampled by the end of each step (LoongSuite's
@@ -246,7 +248,9 @@ fn unix_time(ns: u64) -> SystemTime {
 }
 
 fn strings(v: Vec<String>) -> Value {
-    Value::Array(Array::String(v.into_iter().map(StringValue::from).collect()))
+    Value::Array(Array::String(
+        v.into_iter().map(StringValue::from).collect(),
+    ))
 }
 
 /// The span of one request.
@@ -275,9 +279,13 @@ fn span(a: &Analysis, r: RequestIx, cumulative: &[u64], scope: &InstrumentationS
     let (trace_id, parent) = match req.trace_id {
         Some(t) => (
             TraceId::from_bytes(t),
-            req.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
+            req.parent_span_id
+                .map_or(SpanId::INVALID, SpanId::from_bytes),
         ),
-        None => (TraceId::from_bytes(derived_id::<16>(a, r, 1)), SpanId::INVALID),
+        None => (
+            TraceId::from_bytes(derived_id::<16>(a, r, 1)),
+            SpanId::INVALID,
+        ),
     };
     let span_id = SpanId::from_bytes(derived_id::<8>(a, r, 2));
 
@@ -331,19 +339,30 @@ fn span(a: &Analysis, r: RequestIx, cumulative: &[u64], scope: &InstrumentationS
     let step = |t: &toktrace_analyzer::attribution::TokenTiming| &d.steps[t.step as usize];
     attrs.push(KeyValue::new(
         "gen_ai.response.per_token_time_to_generate",
-        Value::Array(Array::F64(timings.iter().map(|t| since_start(t.exit_ns)).collect())),
+        Value::Array(Array::F64(
+            timings.iter().map(|t| since_start(t.exit_ns)).collect(),
+        )),
     ));
     attrs.push(KeyValue::new(
         "gen_ai.response.per_token_time_to_schedule",
-        Value::Array(Array::F64(timings.iter().map(|t| since_start(t.enter_ns)).collect())),
+        Value::Array(Array::F64(
+            timings.iter().map(|t| since_start(t.enter_ns)).collect(),
+        )),
     ));
     attrs.push(KeyValue::new(
         "gen_ai.iteration.per_token_batch_size",
-        Value::Array(Array::I64(timings.iter().map(|t| i64::from(step(t).requests)).collect())),
+        Value::Array(Array::I64(
+            timings
+                .iter()
+                .map(|t| i64::from(step(t).requests))
+                .collect(),
+        )),
     ));
     attrs.push(KeyValue::new(
         "gen_ai.iteration.per_token_waiting_requests",
-        Value::Array(Array::I64(timings.iter().map(|t| i64::from(step(t).waiting)).collect())),
+        Value::Array(Array::I64(
+            timings.iter().map(|t| i64::from(step(t).waiting)).collect(),
+        )),
     ));
     attrs.push(KeyValue::new(
         "gen_ai.iteration.per_token_cumulative_count",
@@ -393,10 +412,19 @@ fn span(a: &Analysis, r: RequestIx, cumulative: &[u64], scope: &InstrumentationS
     }
 
     // What toktrace found.
-    attrs.push(KeyValue::new("toktrace.request.internal_id", req.internal_id.clone()));
-    attrs.push(KeyValue::new("toktrace.interference_ms", row.interference_ms));
+    attrs.push(KeyValue::new(
+        "toktrace.request.internal_id",
+        req.internal_id.clone(),
+    ));
+    attrs.push(KeyValue::new(
+        "toktrace.interference_ms",
+        row.interference_ms,
+    ));
     attrs.push(KeyValue::new("toktrace.stalls", i64::from(row.stalls)));
-    attrs.push(KeyValue::new("toktrace.preemptions", row.preemptions as i64));
+    attrs.push(KeyValue::new(
+        "toktrace.preemptions",
+        row.preemptions as i64,
+    ));
     if let (Some(ms), Some(index)) = (row.max_itl_ms, row.max_itl_index) {
         attrs.push(KeyValue::new("toktrace.max_itl_ms", ms));
         attrs.push(KeyValue::new("toktrace.max_itl_index", i64::from(index)));
@@ -486,7 +514,10 @@ mod tests {
     fn http_urls_get_the_traces_path() {
         assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(http_traces_url("http://c:4318/custom"), "http://c:4318/custom");
+        assert_eq!(
+            http_traces_url("http://c:4318/custom"),
+            "http://c:4318/custom"
+        );
     }
 
     #[test]

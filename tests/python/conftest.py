@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,18 @@ def toktrace_cli() -> str:
     found = shutil.which("toktrace")
     assert found, "toktrace CLI not installed in the test environment"
     return found
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the toktrace CLI; its output is text."""
+    return subprocess.run([toktrace_cli(), *args], capture_output=True, text=True, timeout=180)
+
+
+def cli_json(*args: str) -> Any:
+    """What `toktrace ARGS --json` prints, parsed (the command must succeed)."""
+    proc = run_cli(*args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -12,20 +12,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from conftest import toktrace_cli
+from conftest import cli_json, run_cli, toktrace_cli
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "traces"
 INTERFERENCE = FIXTURES / "vllm-interference" / "trace"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([toktrace_cli(), *args], capture_output=True, text=True, timeout=180)
-
-
-def cli_json(*args: str) -> Any:
-    proc = run_cli(*args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def export(trace: Path, fmt: str, out: Path, *extra: str) -> None:
@@ -265,3 +255,12 @@ def test_html_report_renders_in_chromium_with_the_key_numbers(tmp_path: Path) ->
     # The accuracy flag of the long prompt (a special token in its answer).
     flags = dom[dom.index('id="flags"'):]
     assert "special_token_in_output" in flags[: flags.index("</table>")]
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    proc = subprocess.run(
+        f"'{toktrace_cli()}' tokens '{INTERFERENCE}' --request decode-0 --json | head -c 10",
+        shell=True, capture_output=True, text=True, timeout=120,
+    )
+    assert "panicked" not in proc.stderr
+    assert len(proc.stdout) == 10

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 import toktrace
-from conftest import toktrace_cli
+from conftest import cli_json
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "traces"
-
-
-def cli_json(*args: str):
-    proc = subprocess.run([toktrace_cli(), *args, "--json"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def test_frames_of_the_interference_fixture_match_the_cli() -> None:

@@ -8,18 +8,8 @@ use std::path::Path;
 use toktrace_analyzer::data::RequestIx;
 use toktrace_analyzer::report::RequestRow;
 use toktrace_analyzer::{Analysis, AnalyzeOptions, Detail, LoadOptions};
-
-/// No request (or more than one) answers to the ID given: exit code 3.
-#[derive(Debug)]
-pub struct UnknownRequest(pub String);
-
-impl std::fmt::Display for UnknownRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UnknownRequest {}
+// One request id resolution (and its exit code 3) for the viewer and the commands.
+pub(crate) use toktrace_viewer::view::source::{resolve, UnknownRequest};
 
 pub(crate) fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
     let t0 = std::time::Instant::now();
@@ -105,34 +95,6 @@ fn analyze_request(dir: &Path, id: &str, args: &AnalysisArgs) -> Result<(Analysi
         .position(|q| (q.process, q.key) == key)
         .ok_or_else(|| UnknownRequest(format!("request {id:?} vanished between two reads")))?;
     Ok((a, again as RequestIx))
-}
-
-pub(crate) fn resolve(data: &toktrace_analyzer::data::TraceData, id: &str) -> Result<RequestIx> {
-    let found = toktrace_analyzer::analysis::find_request(data, id);
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(UnknownRequest(format!(
-            "no request with id or trace id {id:?} in this trace ({} requests; `toktrace requests DIR` lists them)",
-            data.requests.len()
-        ))
-        .into()),
-        many => {
-            let names: Vec<String> = many
-                .iter()
-                .take(5)
-                .map(|&r| {
-                    let req = &data.requests[r as usize];
-                    format!("{} (internal {})", req.display_id(), req.internal_id)
-                })
-                .collect();
-            Err(UnknownRequest(format!(
-                "{} requests answer to {id:?}: {}; give the internal id",
-                many.len(),
-                names.join(", ")
-            ))
-            .into())
-        }
-    }
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {

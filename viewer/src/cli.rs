@@ -126,6 +126,12 @@ pub enum Command {
     ///                      batch size and step time over time, TTFT and ITL
     ///                      distributions, slowest requests with culprits,
     ///                      offenders, accuracy flags.
+    ///   otlp               one OpenTelemetry span per request, sent to the
+    ///                      collector at --endpoint (--protocol grpc|http):
+    ///                      GenAI semantic-convention attributes, LoongSuite
+    ///                      token-level arrays, toktrace's findings, a
+    ///                      `toktrace.stall` event per stalled token; parented
+    ///                      under the request's W3C trace when it had one.
     ///
     /// --from/--to take seconds from the trace start (90, 1.5s, 250ms) or an
     /// RFC 3339 time (2026-11-23T14:03:10Z). --request (repeatable) keeps those
@@ -136,6 +142,7 @@ pub enum Command {
     ///   toktrace export TRACE --format perfetto --out slow.pftrace --request cmpl-42
     ///   toktrace export TRACE --format csv --out window/ --from 60s --to 90s
     ///   toktrace export TRACE --format html --out incident.html
+    ///   toktrace export TRACE --format otlp --endpoint http://localhost:4317
     #[command(verbatim_doc_comment)]
     Export {
         /// Trace directory, process directory or segment file.
@@ -143,9 +150,17 @@ pub enum Command {
         /// File format.
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Output: a directory for parquet/ipc/csv (created if missing), a file otherwise.
+        /// Output: a directory for parquet/ipc/csv (created if missing), a file
+        /// for perfetto/html; not for otlp.
         #[arg(long, value_name = "PATH")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// OTLP collector to send spans to (otlp only), e.g.
+        /// http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP).
+        #[arg(long, value_name = "URL", conflicts_with = "out")]
+        endpoint: Option<String>,
+        /// OTLP transport.
+        #[arg(long, value_enum, default_value_t = OtlpProtocol::Grpc, requires = "endpoint")]
+        protocol: OtlpProtocol,
         /// Start of the window.
         #[arg(long, value_name = "T")]
         from: Option<TimeSpec>,
@@ -249,6 +264,17 @@ pub enum ExportFormat {
     Perfetto,
     /// A self-contained HTML report with charts.
     Html,
+    /// OpenTelemetry spans sent to a collector (--endpoint).
+    Otlp,
+}
+
+/// OTLP transports of `export --format otlp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    /// gRPC (collector port 4317).
+    Grpc,
+    /// HTTP with protobuf bodies (collector port 4318, path /v1/traces).
+    Http,
 }
 
 /// Parse arguments (the first is the program name).

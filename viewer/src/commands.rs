@@ -69,6 +69,8 @@ pub fn run(command: Command) -> Result<()> {
             dir,
             format,
             out,
+            endpoint,
+            protocol,
             from,
             to,
             requests,
@@ -78,6 +80,8 @@ pub fn run(command: Command) -> Result<()> {
             &export::ExportArgs {
                 format,
                 out,
+                endpoint,
+                protocol,
                 from,
                 to,
                 requests,

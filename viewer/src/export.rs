@@ -3,7 +3,7 @@
 //! (toktrace-exports).
 
 use crate::analyze::{analyze, resolve};
-use crate::cli::{AnalysisArgs, ExportFormat};
+use crate::cli::{AnalysisArgs, ExportFormat, OtlpProtocol};
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -16,14 +16,46 @@ use toktrace_exports::tables::TableFormat;
 #[derive(Debug, Clone)]
 pub struct ExportArgs {
     pub format: ExportFormat,
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
     pub from: Option<TimeSpec>,
     pub to: Option<TimeSpec>,
     pub requests: Vec<String>,
 }
 
+/// The destination does not fit the format (exit code 2, like other usage
+/// errors).
+#[derive(Debug)]
+pub struct UsageError(pub &'static str);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// `toktrace export`.
 pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<()> {
+    // Refuse a bad destination before the (possibly long) analysis.
+    let out = match (args.format, &args.out, &args.endpoint) {
+        (ExportFormat::Otlp, _, Some(endpoint)) => {
+            toktrace_exports::otlp::check_endpoint(endpoint)?;
+            Path::new("")
+        }
+        (ExportFormat::Otlp, _, None) => {
+            return Err(
+                UsageError("--format otlp sends to a collector: give --endpoint URL").into(),
+            )
+        }
+        (_, Some(out), None) => out.as_path(),
+        (_, _, Some(_)) => {
+            return Err(UsageError("--endpoint is for --format otlp; give --out PATH").into())
+        }
+        (_, None, None) => return Err(UsageError("give --out PATH for this format").into()),
+    };
     let options = LoadOptions {
         detail: Detail::All,
         decode_slices: true,
@@ -36,13 +68,13 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
         let ids = args
             .requests
             .iter()
-            .map(|id| resolve(&a.data, id))
+            .map(|id| resolve(&a.data, id).map_err(anyhow::Error::from))
             .collect::<Result<HashSet<_>>>()?;
         Some(ids)
     };
     let selection = Selection::new(&a, args.from, args.to, requests);
     let table = |format| -> Result<()> {
-        for w in toktrace_exports::tables::write(&a, &selection, format, &args.out)? {
+        for w in toktrace_exports::tables::write(&a, &selection, format, out)? {
             eprintln!("toktrace: wrote {} ({} rows)", w.path.display(), w.rows);
         }
         Ok(())
@@ -52,7 +84,8 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
         ExportFormat::Ipc => table(TableFormat::Ipc),
         ExportFormat::Csv => table(TableFormat::Csv),
         ExportFormat::Perfetto => {
-            let file = create_file(&args.out)?;
+            let path = out;
+            let file = create_file(path)?;
             let progress = progress_line("requests");
             let stats = toktrace_exports::perfetto::write(
                 &a,
@@ -60,10 +93,10 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
                 std::io::BufWriter::new(file),
                 progress.as_ref().map(|p| p as &dyn Fn(u64, u64)),
             )
-            .with_context(|| format!("writing {}", args.out.display()))?;
+            .with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
                 "toktrace: wrote {} ({} steps, {} requests, {} tokens; open it at ui.perfetto.dev)",
-                args.out.display(),
+                path.display(),
                 stats.steps,
                 stats.requests,
                 stats.tokens
@@ -71,10 +104,34 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
             Ok(())
         }
         ExportFormat::Html => {
-            let file = create_file(&args.out)?;
+            let path = out;
+            let file = create_file(path)?;
             toktrace_exports::html::write(&a, &selection, std::io::BufWriter::new(file))
-                .with_context(|| format!("writing {}", args.out.display()))?;
-            eprintln!("toktrace: wrote {}", args.out.display());
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("toktrace: wrote {}", path.display());
+            Ok(())
+        }
+        ExportFormat::Otlp => {
+            let endpoint = args
+                .endpoint
+                .as_deref()
+                .context("--endpoint URL is required")?;
+            let transport = match args.protocol {
+                OtlpProtocol::Grpc => toktrace_exports::otlp::Transport::Grpc,
+                OtlpProtocol::Http => toktrace_exports::otlp::Transport::Http,
+            };
+            let progress = progress_line("spans");
+            let stats = toktrace_exports::otlp::send(
+                &a,
+                &selection,
+                endpoint,
+                transport,
+                progress.as_ref().map(|p| p as &dyn Fn(u64, u64)),
+            )?;
+            eprintln!(
+                "toktrace: sent {} request spans to {endpoint} ({} joined to the caller's trace)",
+                stats.spans, stats.joined
+            );
             Ok(())
         }
     }

@@ -10,6 +10,13 @@ mod export;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Like other Unix filters, stop quietly when the reader goes away
+    // (`toktrace tokens … | head`) instead of failing on a closed pipe.
+    #[cfg(unix)]
+    // SAFETY: set once at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match cli::parse(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
@@ -26,10 +33,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("toktrace: error: {e:#}");
-            if e.downcast_ref::<analyze::UnknownRequest>().is_some()
-                || e.downcast_ref::<toktrace_viewer::view::UnknownRequest>()
-                    .is_some()
-            {
+            if e.downcast_ref::<export::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else if e.downcast_ref::<analyze::UnknownRequest>().is_some() {
                 ExitCode::from(3)
             } else {
                 ExitCode::from(1)
