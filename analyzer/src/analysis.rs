@@ -83,6 +83,17 @@ impl Analysis {
             .iter()
             .map(|m| options.tbt_deadline_ns.unwrap_or(5.0 * m.decode_step_ns))
             .collect();
+        Analysis::with_models(data, models, tbt_deadline_ns)
+    }
+
+    /// Analyse with step models fitted elsewhere: a window of a large trace
+    /// is judged by the whole trace's models (kept in its index), so its
+    /// verdicts match those of a full analysis.
+    pub fn with_models(
+        data: TraceData,
+        models: Vec<ProcessModel>,
+        tbt_deadline_ns: Vec<f64>,
+    ) -> Analysis {
         let n = data.requests.len();
         let threads = std::thread::available_parallelism()
             .map_or(1, |t| t.get())

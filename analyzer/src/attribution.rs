@@ -92,7 +92,7 @@ impl TokenTiming {
 }
 
 /// Per engine process: its step model and usual pause between steps.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProcessModel {
     /// Fitted step-time model (None: too few steps).
     pub model: Option<StepModel>,

@@ -7,12 +7,14 @@
 //! per-request latency metrics ([`metrics`]), splits every token's gap into
 //! expected work and excess laid at the culprits' doors ([`attribution`]) and
 //! flags accuracy problems. [`report`] gives the stable JSON shapes of the CLI,
-//! [`frames`] the same as polars DataFrames.
+//! [`frames`] the same as polars DataFrames. [`index`] keeps, next to a large
+//! trace, what it takes to load one request's stretch of time alone.
 
 pub mod analysis;
 pub mod attribution;
 pub mod data;
 pub mod frames;
+pub mod index;
 pub mod load;
 pub mod metrics;
 pub mod report;

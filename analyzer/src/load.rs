@@ -8,10 +8,11 @@
 
 use crate::data::{Process, Request, RequestIx, Slice, StepIx, StepRow, TokenDetail, TraceData};
 use probe_core::event::{ProcessInfo, Record, RequestArrival, SpecialTokens, Step};
-use probe_core::reader::{list_trace, read_segment_into, ReadError};
+use probe_core::reader::{list_trace, read_segment_into, read_segment_ranges, ReadError, Segment};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// Request keys are small integers the probe interned: a multiplicative hash
 /// is all they need, and the per-token lookup is the loader's hottest line.
@@ -81,6 +82,14 @@ pub enum Detail {
 /// Called after each segment with (bytes read so far, bytes in all).
 pub type ProgressHook = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
+/// Called with (process index, segment) for every segment read, before it is
+/// folded: how the index sees the records and their offsets in the same pass.
+pub type SegmentHook = std::sync::Arc<dyn Fn(u32, &Segment) + Send + Sync>;
+
+/// Which byte ranges of which segment files to read (a window the index
+/// planned); segments it does not name are skipped.
+pub type ReadPlan = HashMap<PathBuf, Vec<Range<u64>>>;
+
 /// What to keep while loading.
 #[derive(Clone, Default)]
 pub struct LoadOptions {
@@ -90,6 +99,11 @@ pub struct LoadOptions {
     pub decode_slices: bool,
     /// Progress reports for long loads.
     pub progress: Option<ProgressHook>,
+    /// Sees every segment read.
+    pub on_segment: Option<SegmentHook>,
+    /// Read only these parts of the trace (a time window); requests that
+    /// arrived before it show by key until the caller names them.
+    pub plan: Option<std::sync::Arc<ReadPlan>>,
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -98,6 +112,8 @@ impl std::fmt::Debug for LoadOptions {
             .field("detail", &self.detail)
             .field("decode_slices", &self.decode_slices)
             .field("progress", &self.progress.is_some())
+            .field("on_segment", &self.on_segment.is_some())
+            .field("planned_segments", &self.plan.as_ref().map(|p| p.len()))
             .finish()
     }
 }
@@ -105,7 +121,14 @@ impl std::fmt::Debug for LoadOptions {
 /// Load a trace directory, process directory or segment file.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> {
     let files = list_trace(path)?;
-    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let plan = options.plan.as_deref();
+    // Bytes a segment costs to read: the whole file, or the planned ranges.
+    let size = |p: &Path| match plan {
+        None => std::fs::metadata(p).map_or(0, |m| m.len()),
+        Some(plan) => plan.get(p).map_or(0, |ranges| {
+            ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum()
+        }),
+    };
     let total: u64 = files
         .processes
         .iter()
@@ -136,8 +159,14 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
                 // the other core) each time.
                 let mut buf = Vec::new();
                 for seg_path in &pf.segments {
-                    let decoded =
-                        read_segment_into(seg_path, &mut buf).map(|s| (s, size(seg_path)));
+                    let decoded = match plan {
+                        None => read_segment_into(seg_path, &mut buf),
+                        Some(plan) => match plan.get(seg_path) {
+                            Some(ranges) => read_segment_ranges(seg_path, ranges, &mut buf),
+                            None => continue,
+                        },
+                    };
+                    let decoded = decoded.map(|s| (s, size(seg_path)));
                     let failed = decoded.is_err();
                     if tx.send(decoded).is_err() || failed {
                         return;
@@ -149,6 +178,9 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
                 data.warnings
                     .extend(segment.warnings.iter().map(|w| w.to_string()));
                 folder.process.segments += 1;
+                if let Some(hook) = &options.on_segment {
+                    hook(pix as u32, &segment);
+                }
                 for rr in segment.records {
                     folder.record(rr.record, &mut data);
                 }
@@ -606,7 +638,9 @@ impl<'o> ProcessFolder<'o> {
     /// Close the process: its summary row, and its frontend requests if it
     /// recorded no steps.
     fn finish(mut self, data: &mut TraceData) -> (Process, Option<Vec<FrontendRequest>>) {
-        if self.orphans > 0 {
+        // A window starts mid-trace: requests that arrived before it are
+        // expected to lack their arrival here.
+        if self.orphans > 0 && self.options.plan.is_none() {
             data.warnings.push(format!(
                 "{}: {} requests have tokens but no arrival record (dropped, or in deleted segments); shown by key",
                 self.process.name, self.orphans

@@ -13,7 +13,7 @@
 use crate::data::StepRow;
 
 /// Fitted coefficients, in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StepModel {
     /// Fixed cost of an iteration.
     pub base_ns: f64,

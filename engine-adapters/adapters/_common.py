@@ -1,12 +1,13 @@
 """What every engine adapter needs: patching helpers, clock conversion,
-special tokens from a tokenizer, and the guard that keeps a tracing bug from
-ever reaching the engine."""
+special tokens from a tokenizer, version ranges to layouts, and the guard
+that keeps a tracing bug from ever reaching the engine."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -120,3 +121,24 @@ def special_token_ids(obj: Any) -> dict[str, Any]:
 def local_dir(path: str | None) -> str | None:
     """`path` if it is a local directory (a model path rather than a hub name)."""
     return path if path and os.path.isdir(path) else None
+
+
+Version = tuple[int, int, int]
+
+
+def parse_version(text: str) -> Version | None:
+    """(major, minor, patch) of '0.5.23', '1.3.0rc20', '1.2.0.post1', … ."""
+    m = re.match(r"^\s*(\d+)\.(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def layout_for(version: str, layouts: list[tuple[Version, Version, str]]) -> str | None:
+    """The layout module of the (first, last) range, both included, that holds `version`."""
+    key = parse_version(version)
+    if key is None:
+        return None
+    for first, last, module in layouts:
+        if first <= key <= last:
+            return module
+    return None
+

@@ -67,6 +67,25 @@ impl Record {
             Record::SegmentsRemoved(_) => "segments_removed",
         }
     }
+
+    /// The earliest and latest monotonic times the record speaks of (None for
+    /// records outside time: header, process info, counters). An index keyed
+    /// on these can find every record of a time window.
+    pub fn time_span(&self) -> Option<(u64, u64)> {
+        match self {
+            Record::Arrival(a) => Some((a.arrival_ns, a.arrival_ns)),
+            Record::Step(s) => Some((s.start_ns.min(s.end_ns), s.end_ns.max(s.start_ns))),
+            Record::Finish(f) => Some((f.time_ns, f.time_ns)),
+            Record::Emit(e) => {
+                let times = e.emits.iter().map(|e| e.time_ns);
+                Some((times.clone().min()?, times.max()?))
+            }
+            Record::Header(_)
+            | Record::Process(_)
+            | Record::Drops(_)
+            | Record::SegmentsRemoved(_) => None,
+        }
+    }
 }
 
 /// The pair of clock readings that converts monotonic to unix time.

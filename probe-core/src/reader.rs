@@ -180,6 +180,14 @@ pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, ReadError> {
             why: "file too short and no toktrace magic".into(),
         });
     }
+    segment.format_version = format_version(path, bytes)?;
+    decode_frames(bytes, PREAMBLE_LEN, 0, &mut segment);
+    Ok(segment)
+}
+
+/// The format version the preamble at the start of `bytes` declares, when
+/// this reader knows it.
+fn format_version(path: &Path, bytes: &[u8]) -> Result<u16, ReadError> {
     let version = frame::parse_preamble(bytes).ok_or_else(|| ReadError::NotATrace {
         path: path.to_path_buf(),
         why: "no toktrace magic at the start of the file".into(),
@@ -192,8 +200,16 @@ pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, ReadError> {
             max: FORMAT_VERSION,
         });
     }
-    segment.format_version = version;
-    let mut pos = PREAMBLE_LEN;
+    Ok(version)
+}
+
+/// Decode the frames of `bytes[from..]`, where `bytes` starts at byte
+/// `base` of the segment file (offsets in records and warnings are file
+/// offsets). A frame cut by the end of `bytes` is a torn tail.
+fn decode_frames(bytes: &[u8], from: usize, base: u64, segment: &mut Segment) {
+    let path = segment.path.clone();
+    let at = |pos: usize| base + pos as u64;
+    let mut pos = from;
     while pos < bytes.len() {
         match frame_at(bytes, pos) {
             FrameAt::Valid(len) => {
@@ -202,20 +218,20 @@ pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, ReadError> {
                     Ok(record) => {
                         if let Err(e) = check(&record) {
                             segment.warnings.push(ReadWarning::Undecodable {
-                                path: path.to_path_buf(),
-                                offset: pos as u64,
+                                path: path.clone(),
+                                offset: at(pos),
                                 error: e,
                             });
                         } else {
                             segment.records.push(ReadRecord {
-                                offset: pos as u64,
+                                offset: at(pos),
                                 record,
                             });
                         }
                     }
                     Err(e) => segment.warnings.push(ReadWarning::Undecodable {
-                        path: path.to_path_buf(),
-                        offset: pos as u64,
+                        path: path.clone(),
+                        offset: at(pos),
                         error: e.to_string(),
                     }),
                 }
@@ -224,22 +240,55 @@ pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, ReadError> {
             FrameAt::Invalid => match resync(bytes, pos + 1) {
                 Some(next) => {
                     segment.warnings.push(ReadWarning::Corrupt {
-                        path: path.to_path_buf(),
-                        offset: pos as u64,
+                        path: path.clone(),
+                        offset: at(pos),
                         bytes: (next - pos) as u64,
                     });
                     pos = next;
                 }
                 None => {
                     segment.warnings.push(ReadWarning::TornTail {
-                        path: path.to_path_buf(),
-                        offset: pos as u64,
+                        path: path.clone(),
+                        offset: at(pos),
                         bytes: (bytes.len() - pos) as u64,
                     });
                     break;
                 }
             },
         }
+    }
+}
+
+/// Read only some byte ranges of a segment: what an index says holds the
+/// records wanted. Each range must start at a frame (an offset a previous
+/// read reported); the preamble is checked as by [`read_segment`]. Records
+/// come in range order with their file offsets.
+pub fn read_segment_ranges(
+    path: &Path,
+    ranges: &[std::ops::Range<u64>],
+    buf: &mut Vec<u8>,
+) -> Result<Segment, ReadError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut preamble = [0u8; PREAMBLE_LEN];
+    file.read_exact(&mut preamble)
+        .map_err(|e| io_error(path, e))?;
+    let mut segment = Segment {
+        path: path.to_path_buf(),
+        format_version: format_version(path, &preamble)?,
+        records: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for range in ranges {
+        let start = range.start.max(PREAMBLE_LEN as u64);
+        if range.end <= start {
+            continue;
+        }
+        buf.clear();
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| (&mut file).take(range.end - start).read_to_end(buf))
+            .map_err(|e| io_error(path, e))?;
+        decode_frames(buf, 0, start, &mut segment);
     }
     Ok(segment)
 }

@@ -156,3 +156,45 @@ fn two_runs_in_one_root_stay_apart() {
     starts.dedup();
     assert_eq!(starts.len(), 2);
 }
+
+#[test]
+fn byte_ranges_read_exactly_their_frames() {
+    use probe_core::reader::{list_trace, read_segment, read_segment_ranges};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = common::config(dir.path());
+    let records: Vec<Record> = (0..40u64)
+        .map(|i| Record::Step(synth::step(i, 3, Some(2))))
+        .collect();
+    common::record_all(config, &records);
+    let files = list_trace(dir.path()).unwrap();
+    let seg = &files.processes[0].segments[0];
+    let whole = read_segment(seg).unwrap();
+    let len = std::fs::metadata(seg).unwrap().len();
+    let offsets: Vec<u64> = whole.records.iter().map(|r| r.offset).collect();
+    // Two disjoint runs of frames, as an index would plan them.
+    let (a, b, c, d) = (offsets[3], offsets[10], offsets[20], offsets[25]);
+    let mut buf = Vec::new();
+    let part = read_segment_ranges(seg, &[a..b, c..d], &mut buf).unwrap();
+    let want: Vec<_> = whole
+        .records
+        .iter()
+        .filter(|r| (a..b).contains(&r.offset) || (c..d).contains(&r.offset))
+        .cloned()
+        .collect();
+    assert_eq!(part.records, want);
+    assert!(part.warnings.is_empty(), "{:?}", part.warnings);
+    // To the end of the file, and a range that starts inside the preamble.
+    let tail = read_segment_ranges(seg, &[0..offsets[2], offsets[38]..len], &mut buf).unwrap();
+    let want: Vec<_> = whole
+        .records
+        .iter()
+        .filter(|r| r.offset < offsets[2] || r.offset >= offsets[38])
+        .cloned()
+        .collect();
+    assert_eq!(tail.records, want);
+    // A range cut inside a frame reports a torn tail, never a panic.
+    let one_range = std::iter::once(a..a + 5).collect::<Vec<_>>();
+    let cut = read_segment_ranges(seg, &one_range, &mut buf).unwrap();
+    assert!(cut.records.is_empty());
+    assert_eq!(cut.warnings.len(), 1);
+}

@@ -14,7 +14,8 @@ writes what SGLang itself returned, for the tests to compare with the trace:
 
 mixed         16 concurrent requests of mixed prompt lengths, several sharing a
               long prefix (radix cache on, as by default), two prompts longer
-              than the prefill chunk (chunked prefill), top_logprobs_num=5.
+              than the prefill chunk (chunked prefill), top_logprobs_num=5 (every
+              fifth request asks for no logprobs).
               Both scheduler loops: overlap (SGLang's default) and normal.
 data-parallel two DP schedulers (dp_size=2) behind one tokenizer manager.
 vllm-mixed    the workload of vllm_scenarios.py mixed (fixtures/traces/vllm-mixed),
@@ -68,12 +69,15 @@ def make_engine(**over: Any):
     return engine, time.monotonic() - t0
 
 
-def dump(rids: list[str], prompts: list[list[int]], outs: list[dict], params: list[dict]) -> list[dict]:
+def dump(rids: list[str], prompts: list[list[int]], outs: list[dict], params: list[dict],
+         logprobs: list[bool] | None = None) -> list[dict]:
     reqs = []
-    for rid, prompt, o, sp in zip(rids, prompts, outs, params):
+    asked = logprobs or [True] * len(rids)
+    for rid, prompt, o, sp, lp in zip(rids, prompts, outs, params, asked):
         meta = o["meta_info"]
         reqs.append({
             "rid": rid,
+            "logprobs": lp,
             "max_new_tokens": sp.get("max_new_tokens"),
             "temperature": sp.get("temperature", 1.0),
             "meta_id": meta.get("id"),
@@ -121,11 +125,13 @@ def mixed(loop: str) -> dict:
         rids = [f"mixed-{i}" for i in range(len(ids))]
         params = [{"max_new_tokens": 10 + i % 7, "temperature": 0.8, "sampling_seed": 100 + i}
                   for i in range(len(ids))]
+        # A few ask for no logprobs: their rows share steps with rows that do.
+        want_lp = [i % 5 != 4 for i in range(len(ids))]
         t0 = time.monotonic()
-        outs = engine.generate(input_ids=ids, sampling_params=params, return_logprob=True,
-                               top_logprobs_num=5, rid=rids)
+        outs = engine.generate(input_ids=ids, sampling_params=params, return_logprob=want_lp,
+                               top_logprobs_num=[5 if w else 0 for w in want_lp], rid=rids)
         generate_s = time.monotonic() - t0
-        reqs = dump(["warm-0"], [ids[0]], first, warm) + dump(rids, ids, outs, params)
+        reqs = dump(["warm-0"], [ids[0]], first, warm) + dump(rids, ids, outs, params, want_lp)
     finally:
         engine.shutdown()
     return {"requests": reqs, "loop": loop, "start_s": start_s, "generate_s": generate_s}

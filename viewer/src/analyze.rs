@@ -9,7 +9,7 @@ use toktrace_analyzer::data::RequestIx;
 use toktrace_analyzer::report::RequestRow;
 use toktrace_analyzer::{Analysis, AnalyzeOptions, Detail, LoadOptions};
 // One request id resolution (and its exit code 3) for the viewer and the commands.
-pub(crate) use toktrace_viewer::view::source::{resolve, UnknownRequest};
+pub(crate) use toktrace_viewer::view::source::{progress_hook, resolve, UnknownRequest};
 
 pub(crate) fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
     let t0 = std::time::Instant::now();
@@ -29,28 +29,9 @@ pub(crate) fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Re
 /// Load, showing progress on stderr when it is a terminal and the trace is
 /// big enough to keep someone waiting.
 fn read(dir: &Path, mut options: LoadOptions) -> Result<toktrace_analyzer::data::TraceData> {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        let started = std::time::Instant::now();
-        options.progress = Some(std::sync::Arc::new(move |done: u64, total: u64| {
-            if total >= PROGRESS_FROM_BYTES && started.elapsed().as_millis() > 300 {
-                eprint!(
-                    "\rtoktrace: reading {:.0} / {:.0} MB ({:.0}%)",
-                    done as f64 / 1e6,
-                    total as f64 / 1e6,
-                    100.0 * done as f64 / total.max(1) as f64
-                );
-                if done >= total {
-                    eprintln!();
-                }
-            }
-        }));
-    }
+    options.progress = progress_hook("reading");
     Ok(toktrace_analyzer::load(dir, &options)?)
 }
-
-/// Traces smaller than this load too fast to need a progress line.
-const PROGRESS_FROM_BYTES: u64 = 256 << 20;
 
 /// Report what the load worked around, then analyse.
 fn analyze_loaded(data: toktrace_analyzer::data::TraceData, args: &AnalysisArgs) -> Analysis {
@@ -73,9 +54,61 @@ fn analyze_loaded(data: toktrace_analyzer::data::TraceData, args: &AnalysisArgs)
     Analysis::new(data, &options)
 }
 
-/// Load with per-token detail for the request `id` only: the first pass finds
-/// it, the second keeps its tokens.
+/// `toktrace index`: build (or confirm) the trace's index.
+pub(crate) fn index(dir: &Path, force: bool) -> Result<()> {
+    use toktrace_analyzer::index;
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{}: not a directory; index a trace directory (or one process directory)",
+            dir.display()
+        );
+    }
+    if !force {
+        if let Some(ix) = index::open(dir) {
+            println!(
+                "{}: index is current ({} requests, {} steps); --force rebuilds it",
+                dir.display(),
+                ix.requests.len(),
+                ix.steps
+            );
+            return Ok(());
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let bytes = index::trace_bytes(dir)?;
+    let progress = progress_hook("indexing");
+    let (ix, analysis) = index::build(dir, progress)
+        .with_context(|| format!("reading the trace {}", dir.display()))?;
+    for w in &analysis.data.warnings {
+        eprintln!("toktrace: warning: {w}");
+    }
+    let path = index::save(dir, &ix)?;
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    println!(
+        "indexed {:.1} MB ({} requests, {} steps, {} tokens) in {:.1} s -> {} ({:.1} MB)",
+        bytes as f64 / 1e6,
+        ix.requests.len(),
+        ix.steps,
+        ix.tokens,
+        t0.elapsed().as_secs_f64(),
+        path.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Load with per-token detail for the request `id` only. With a current
+/// index, only the request's window is read; else the first pass finds it
+/// and the second keeps its tokens.
 fn analyze_request(dir: &Path, id: &str, args: &AnalysisArgs) -> Result<(Analysis, RequestIx)> {
+    // A deadline given on the command line changes the analysis: the index
+    // holds the default one, so it serves only without it.
+    if args.tbt_deadline_ms.is_none() && dir.is_dir() {
+        if let Some(ix) = toktrace_analyzer::index::open(dir) {
+            let (window, r) = toktrace_viewer::view::source::open_window(dir, &ix, id)?;
+            return Ok((window.analysis, r));
+        }
+    }
     let light = read(dir, LoadOptions::default())?;
     let r = resolve(&light, id)?;
     let found = &light.requests[r as usize];

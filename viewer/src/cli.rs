@@ -180,6 +180,10 @@ pub enum Command {
     /// request's tokens at its slowest token. Token text comes from the trace
     /// when it was captured, else from --tokenizer (a tokenizer.json or its
     /// directory), else from the model path the engine recorded.
+    ///
+    /// With --request on an indexed trace (see `toktrace index`), only the
+    /// request's stretch of time is read: its list shows the requests of that
+    /// window. A trace over 64 MB is indexed the first time it is opened so.
     View {
         /// Trace directory, process directory or segment file.
         dir: PathBuf,
@@ -189,6 +193,27 @@ pub enum Command {
         /// tokenizer.json, or a directory holding one, for token text.
         #[arg(long, value_name = "PATH")]
         tokenizer: Option<PathBuf>,
+        /// Read the whole trace: neither use the trace's index nor build one.
+        #[arg(long)]
+        no_index: bool,
+    },
+    /// Index a trace so that one request opens by reading only its stretch of time.
+    ///
+    /// Reads the whole trace once and writes DIR/.toktrace-index (or, when DIR
+    /// is read-only, a file under ~/.cache/toktrace/index/): where each
+    /// stretch of time lies in which segment, every request's ids and time
+    /// window, and the trace's step models. `view --request`, `tokens
+    /// --request` and `interference --request` then read only that window
+    /// (same results as reading the whole trace). `view --request` builds the
+    /// index by itself the first time on a trace over 64 MB. A trace that
+    /// changed since (still being written) makes the index stale: it is then
+    /// ignored, and rebuilt by the next `index` or `view --request`.
+    Index {
+        /// Trace directory (or one process directory).
+        dir: PathBuf,
+        /// Rebuild even when the index is current.
+        #[arg(long)]
+        force: bool,
     },
     /// What a trace holds: processes, segments, record counts, losses, read warnings.
     Info {
@@ -310,7 +335,8 @@ mod tests {
             Command::View {
                 dir: "/tmp/t".into(),
                 request: Some("r1".into()),
-                tokenizer: None
+                tokenizer: None,
+                no_index: false
             }
         );
     }

@@ -11,6 +11,7 @@ use serde_json::json;
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Info { dir, json } => info(&dir, json),
+        Command::Index { dir, force } => analyze::index(&dir, force),
         Command::Dump { dir } => dump(&dir),
         Command::Steps {
             dir,
@@ -60,10 +61,12 @@ pub fn run(command: Command) -> Result<()> {
             dir,
             request,
             tokenizer,
+            no_index,
         } => toktrace_viewer::view::run(&toktrace_viewer::view::ViewArgs {
             dir: &dir,
             request: request.as_deref(),
             tokenizer: tokenizer.as_deref(),
+            use_index: !no_index,
         }),
         Command::Export {
             dir,

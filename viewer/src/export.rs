@@ -59,7 +59,7 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
     let options = LoadOptions {
         detail: Detail::All,
         decode_slices: true,
-        progress: None,
+        ..Default::default()
     };
     let a = analyze(dir, &options, analysis)?;
     let requests = if args.requests.is_empty() {

@@ -32,6 +32,7 @@ fn open(trace: &str, request: Option<&str>) -> App {
         dir: &dir,
         request,
         tokenizer: Some(&tok),
+        use_index: true,
     })
     .expect("the fixture opens")
 }
@@ -235,6 +236,7 @@ fn unknown_request_is_an_unknown_request_error() {
         dir: &dir,
         request: Some("no-such-request"),
         tokenizer: None,
+        use_index: true,
     })
     .err()
     .expect("an unknown id fails");
@@ -250,6 +252,7 @@ fn a_missing_tokenizer_given_explicitly_is_an_error() {
         dir: &dir,
         request: None,
         tokenizer: Some(&missing),
+        use_index: true,
     })
     .err()
     .expect("fails");
@@ -493,6 +496,7 @@ fn a_synthetic_workload_through_every_screen() {
         dir: dir.path(),
         request: None,
         tokenizer: None,
+        use_index: true,
     })
     .expect("opens");
     has(&render(&mut app, 80, 24), "sorted by slowest token");
@@ -572,4 +576,37 @@ fn a_failed_detail_load_is_shown_not_fatal() {
         "token detail not loaded: the trace directory is gone",
     );
     has(&screen, "▶ waited 1.7 s:");
+}
+
+/// A step with more requests than the row can hold scrolls sideways to the
+/// one chosen with h/l, and says how many it scrolled past.
+#[test]
+fn a_full_step_scrolls_sideways_to_the_chosen_request() {
+    let mut app = open("vllm-mixed", Some("0-831f2a85"));
+    app.apply(Action::Concurrency);
+    for _ in 0..40 {
+        app.apply(Action::Right);
+    }
+    let screen = render(&mut app, 80, 24);
+    let chosen = screen
+        .lines()
+        .find_map(|l| l.split("selected ").nth(1))
+        .and_then(|rest| rest.split(':').next())
+        .map(str::trim)
+        .expect("the chosen request is named")
+        .to_string();
+    let row = screen
+        .lines()
+        .find(|l| l.contains('‹'))
+        .unwrap_or_else(|| panic!("no row scrolled sideways:\n{screen}"));
+    assert!(
+        row.contains(&chosen),
+        "{chosen} not in the row {row:?}\n{screen}"
+    );
+    // Back to the first member: nothing scrolled past any more.
+    for _ in 0..40 {
+        app.apply(Action::Left);
+    }
+    let screen = render(&mut app, 80, 24);
+    assert!(!screen.contains('‹'), "{screen}");
 }

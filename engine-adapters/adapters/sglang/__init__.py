@@ -14,31 +14,19 @@ README's compatibility table for exactly what was run.
 
 from __future__ import annotations
 
-import re
 from types import ModuleType
 
+from toktrace.adapters import _common as C
 from toktrace.adapters._common import AdapterError
 
 # (first, last) version, both included -> layout module.
-LAYOUTS: list[tuple[tuple[int, int, int], tuple[int, int, int], str]] = [
+LAYOUTS: list[tuple[C.Version, C.Version, str]] = [
     ((0, 5, 23), (0, 5, 23), "toktrace.adapters.sglang.v0_5_23"),
 ]
 
 
-def parse_version(text: str) -> tuple[int, int, int] | None:
-    """(major, minor, patch) of '0.5.23', '0.5.23.post1', '0.5.23rc0', … ."""
-    m = re.match(r"^\s*(\d+)\.(\d+)\.(\d+)", text)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
-
-
 def layout_for(version: str) -> str | None:
-    key = parse_version(version)
-    if key is None:
-        return None
-    for first, last, module in LAYOUTS:
-        if first <= key <= last:
-            return module
-    return None
+    return C.layout_for(version, LAYOUTS)
 
 
 def apply(sglang: ModuleType) -> None:

@@ -31,28 +31,31 @@ pub struct ViewArgs<'a> {
     pub request: Option<&'a str>,
     /// tokenizer.json (or its directory) for offline detokenizing.
     pub tokenizer: Option<&'a Path>,
+    /// Use the trace's index (building it for a large trace opened on a
+    /// request); false reads the whole trace.
+    pub use_index: bool,
 }
 
 /// Build the viewer's state: load, analyse, resolve the request. Everything
 /// that can fail does so here, before the terminal is taken over, so errors
 /// print as plain messages.
 pub fn prepare(args: &ViewArgs) -> Result<App> {
-    let analysis = source::load_trace(args.dir)?;
-    let open = match args.request {
-        Some(id) => Some(source::resolve(&analysis.data, id)?),
-        None => None,
-    };
-    let detok = detok::Detokenizer::resolve(args.tokenizer, &analysis.data)?;
-    let loader = Box::new(source::ScanLoader {
-        dir: args.dir.to_path_buf(),
-    });
-    let mut app = App::new(analysis, detok, loader);
+    let opened = source::open(args.dir, args.request, args.use_index)?;
+    let detok = detok::Detokenizer::resolve(args.tokenizer, &opened.analysis.data)?;
+    let mut app = App::new(opened.analysis, detok, opened.loader);
     if !app.detok.has_tokenizer() {
         // Say up front why ids will show instead of text.
         app.status = app.detok.note.clone();
     }
-    if let Some(r) = open {
+    if let Some(r) = opened.request {
         app.open_request(r);
+    }
+    if let Some(note) = opened.note {
+        app.status = if app.status.is_empty() {
+            note
+        } else {
+            format!("{note}; {}", app.status)
+        };
     }
     Ok(app)
 }

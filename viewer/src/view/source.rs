@@ -2,14 +2,17 @@
 //! detail (enough for every list, metric and verdict), and the detail (ids,
 //! logprobs, top-K, text) of one request at a time, fetched when it is opened.
 //!
-//! [`DetailLoader`] is the seam for the on-disk index to come: today
-//! [`ScanLoader`] re-reads the trace keeping only the one request, which is
-//! fine for the fixture-sized traces but not for the ≤ 1 s goal on a
-//! multi-GB trace.
+//! With an index next to the trace ([`toktrace_analyzer::index`]), opening
+//! one request reads only its window of time and the detail of any request
+//! comes from its own window ([`IndexLoader`]); a large trace opened on a
+//! request gets its index built the first time. Without one, the whole trace
+//! is read and detail is fetched by reading it again ([`ScanLoader`]).
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use toktrace_analyzer::data::{RequestIx, TokenDetail, TraceData};
+use toktrace_analyzer::index::{self, TraceIndex};
 use toktrace_analyzer::{Analysis, AnalyzeOptions, Detail, LoadOptions};
 
 /// No request (or more than one) answers to the ID given: the command exits
@@ -66,6 +69,168 @@ impl DetailLoader for ScanLoader {
     }
 }
 
+/// Reads one request's detail from its own window of an indexed trace.
+pub struct IndexLoader {
+    /// The trace.
+    pub dir: PathBuf,
+    /// Its index.
+    pub index: Arc<TraceIndex>,
+}
+
+impl DetailLoader for IndexLoader {
+    fn load(&self, data: &TraceData, r: RequestIx) -> Result<Option<TokenDetail>> {
+        let Some(req) = data.requests.get(r as usize) else {
+            return Ok(None);
+        };
+        self.index
+            .detail(&self.dir, req.process, req.key, &req.token_index)
+            .with_context(|| format!("reading the tokens of {}", req.display_id()))
+    }
+}
+
+/// What the viewer opens on.
+pub struct Opened {
+    /// The trace, or the window of it around the request asked for.
+    pub analysis: Analysis,
+    /// Where token detail comes from.
+    pub loader: Box<dyn DetailLoader>,
+    /// The request asked for.
+    pub request: Option<RequestIx>,
+    /// What to tell the user about how it was opened (a window, an index
+    /// that could not be saved).
+    pub note: Option<String>,
+}
+
+/// Open `dir` for the viewer, on `request` when given, through the trace's
+/// index when it has one (building it first for a large trace opened on a
+/// request).
+pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened> {
+    let mut note = None;
+    let index = match use_index.then(|| index::open(dir)).flatten() {
+        Some(ix) => Some(ix),
+        None if use_index && request.is_some() && dir.is_dir() && large(dir) => {
+            eprintln!(
+                "toktrace: indexing {} once, so that its requests open quickly from now on",
+                dir.display()
+            );
+            let (ix, analysis) = index::build(dir, progress_hook("indexing"))
+                .with_context(|| format!("reading the trace {}", dir.display()))?;
+            if let Err(e) = index::save(dir, &ix) {
+                note = Some(format!("index not saved: {e}"));
+            }
+            let r = request.map(|id| resolve(&analysis.data, id)).transpose()?;
+            return Ok(Opened {
+                analysis,
+                loader: Box::new(IndexLoader {
+                    dir: dir.to_path_buf(),
+                    index: Arc::new(ix),
+                }),
+                request: r,
+                note,
+            });
+        }
+        None => None,
+    };
+    let Some(index) = index else {
+        let analysis = load_trace(dir)?;
+        let r = request.map(|id| resolve(&analysis.data, id)).transpose()?;
+        return Ok(Opened {
+            analysis,
+            loader: Box::new(ScanLoader {
+                dir: dir.to_path_buf(),
+            }),
+            request: r,
+            note,
+        });
+    };
+    let index = Arc::new(index);
+    let loader = Box::new(IndexLoader {
+        dir: dir.to_path_buf(),
+        index: Arc::clone(&index),
+    });
+    let Some(id) = request else {
+        return Ok(Opened {
+            analysis: load_trace(dir)?,
+            loader,
+            request: None,
+            note,
+        });
+    };
+    let (window, r) = open_window(dir, &index, id)?;
+    let seconds = window.range.1.saturating_sub(window.range.0) as f64 / 1e9;
+    Ok(Opened {
+        note: Some(format!(
+            "window of {seconds:.1} s around {id}: {} of {} requests (from the index; `toktrace view DIR` for all)",
+            window.analysis.data.requests.len(),
+            index.requests.len()
+        )),
+        analysis: window.analysis,
+        loader,
+        request: Some(r),
+    })
+}
+
+/// The window of request `id` of an indexed trace, and where the request is
+/// in it.
+pub fn open_window(dir: &Path, index: &TraceIndex, id: &str) -> Result<(index::Window, RequestIx)> {
+    let found = index.find(id);
+    let ix = one(&found, id, index.requests.len(), |i| {
+        index.requests.get(i).map(|q| {
+            (
+                q.external_id.clone().unwrap_or(q.internal_id.clone()),
+                q.internal_id.clone(),
+            )
+        })
+    })?;
+    let entry = &index.requests[ix];
+    let window = index
+        .load_window(dir, ix)
+        .with_context(|| format!("reading the window of {id} in {}", dir.display()))?;
+    let r = window
+        .analysis
+        .data
+        .requests
+        .iter()
+        .position(|q| (q.process, q.key) == (entry.process, entry.key))
+        .ok_or_else(|| {
+            UnknownRequest(format!(
+                "request {id:?} is in the index but not in the trace: the trace changed; delete {} and retry",
+                dir.join(index::INDEX_FILE).display()
+            ))
+        })?;
+    Ok((window, r as RequestIx))
+}
+
+fn large(dir: &Path) -> bool {
+    index::trace_bytes(dir).is_ok_and(|b| b >= index::AUTO_INDEX_BYTES)
+}
+
+/// A progress line on stderr, when it is a terminal, for reads big enough to
+/// keep someone waiting (the viewer has not taken the terminal over yet).
+pub fn progress_hook(what: &'static str) -> Option<toktrace_analyzer::load::ProgressHook> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    Some(Arc::new(move |done: u64, total: u64| {
+        if total >= PROGRESS_FROM_BYTES && started.elapsed().as_millis() > 300 {
+            eprint!(
+                "\rtoktrace: {what} {:.0} / {:.0} MB ({:.0}%)",
+                done as f64 / 1e6,
+                total as f64 / 1e6,
+                100.0 * done as f64 / total.max(1) as f64
+            );
+            if done >= total {
+                eprintln!();
+            }
+        }
+    }))
+}
+
+/// Reads smaller than this are too quick to need a progress line.
+const PROGRESS_FROM_BYTES: u64 = 256 << 20;
+
 /// A loader for traces loaded with their detail already (tests, small
 /// traces): there is nothing more to fetch.
 pub struct NoLoader;
@@ -79,24 +244,42 @@ impl DetailLoader for NoLoader {
 /// The one request that answers to `id` (client id, internal id, trace id or
 /// a unique prefix), or an [`UnknownRequest`] saying why not.
 pub fn resolve(data: &TraceData, id: &str) -> Result<RequestIx, UnknownRequest> {
-    let found = toktrace_analyzer::analysis::find_request(data, id);
-    match found.as_slice() {
+    let found: Vec<usize> = toktrace_analyzer::analysis::find_request(data, id)
+        .into_iter()
+        .map(|r| r as usize)
+        .collect();
+    let ix = one(&found, id, data.requests.len(), |i| {
+        data.requests
+            .get(i)
+            .map(|q| (q.display_id().to_string(), q.internal_id.clone()))
+    })?;
+    Ok(ix as RequestIx)
+}
+
+/// The one match, or why there is not exactly one. `names` gives a match's
+/// (display id, internal id).
+fn one(
+    found: &[usize],
+    id: &str,
+    total: usize,
+    names: impl Fn(usize) -> Option<(String, String)>,
+) -> Result<usize, UnknownRequest> {
+    match found {
         [one] => Ok(*one),
         [] => Err(UnknownRequest(format!(
-            "no request with id or trace id {id:?} in this trace ({} requests; `toktrace requests DIR` lists them)",
-            data.requests.len()
+            "no request with id or trace id {id:?} in this trace ({total} requests; `toktrace requests DIR` lists them)"
         ))),
         many => {
-            let names: Vec<String> = many
+            let listed: Vec<String> = many
                 .iter()
                 .take(5)
-                .filter_map(|&r| data.requests.get(r as usize))
-                .map(|q| format!("{} (internal {})", q.display_id(), q.internal_id))
+                .filter_map(|&r| names(r))
+                .map(|(shown, internal)| format!("{shown} (internal {internal})"))
                 .collect();
             Err(UnknownRequest(format!(
                 "{} requests answer to {id:?}: {}; give the internal id",
                 many.len(),
-                names.join(", ")
+                listed.join(", ")
             )))
         }
     }

@@ -69,6 +69,8 @@ pub fn draw(frame: &mut Frame, area: Rect, a: &Analysis, c: &Concurrency) -> usi
         .map(Cell::from),
     )
     .style(style::header());
+    // What is left for the members after the fixed columns and their gaps.
+    let members_width = (table.width as usize).saturating_sub(1 + 6 + 9 + 8 + AXIS as usize + 5);
     let rows: Vec<Row> = steps
         .iter()
         .map(|line| {
@@ -88,7 +90,7 @@ pub fn draw(frame: &mut Frame, area: Rect, a: &Analysis, c: &Concurrency) -> usi
                     AXIS as usize,
                     s.prefill_tokens > 0,
                 )),
-                Cell::from(members(a, c, line, on_cursor)),
+                Cell::from(members(a, c, line, on_cursor, members_width)),
             ]);
             if on_cursor {
                 row.style(style::selected())
@@ -152,33 +154,67 @@ fn signed(ns: i128) -> String {
     format!("{sign}{}", fmt::dur(ns.unsigned_abs() as f64))
 }
 
-/// The step's members: name (+prefill tokens), coloured by role.
-fn members(a: &Analysis, c: &Concurrency, line: &StepLine, on_cursor: bool) -> Line<'static> {
-    let mut spans = vec![Span::raw(format!("{}r ", line.members.len()))];
+/// The step's members: name (+prefill tokens), coloured by role. On the
+/// cursor's row the list scrolls sideways so the chosen member is in view
+/// (`‹N` counts those scrolled past); other rows are cut at the edge.
+fn members(
+    a: &Analysis,
+    c: &Concurrency,
+    line: &StepLine,
+    on_cursor: bool,
+    width: usize,
+) -> Line<'static> {
     let chosen = c.window.member.min(line.members.len().saturating_sub(1));
-    for (i, m) in line.members.iter().enumerate() {
-        let name = a
-            .data
-            .requests
-            .get(m.request as usize)
-            .map_or("?", |q| q.display_id());
-        let mut st = if c.culprits.contains(&m.request) {
-            style::alarm()
-        } else if Some(m.request) == c.request {
-            style::focus()
-        } else if m.prefill_tokens > 0 {
-            style::prefill()
-        } else {
-            Style::new()
+    let items: Vec<(String, Style)> = line
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let name = a
+                .data
+                .requests
+                .get(m.request as usize)
+                .map_or("?", |q| q.display_id());
+            let mut st = if c.culprits.contains(&m.request) {
+                style::alarm()
+            } else if Some(m.request) == c.request {
+                style::focus()
+            } else if m.prefill_tokens > 0 {
+                style::prefill()
+            } else {
+                Style::new()
+            };
+            if on_cursor && i == chosen {
+                st = st.add_modifier(ratatui::style::Modifier::UNDERLINED);
+            }
+            let text = if m.prefill_tokens > 0 {
+                format!("{name}+{}", fmt::count(u64::from(m.prefill_tokens)))
+            } else {
+                name.to_string()
+            };
+            (text, st)
+        })
+        .collect();
+    let count = format!("{}r ", line.members.len());
+    let mut from = 0;
+    if on_cursor {
+        // Drop members from the front until the chosen one fits.
+        let room = width.saturating_sub(count.chars().count() + 6);
+        let upto = |from: usize| -> usize {
+            items[from..=chosen.min(items.len().saturating_sub(1)).max(from)]
+                .iter()
+                .map(|(t, _)| t.chars().count() + 1)
+                .sum()
         };
-        if on_cursor && i == chosen {
-            st = st.add_modifier(ratatui::style::Modifier::UNDERLINED);
+        while from < chosen && upto(from) > room {
+            from += 1;
         }
-        let text = if m.prefill_tokens > 0 {
-            format!("{name}+{}", fmt::count(u64::from(m.prefill_tokens)))
-        } else {
-            name.to_string()
-        };
+    }
+    let mut spans = vec![Span::raw(count)];
+    if from > 0 {
+        spans.push(Span::styled(format!("‹{from} "), style::dim()));
+    }
+    for (text, st) in items.into_iter().skip(from) {
         spans.push(Span::styled(text, st));
         spans.push(Span::raw(" "));
     }

@@ -1,0 +1,1 @@
+"""Test scaffolding (see tensorrt_llm/__init__.py)."""
