@@ -9,6 +9,13 @@ mod export;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: the loader allocates records on its
+/// decoding thread and frees them on the folding one, which glibc serialises
+/// on an arena lock. `summary` of a 100 M-token trace: 50 s → 24 s (README,
+/// Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Like other Unix filters, stop quietly when the reader goes away
     // (`toktrace tokens … | head`) instead of failing on a closed pipe.
