@@ -152,15 +152,6 @@ pub struct Window {
     pub bytes_read: u64,
 }
 
-/// Where [`open_or_build`] got its index.
-pub enum Opened {
-    /// A valid index was on disk.
-    Loaded(TraceIndex),
-    /// It was missing or stale and has been built (and saved when possible):
-    /// the full analysis made on the way comes with it.
-    Built(Box<(TraceIndex, Analysis)>),
-}
-
 impl TraceIndex {
     /// The requests answering to `id` (same rules as
     /// [`crate::Analysis::find`]), as indices into [`TraceIndex::requests`].
@@ -173,13 +164,6 @@ impl TraceIndex {
             .into_iter()
             .map(|r| r as usize)
             .collect()
-    }
-
-    /// The index entry of the request `(process, key)`.
-    pub fn request(&self, process: u32, key: u32) -> Option<&IndexedRequest> {
-        self.requests
-            .iter()
-            .find(|r| r.process == process && r.key == key)
     }
 
     /// Byte ranges of `dir`'s segments that hold every record touching
@@ -671,17 +655,6 @@ pub fn open(dir: &Path) -> Option<TraceIndex> {
         let index = decode(&bytes)?;
         index.is_current(dir).then_some(index)
     })
-}
-
-/// The current index of `dir`: the saved one, or a new one built (with
-/// `progress`) and saved.
-pub fn open_or_build(dir: &Path, progress: Option<ProgressHook>) -> Result<Opened, IndexError> {
-    if let Some(index) = open(dir) {
-        return Ok(Opened::Loaded(index));
-    }
-    let (index, analysis) = build(dir, progress)?;
-    save(dir, &index)?;
-    Ok(Opened::Built(Box::new((index, analysis))))
 }
 
 /// Save `index` for `dir`; returns where it went.
