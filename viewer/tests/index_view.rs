@@ -138,9 +138,10 @@ fn the_viewer_opens_a_request_on_its_window() {
             "{}",
             through_index.status
         );
-        // Same tokens, texts, verdicts and detail; only the status line
-        // (which says how it was opened) differs.
+        // Same tokens, texts, verdicts and detail; only the title and the
+        // status line (which say how it was opened) differ.
         let (a, b) = (render(&mut through_index), render(&mut whole));
-        assert_eq!(a[..a.len() - 1], b[..b.len() - 1], "{id}");
+        assert!(a[0].contains(&format!("window of {id}")), "{}", a[0]);
+        assert_eq!(a[1..a.len() - 1], b[1..b.len() - 1], "{id}");
     }
 }

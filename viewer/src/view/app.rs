@@ -59,6 +59,8 @@ pub struct App {
     pub page: usize,
     /// Leave the loop.
     pub quit: bool,
+    /// When only a window of the trace is loaded: what it is (for the title).
+    pub window: Option<String>,
 }
 
 impl App {
@@ -77,6 +79,7 @@ impl App {
             status: String::new(),
             page: 10,
             quit: false,
+            window: None,
         }
     }
 

@@ -43,6 +43,7 @@ pub fn prepare(args: &ViewArgs) -> Result<App> {
     let opened = source::open(args.dir, args.request, args.use_index)?;
     let detok = detok::Detokenizer::resolve(args.tokenizer, &opened.analysis.data)?;
     let mut app = App::new(opened.analysis, detok, opened.loader);
+    app.window = opened.window;
     if !app.detok.has_tokenizer() {
         // Say up front why ids will show instead of text.
         app.status = app.detok.note.clone();

@@ -99,6 +99,8 @@ pub struct Opened {
     /// What to tell the user about how it was opened (a window, an index
     /// that could not be saved).
     pub note: Option<String>,
+    /// When only a window of the trace was read: what it is.
+    pub window: Option<String>,
 }
 
 /// Open `dir` for the viewer, on `request` when given, through the trace's
@@ -127,6 +129,7 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
                 }),
                 request: r,
                 note,
+                window: None,
             });
         }
         None => None,
@@ -141,6 +144,7 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
             }),
             request: r,
             note,
+            window: None,
         });
     };
     let index = Arc::new(index);
@@ -154,6 +158,7 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
             loader,
             request: None,
             note,
+            window: None,
         });
     };
     let (window, r) = open_window(dir, &index, id)?;
@@ -162,6 +167,10 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
         note: Some(format!(
             "window of {seconds:.1} s around {id}: {} of {} requests (from the index; `toktrace view DIR` for all)",
             window.analysis.data.requests.len(),
+            index.requests.len()
+        )),
+        window: Some(format!(
+            "the {seconds:.1} s window of {id} (of {} requests)",
             index.requests.len()
         )),
         analysis: window.analysis,

@@ -82,6 +82,9 @@ fn title_line(app: &App) -> Line<'static> {
             d.steps.len()
         )),
     ];
+    if let Some(w) = &app.window {
+        spans.push(Span::styled(format!(" in {w}"), style::dim()));
+    }
     if !d.warnings.is_empty() {
         spans.push(Span::styled(
             format!(" · {} read warning(s), shown on exit", d.warnings.len()),
