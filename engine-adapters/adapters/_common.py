@@ -142,3 +142,9 @@ def layout_for(version: str, layouts: list[tuple[Version, Version, str]]) -> str
             return module
     return None
 
+
+def cost_report(cost: list[int]) -> dict[str, float]:
+    """An adapter's [self ns, steps, step ns] counters as per-step figures."""
+    self_ns, steps, step_ns = cost
+    return {"steps": steps, "self_us_per_step": self_ns / max(steps, 1) / 1e3,
+            "step_us": step_ns / max(steps, 1) / 1e3, "fraction": self_ns / max(step_ns, 1)}

@@ -25,6 +25,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from trace_tokens import step_tokens  # noqa: E402
+
 SCENARIOS = HERE / "sglang_scenarios.py"
 STUB = HERE / "sgl_kernel_stub"
 MODEL = HERE.parent.parent / "fixtures" / "tiny-llama"
@@ -85,21 +88,9 @@ class Trace:
         self.steps = [r["Step"] for r in recs if "Step" in r]
         self.tokens: dict[str, list[dict]] = defaultdict(list)  # rid -> tokens by index
         for s in self.steps:
-            t = s["tokens"]
-            lp_i = cand_i = tok_i = 0
-            for run in t["runs"]:
-                k = run["top_k"]
-                for j in range(run["count"]):
-                    tok = {"index": run["first_index"] + j, "token_id": t["ids"][tok_i], "step": s}
-                    if k is not None:
-                        tok["logprob"] = t["logprobs"][lp_i]
-                        tok["rank"] = t["ranks"][lp_i]
-                        tok["top"] = list(zip(t["top_ids"][cand_i:cand_i + k],
-                                              t["top_logprobs"][cand_i:cand_i + k]))
-                        lp_i += 1
-                        cand_i += k
-                    self.tokens[self.ids[run["req"]]].append(tok)
-                    tok_i += 1
+            for req, tok in step_tokens(s):
+                tok["step"] = s
+                self.tokens[self.ids[req]].append(tok)
         for toks in self.tokens.values():
             toks.sort(key=lambda x: x["index"])
 

@@ -30,6 +30,9 @@ import pytest
 
 from conftest import SUPPORT, cli_json, clean_env, dump, process_dirs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from trace_tokens import step_tokens  # noqa: E402
+
 SHAPES = SUPPORT / "trtllm_shapes"
 DRIVE = SHAPES / "drive.py"
 
@@ -97,20 +100,10 @@ class Trace:
         self.steps = [r["Step"] for r in recs if "Step" in r]
         self.tokens: dict[str, list[dict]] = defaultdict(list)
         for n, s in enumerate(self.steps):
-            t = s["tokens"]
-            lp_i = cand_i = tok_i = 0
-            for run_ in t["runs"]:
-                k = run_["top_k"]
-                for j in range(run_["count"]):
-                    tok = {"index": run_["first_index"] + j, "token_id": t["ids"][tok_i], "step": n, "has_lp": k is not None}
-                    if k is not None:
-                        tok["logprob"] = t["logprobs"][lp_i]
-                        tok["rank"] = t["ranks"][lp_i]
-                        tok["top"] = list(zip(t["top_ids"][cand_i:cand_i + k], t["top_logprobs"][cand_i:cand_i + k]))
-                        lp_i += 1
-                        cand_i += k
-                    self.tokens[self.ids[run_["req"]]].append(tok)
-                    tok_i += 1
+            for req, tok in step_tokens(s):
+                tok["step"] = n
+                tok["has_lp"] = "logprob" in tok
+                self.tokens[self.ids[req]].append(tok)
         for toks in self.tokens.values():
             toks.sort(key=lambda x: x["index"])
 

@@ -147,9 +147,7 @@ _REASONS = {"END_ID": "stop", "STOP_WORDS": "stop", "LENGTH": "length", "CANCELL
 
 def cost() -> dict[str, float]:
     """Adapter self-time so far in this process (what the overhead budget is about)."""
-    self_ns, steps, step_ns = _cost
-    return {"steps": steps, "self_us_per_step": self_ns / max(steps, 1) / 1e3,
-            "step_us": step_ns / max(steps, 1) / 1e3, "fraction": self_ns / max(step_ns, 1)}
+    return C.cost_report(_cost)
 
 
 def install(version: str) -> None:

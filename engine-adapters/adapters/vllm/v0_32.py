@@ -54,9 +54,7 @@ _cost = [0, 0, 0]
 
 def cost() -> dict[str, float]:
     """Adapter self-time so far in this process (what the overhead budget is about)."""
-    self_ns, steps, step_ns = _cost
-    return {"steps": steps, "self_us_per_step": self_ns / max(steps, 1) / 1e3,
-            "step_us": step_ns / max(steps, 1) / 1e3, "fraction": self_ns / max(step_ns, 1)}
+    return C.cost_report(_cost)
 
 
 # At most this many scheduled-but-not-yet-updated batches are remembered
