@@ -302,10 +302,16 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
                     i = index[r]
                     start = cu[i] if cu is not None else i
                     rows.extend(range(start, start + n))
-            take = np.asarray(rows, dtype=np.intp)
-            ids = lp.logprob_token_ids.take(take, axis=0)
-            vals = lp.logprobs.take(take, axis=0)
-            kwargs = dict(top_k=ids.shape[1] - 1, logprobs=vals[:, 0], ranks=lp.sampled_token_ranks.take(take),
+            if len(rows) == len(lp.logprobs) and rows == list(range(len(rows))):
+                # The usual step: every row, in batch order. No gather (three
+                # numpy copies, ~20 µs at batch 32): the arrays go as they are.
+                ids, vals, ranks = lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks
+            else:
+                take = np.asarray(rows, dtype=np.intp)
+                ids = lp.logprob_token_ids.take(take, axis=0)
+                vals = lp.logprobs.take(take, axis=0)
+                ranks = lp.sampled_token_ranks.take(take)
+            kwargs = dict(top_k=ids.shape[1] - 1, logprobs=vals[:, 0], ranks=ranks,
                           top_ids=ids[:, 1:], top_logprobs=vals[:, 1:], run_has_logprobs=has_lp)
     finishes = [(o.request_id, _FINISH.get(int(o.finish_reason), str(o.finish_reason)),
                  get_o(o.request_id, 0)) for o in outputs if o.finish_reason is not None]
