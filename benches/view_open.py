@@ -24,7 +24,6 @@ import fcntl
 import os
 import pty
 import re
-import resource
 import select
 import shutil
 import struct
@@ -62,11 +61,16 @@ def trace_bytes(trace: Path) -> int:
 
 
 def timed(args: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS bytes of the child, stdout."""
+    """Wall seconds, peak RSS bytes of this child alone, stdout."""
     t0 = time.monotonic()
-    out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    out = child.stdout.read() if child.stdout else ""
+    _, status, usage = os.wait4(child.pid, 0)
     wall = time.monotonic() - t0
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, out
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, args)
+    return wall, usage.ru_maxrss * 1024, out
 
 
 def view_open_s(trace: Path, request: str, *extra: str, timeout: float = 600.0) -> float:

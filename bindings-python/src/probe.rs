@@ -385,7 +385,9 @@ impl NativeProbe {
     /// `top_k >= 0` also `logprobs`, `ranks` (1 = best; 0 where the engine
     /// reports no rank, read back as null) and, for k > 0, `top_ids` and
     /// `top_logprobs` (n×k, flat or 2-D). `run_has_logprobs` (bools per run)
-    /// keeps logprob data only for the runs whose request asked for it.
+    /// keeps logprob data only for the runs whose request asked for it; the
+    /// logprob columns then cover either every token or only the tokens of
+    /// those runs.
     /// Arrays, nested lists and lists are all accepted. `start_ns` is when the
     /// batch was launched (`monotonic_ns()` then); the end is read now unless
     /// `end_ns` is given.
@@ -655,7 +657,17 @@ impl NativeProbe {
             };
             extend_f32(lp, &mut t.logprobs.0)?;
             extend_u32(rk, &mut t.ranks.0)?;
-            if t.logprobs.len() != n || t.ranks.len() != n {
+            // Rows for every token (the flags pick), or only for the tokens
+            // of the runs flagged with logprobs (already picked).
+            let flagged: usize = sc
+                .counts
+                .iter()
+                .zip(&sc.has_lp)
+                .filter(|(_, &has)| has != 0)
+                .map(|(&c, _)| c as usize)
+                .sum();
+            let rows = t.logprobs.len();
+            if (rows != n && rows != flagged) || t.ranks.len() != rows {
                 return Err(mismatch(
                     "logprobs/ranks",
                     t.logprobs.len().min(t.ranks.len()),
@@ -670,13 +682,15 @@ impl NativeProbe {
                 };
                 extend_u32(ti, &mut t.top_ids.0)?;
                 extend_f32(tl, &mut t.top_logprobs.0)?;
-                if t.top_ids.len() != n * k || t.top_logprobs.len() != n * k {
-                    return Err(mismatch("top_ids/top_logprobs", t.top_ids.len(), n * k));
+                if t.top_ids.len() != rows * k || t.top_logprobs.len() != rows * k {
+                    return Err(mismatch("top_ids/top_logprobs", t.top_ids.len(), rows * k));
                 }
             }
             // Keep only the runs that asked, and at most the capped k per token.
-            if keep < k || sc.has_lp.contains(&0) {
-                select_rows(t, &sc.counts, &sc.has_lp, k, keep);
+            let picked = rows == flagged;
+            if keep < k || (!picked && sc.has_lp.contains(&0)) {
+                let has_row = |run: usize| !picked || sc.has_lp[run] != 0;
+                select_rows(t, &sc.counts, &sc.has_lp, has_row, k, keep);
             }
         }
         if self.capture == CaptureLevel::Text {
@@ -691,18 +705,24 @@ impl NativeProbe {
     }
 }
 
-/// Compact logprob columns in place: drop the rows of runs without logprobs,
-/// and cut each token's candidates from `k` to `keep`. `counts` and `has_lp`
-/// are per run as given (runs of 0 tokens included: they own no rows).
+/// Compact logprob columns in place: drop the rows the columns hold for runs
+/// without logprobs, and cut each token's candidates from `k` to `keep`.
+/// `counts` and `has_lp` are per run as given (runs of 0 tokens included:
+/// they own no rows); `has_row(run)` says whether the columns hold rows for
+/// that run's tokens.
 fn select_rows(
     t: &mut probe_core::event::SampledTokens,
     counts: &[u32],
     has_lp: &[u32],
+    has_row: impl Fn(usize) -> bool,
     k: usize,
     keep: usize,
 ) {
     let (mut src, mut dst) = (0usize, 0usize);
     for (run, &count) in counts.iter().enumerate() {
+        if !has_row(run) {
+            continue;
+        }
         for _ in 0..count {
             if has_lp[run] != 0 {
                 t.logprobs.0[dst] = t.logprobs.0[src];

@@ -83,6 +83,24 @@ def test_logprob_mask_and_top_k_cap(tmp_path: Path):
     assert t["top_ids"] == ids[[0, 2], 1:3].ravel().tolist()
 
 
+def test_logprob_rows_of_the_flagged_runs_only(tmp_path: Path):
+    # Columns may also hold rows only for the runs flagged with logprobs
+    # (SGLang and TensorRT-LLM build them that way): same trace as the mask.
+    probe = NativeProbe(str(tmp_path), top_k_cap=2)
+    ids, lps, ranks = engine_arrays(1)
+    rows = [0, 2]
+    cols = dict(token_ids=ids[:, 0], logprobs=lps[rows, 0], ranks=ranks[rows],
+                top_ids=ids[rows, 1:], top_logprobs=lps[rows, 1:])
+    assert record(probe, 1, cols, run_has_logprobs=[True, False, True, False])
+    probe.shutdown(10.0)
+    t = records(tmp_path, "Step")[0]["tokens"]
+    assert [r["top_k"] for r in t["runs"]] == [2, None, 2, None]
+    assert t["ids"] == ids[:, 0].tolist()
+    assert t["ranks"] == ranks[rows].tolist()
+    assert t["top_ids"] == ids[rows, 1:3].ravel().tolist()
+    np.testing.assert_array_equal(np.float32(t["logprobs"]), lps[rows, 0])
+
+
 def test_capture_metadata_keeps_no_token_data(tmp_path: Path):
     probe = NativeProbe(str(tmp_path), capture="metadata")
     ids, lps, ranks = engine_arrays(2)

@@ -414,10 +414,9 @@ def _record(rec: Any, st: _SchedState, launch: tuple, before: list[tuple[int, in
     first: list[int] = []
     tokens: list[list[int]] = []
     has_lp: list[bool] = []
-    # Per run: (vals, top vals, top ids), or None for a run whose request
-    # asked for no logprobs (the native call takes rows for every token and
-    # keeps those of the runs flagged in run_has_logprobs).
-    lp_rows: list[tuple[list, list, list] | None] = []
+    # Per run with logprobs: vals, top vals, top ids (the native call takes
+    # rows for the runs flagged in run_has_logprobs only).
+    lp_rows: list[tuple[list, list, list]] = []
     ks: list[int] = []
     finishes: list[tuple[str, str, int]] = []
     for r, (n0, l0) in zip(reqs, before):
@@ -440,8 +439,6 @@ def _record(rec: Any, st: _SchedState, launch: tuple, before: list[tuple[int, in
                     lp_rows.append((vals, tv, ti))
                     ks.append(k)
                     got = True
-            if not got:
-                lp_rows.append(None)
             has_lp.append(got)
         if r.finished() and r.rid in st.live:
             finishes.append((r.rid, _finish_reason(r), n1))
@@ -453,15 +450,7 @@ def _record(rec: Any, st: _SchedState, launch: tuple, before: list[tuple[int, in
         logprobs: list[float] = []
         top_ids: list[int] = []
         top_lps: list[float] = []
-        for row, toks in zip(lp_rows, tokens):
-            if row is None:
-                # Placeholders the probe drops (run_has_logprobs is False).
-                logprobs.extend([0.0] * len(toks))
-                if k:
-                    top_lps.extend([0.0] * (k * len(toks)))
-                    top_ids.extend([0] * (k * len(toks)))
-                continue
-            vals, tv, ti = row
+        for vals, tv, ti in lp_rows:
             logprobs.extend(float(v) for v in vals)
             if k:
                 for row_v, row_i in zip(tv, ti):

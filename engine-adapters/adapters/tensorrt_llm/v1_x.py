@@ -828,16 +828,8 @@ def _flush(st: _ExecState, rec: Any, end_ns: int | None, finished: list[int] | N
         ranks: list[int] = []
         top_ids: list[int] = []
         top_lps: list[float] = []
-        for r in runs:
-            if r[3] is None:
-                # The probe takes the columns over every token and drops the
-                # rows of runs marked without logprobs: placeholders, never kept.
-                n = len(r[2])
-                logprobs.extend([0.0] * n)
-                ranks.extend([NO_RANK] * n)
-                top_ids.extend([0] * (n * k))
-                top_lps.extend([0.0] * (n * k))
-                continue
+        # Rows for the runs flagged in run_has_logprobs only.
+        for r in with_lp:
             for lp, rank, top in r[3]:
                 logprobs.append(lp)
                 ranks.append(rank)

@@ -107,45 +107,15 @@ pub struct Opened {
 /// index when it has one (building it first for a large trace opened on a
 /// request).
 pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened> {
-    let mut note = None;
-    let index = match use_index.then(|| index::open(dir)).flatten() {
-        Some(ix) => Some(ix),
-        None if use_index && request.is_some() && dir.is_dir() && large(dir) => {
-            eprintln!(
-                "toktrace: indexing {} once, so that its requests open quickly from now on",
-                dir.display()
-            );
-            let (ix, analysis) = index::build(dir, progress_hook("indexing"))
-                .with_context(|| format!("reading the trace {}", dir.display()))?;
-            if let Err(e) = index::save(dir, &ix) {
-                note = Some(format!("index not saved: {e}"));
-            }
-            let r = request.map(|id| resolve(&analysis.data, id)).transpose()?;
-            return Ok(Opened {
-                analysis,
-                loader: Box::new(IndexLoader {
-                    dir: dir.to_path_buf(),
-                    index: Arc::new(ix),
-                }),
-                request: r,
-                note,
-                window: None,
-            });
+    let saved = if use_index { index::open(dir) } else { None };
+    let Some(index) = saved else {
+        if use_index && request.is_some() && dir.is_dir() && large(dir) {
+            return build_and_open(dir, request);
         }
-        None => None,
-    };
-    let Some(index) = index else {
-        let analysis = load_trace(dir)?;
-        let r = request.map(|id| resolve(&analysis.data, id)).transpose()?;
-        return Ok(Opened {
-            analysis,
-            loader: Box::new(ScanLoader {
-                dir: dir.to_path_buf(),
-            }),
-            request: r,
-            note,
-            window: None,
+        let loader = Box::new(ScanLoader {
+            dir: dir.to_path_buf(),
         });
+        return whole(load_trace(dir)?, request, loader, None);
     };
     let index = Arc::new(index);
     let loader = Box::new(IndexLoader {
@@ -153,13 +123,7 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
         index: Arc::clone(&index),
     });
     let Some(id) = request else {
-        return Ok(Opened {
-            analysis: load_trace(dir)?,
-            loader,
-            request: None,
-            note,
-            window: None,
-        });
+        return whole(load_trace(dir)?, None, loader, None);
     };
     let (window, r) = open_window(dir, &index, id)?;
     let seconds = window.range.1.saturating_sub(window.range.0) as f64 / 1e9;
@@ -176,6 +140,42 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
         analysis: window.analysis,
         loader,
         request: Some(r),
+    })
+}
+
+/// Index a large trace the first time it is opened on a request; the full
+/// analysis made on the way is what the viewer shows.
+fn build_and_open(dir: &Path, request: Option<&str>) -> Result<Opened> {
+    eprintln!(
+        "toktrace: indexing {} once, so that its requests open quickly from now on",
+        dir.display()
+    );
+    let (ix, analysis) = index::build(dir, progress_hook("indexing"))
+        .with_context(|| format!("reading the trace {}", dir.display()))?;
+    let note = index::save(dir, &ix)
+        .err()
+        .map(|e| format!("index not saved: {e}"));
+    let loader = Box::new(IndexLoader {
+        dir: dir.to_path_buf(),
+        index: Arc::new(ix),
+    });
+    whole(analysis, request, loader, note)
+}
+
+/// The whole trace, on `request` when given.
+fn whole(
+    analysis: Analysis,
+    request: Option<&str>,
+    loader: Box<dyn DetailLoader>,
+    note: Option<String>,
+) -> Result<Opened> {
+    let r = request.map(|id| resolve(&analysis.data, id)).transpose()?;
+    Ok(Opened {
+        analysis,
+        loader,
+        request: r,
+        note,
+        window: None,
     })
 }
 

@@ -198,15 +198,16 @@ fn members(
     let count = format!("{}r ", line.members.len());
     let mut from = 0;
     if on_cursor {
-        // Drop members from the front until the chosen one fits.
+        // Drop members from the front until the chosen one fits (6 columns
+        // kept for the `‹N ` marker).
         let room = width.saturating_sub(count.chars().count() + 6);
-        let upto = |from: usize| -> usize {
-            items[from..=chosen.min(items.len().saturating_sub(1)).max(from)]
-                .iter()
-                .map(|(t, _)| t.chars().count() + 1)
-                .sum()
-        };
-        while from < chosen && upto(from) > room {
+        let mut used: usize = items
+            .iter()
+            .take(chosen + 1)
+            .map(|(t, _)| t.chars().count() + 1)
+            .sum();
+        while from < chosen && used > room {
+            used -= items[from].0.chars().count() + 1;
             from += 1;
         }
     }
