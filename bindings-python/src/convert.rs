@@ -2,27 +2,32 @@
 //!
 //! Engines hand over numbers in three shapes: numpy arrays (vLLM's logprob
 //! tensors), nested Python lists (vLLM's sampled ids, SGLang everywhere) and
-//! flat lists. Arrays are read through the buffer protocol in one request
-//! whose format string is inspected here — no failed attempts per element type
-//! (a failed attempt raises and formats a Python exception, which would cost
-//! more than the copy). Lists are walked with the C API, one level of nesting
-//! flattened, reading each int or float without going through PyO3's generic
-//! extraction. Anything else that iterates works too, just slower.
+//! flat lists. numpy arrays and lists of plain ints and floats are read
+//! straight from memory (`layout`, which checks those layouts first); other
+//! arrays go through the buffer protocol, in one request whose format string
+//! is inspected here — no failed attempts per element type (a failed attempt
+//! raises and formats a Python exception, which would cost more than the
+//! copy); other sequences through the C API, one level of nesting flattened.
+//! Anything else that iterates works too, just slower.
 
+use crate::layout::{self, ArrayView, Elem, Numbers};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use std::ffi::CStr;
 
 /// A target column type: how to make one from an integer or a float. The
-/// array conversions return the value and whether it was in range, so the
-/// copy loops have no branch per element and vectorize.
+/// conversions return the value and whether it was in range, so the copy
+/// loops have no branch per element and vectorize.
 pub trait Num: Copy {
     /// From an integer element.
     fn from_i64(v: i64) -> (Self, bool);
     /// From a floating-point element.
     fn from_f64(v: f64) -> (Self, bool);
-    /// Read a Python int/float object (fast path for list elements).
+    /// A plain int or float object read directly; None when it is neither
+    /// (or its layout is not read directly).
+    fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(Self, bool)>;
+    /// Any number object, through the C API when it must.
     fn from_object(obj: *mut ffi::PyObject) -> Option<Self>;
 }
 
@@ -35,10 +40,17 @@ impl Num for u32 {
     fn from_f64(_: f64) -> (u32, bool) {
         (0, false)
     }
+    #[inline(always)]
+    fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(u32, bool)> {
+        nums.int_value(obj).map(u32::from_i64)
+    }
     #[inline]
     fn from_object(obj: *mut ffi::PyObject) -> Option<u32> {
-        // SAFETY: `obj` is a live object borrowed from a list we hold; the call
-        // only reads it. -1 with an error set means "not an int": clear it.
+        if let Some((v, ok)) = Self::direct(layout::numbers(), obj) {
+            return ok.then_some(v);
+        }
+        // SAFETY: `obj` is a live object borrowed from a container we hold; the
+        // call only reads it. -1 with an error set means "not an int": clear it.
         let v = unsafe { ffi::PyLong_AsLongLong(obj) };
         if v == -1 && unsafe { !ffi::PyErr_Occurred().is_null() } {
             unsafe { ffi::PyErr_Clear() };
@@ -57,8 +69,18 @@ impl Num for f32 {
     fn from_f64(v: f64) -> (f32, bool) {
         (v as f32, true)
     }
+    #[inline(always)]
+    fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(f32, bool)> {
+        match nums.float_value(obj) {
+            Some(v) => Some(f32::from_f64(v)),
+            None => nums.int_value(obj).map(f32::from_i64),
+        }
+    }
     #[inline]
     fn from_object(obj: *mut ffi::PyObject) -> Option<f32> {
+        if let Some((v, _)) = Self::direct(layout::numbers(), obj) {
+            return Some(v);
+        }
         // SAFETY: as above; PyFloat_AsDouble also accepts ints and numpy scalars.
         let v = unsafe { ffi::PyFloat_AsDouble(obj) };
         if v == -1.0 && unsafe { !ffi::PyErr_Occurred().is_null() } {
@@ -73,19 +95,143 @@ fn bad_value() -> PyErr {
     PyValueError::new_err("a column holds a value that is not a valid token id, rank or count (negative, too large, or not a number)")
 }
 
-/// Element kinds the buffer reader understands.
-#[derive(Clone, Copy)]
-enum Elem {
-    I8,
-    U8,
-    I16,
-    U16,
-    I32,
-    U32,
-    I64,
-    U64,
-    F32,
-    F64,
+/// A source element type of an array.
+trait Src: Copy {
+    fn conv<T: Num>(self) -> (T, bool);
+}
+
+macro_rules! src_int {
+    ($($t:ty),*) => {$(
+        impl Src for $t {
+            #[inline(always)]
+            fn conv<T: Num>(self) -> (T, bool) {
+                T::from_i64(self as i64)
+            }
+        }
+    )*};
+}
+src_int!(i8, u8, i16, u16, i32, u32, i64);
+
+impl Src for u64 {
+    #[inline(always)]
+    fn conv<T: Num>(self) -> (T, bool) {
+        let (v, ok) = T::from_i64(self as i64);
+        (v, ok && self <= i64::MAX as u64)
+    }
+}
+
+impl Src for f32 {
+    #[inline(always)]
+    fn conv<T: Num>(self) -> (T, bool) {
+        T::from_f64(f64::from(self))
+    }
+}
+
+impl Src for f64 {
+    #[inline(always)]
+    fn conv<T: Num>(self) -> (T, bool) {
+        T::from_f64(self)
+    }
+}
+
+/// Most dimensions read (engines hand over 1-D and 2-D).
+const MAX_DIMS: usize = 8;
+
+/// Append every element of `a` (any dimensionality and strides) to `out`, in
+/// C order. False if one was out of range for `T`.
+fn copy_array<T: Num>(a: &ArrayView<'_>, out: &mut Vec<T>) -> bool {
+    // SAFETY (all arms): `a` describes memory of a live array the caller
+    // holds, as its exporter (or numpy's own header) reported it.
+    unsafe {
+        match a.elem {
+            Elem::I8 => copy_typed::<i8, T>(a, out),
+            Elem::U8 => copy_typed::<u8, T>(a, out),
+            Elem::I16 => copy_typed::<i16, T>(a, out),
+            Elem::U16 => copy_typed::<u16, T>(a, out),
+            Elem::I32 => copy_typed::<i32, T>(a, out),
+            Elem::U32 => copy_typed::<u32, T>(a, out),
+            Elem::I64 => copy_typed::<i64, T>(a, out),
+            Elem::U64 => copy_typed::<u64, T>(a, out),
+            Elem::F32 => copy_typed::<f32, T>(a, out),
+            Elem::F64 => copy_typed::<f64, T>(a, out),
+        }
+    }
+}
+
+/// # Safety
+/// Every element `a` describes must be a readable `S`.
+unsafe fn copy_typed<S: Src, T: Num>(a: &ArrayView<'_>, out: &mut Vec<T>) -> bool {
+    let ndim = a.shape.len();
+    if ndim > MAX_DIMS || a.strides.len() != ndim {
+        return false;
+    }
+    let total: usize = a.shape.iter().map(|&n| n.max(0) as usize).product();
+    out.reserve(total);
+    let start = out.len();
+    let dst = out.spare_capacity_mut();
+    let mut ok = true;
+    let size = std::mem::size_of::<S>() as isize;
+    let base = a.data;
+    let contiguous = {
+        let mut expect = size;
+        let mut c = true;
+        for d in (0..ndim).rev() {
+            c &= a.shape[d] <= 1 || a.strides[d] == expect;
+            expect *= a.shape[d].max(1);
+        }
+        c
+    };
+    if total == 0 {
+        return true;
+    }
+    if contiguous && (base as usize).is_multiple_of(std::mem::align_of::<S>()) {
+        // One plain slice: the loop vectorizes.
+        let src = std::slice::from_raw_parts(base.cast::<S>(), total);
+        for (d, &x) in dst[..total].iter_mut().zip(src) {
+            let (v, good) = x.conv::<T>();
+            d.write(v);
+            ok &= good;
+        }
+    } else {
+        // Odometer over the outer dimensions; the last is a strided run.
+        let inner = if ndim == 0 {
+            1
+        } else {
+            a.shape[ndim - 1] as usize
+        };
+        let inner_stride = if ndim == 0 { 0 } else { a.strides[ndim - 1] };
+        let outer = ndim.saturating_sub(1);
+        let mut index = [0isize; MAX_DIMS];
+        let mut w = 0usize;
+        'rows: loop {
+            let mut p = base;
+            for (&i, &stride) in index[..outer].iter().zip(a.strides) {
+                p = p.offset(i * stride);
+            }
+            for d in &mut dst[w..w + inner] {
+                let (v, good) = p.cast::<S>().read_unaligned().conv::<T>();
+                d.write(v);
+                ok &= good;
+                p = p.offset(inner_stride);
+            }
+            w += inner;
+            let mut d = outer;
+            loop {
+                if d == 0 {
+                    break 'rows;
+                }
+                d -= 1;
+                index[d] += 1;
+                if index[d] < a.shape[d] {
+                    break;
+                }
+                index[d] = 0;
+            }
+        }
+    }
+    // SAFETY: all `total` slots after `start` were written above.
+    out.set_len(start + total);
+    ok
 }
 
 fn parse_format(format: *const std::os::raw::c_char, itemsize: isize) -> Option<Elem> {
@@ -117,67 +263,6 @@ fn parse_format(format: *const std::os::raw::c_char, itemsize: isize) -> Option<
     Some(kind)
 }
 
-/// Append `n` elements of kind `e` starting at `p`, `stride` bytes apart.
-/// Returns false if any element was out of range for `T`. The element kind
-/// is matched once per run; an aligned contiguous run is a plain slice loop
-/// the compiler vectorizes.
-///
-/// # Safety
-/// `p + j * stride` must point to a readable element of kind `e` for every j < n.
-unsafe fn push_run<T: Num>(
-    e: Elem,
-    p: *const u8,
-    n: usize,
-    stride: isize,
-    out: &mut Vec<T>,
-) -> bool {
-    out.reserve(n);
-    let start = out.len();
-    let dst = &mut out.spare_capacity_mut()[..n];
-    let mut ok = true;
-    macro_rules! run {
-        ($t:ty, $conv:expr) => {{
-            let size = std::mem::size_of::<$t>() as isize;
-            if stride == size && (p as usize) % std::mem::align_of::<$t>() == 0 {
-                let src = std::slice::from_raw_parts(p.cast::<$t>(), n);
-                for (d, &x) in dst.iter_mut().zip(src) {
-                    let (v, good) = $conv(x);
-                    d.write(v);
-                    ok &= good;
-                }
-            } else {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    let x = p.offset(j as isize * stride).cast::<$t>().read_unaligned();
-                    let (v, good) = $conv(x);
-                    d.write(v);
-                    ok &= good;
-                }
-            }
-        }};
-    }
-    match e {
-        Elem::I8 => run!(i8, |x: i8| T::from_i64(i64::from(x))),
-        Elem::U8 => run!(u8, |x: u8| T::from_i64(i64::from(x))),
-        Elem::I16 => run!(i16, |x: i16| T::from_i64(i64::from(x))),
-        Elem::U16 => run!(u16, |x: u16| T::from_i64(i64::from(x))),
-        Elem::I32 => run!(i32, |x: i32| T::from_i64(i64::from(x))),
-        Elem::U32 => run!(u32, |x: u32| T::from_i64(i64::from(x))),
-        Elem::I64 => run!(i64, T::from_i64),
-        Elem::U64 => run!(u64, |x: u64| {
-            let (v, good) = T::from_i64(x as i64);
-            (v, good && x <= i64::MAX as u64)
-        }),
-        Elem::F32 => run!(f32, |x: f32| T::from_f64(f64::from(x))),
-        Elem::F64 => run!(f64, T::from_f64),
-    }
-    // SAFETY: all `n` slots after `start` were written above.
-    out.set_len(start + n);
-    ok
-}
-
-/// Most dimensions read through the buffer protocol (engines hand over 1-D and 2-D).
-const MAX_DIMS: usize = 8;
-
 /// A held buffer view, released on drop.
 struct View(ffi::Py_buffer);
 
@@ -188,8 +273,8 @@ impl Drop for View {
     }
 }
 
-/// Copy a buffer-protocol object's elements (any dimensionality and strides)
-/// into `out`. `None` when `obj` has no usable buffer.
+/// Copy a buffer-protocol object's elements into `out`. `None` when `obj`
+/// has no usable buffer.
 fn from_buffer<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> Option<PyResult<()>> {
     // SAFETY: plain C-API calls on a live object; the view is released by `View`.
     unsafe {
@@ -213,55 +298,30 @@ fn from_buffer<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> Option<PyRes
         } else {
             std::slice::from_raw_parts(v.shape, ndim)
         };
-        let mut strides = [0isize; MAX_DIMS];
-        if v.strides.is_null() {
+        let mut derived = [0isize; MAX_DIMS];
+        let strides: &[isize] = if v.strides.is_null() {
             // C-contiguous: derive the strides.
             if ndim > 0 {
-                strides[ndim - 1] = v.itemsize;
+                derived[ndim - 1] = v.itemsize;
                 for d in (0..ndim - 1).rev() {
-                    strides[d] = strides[d + 1] * shape[d + 1];
+                    derived[d] = derived[d + 1] * shape[d + 1];
                 }
             }
+            &derived[..ndim]
         } else {
-            strides[..ndim].copy_from_slice(std::slice::from_raw_parts(v.strides, ndim));
-        }
-        let total: usize = shape.iter().map(|&n| n.max(0) as usize).product();
-        out.reserve(total);
-        let base = v.buf as *const u8;
-        if total == 0 {
-            return Some(Ok(()));
-        }
-        // Odometer over all dimensions but the last; the last is a strided run.
-        let inner = if ndim == 0 {
-            1
-        } else {
-            shape[ndim - 1] as usize
+            std::slice::from_raw_parts(v.strides, ndim)
         };
-        let inner_stride = if ndim == 0 { 0 } else { strides[ndim - 1] };
-        let outer_dims = ndim.saturating_sub(1);
-        let mut index = [0isize; MAX_DIMS];
-        loop {
-            let mut p = base;
-            for d in 0..outer_dims {
-                p = p.offset(index[d] * strides[d]);
-            }
-            if !push_run(elem, p, inner, inner_stride, out) {
-                return Some(Err(bad_value()));
-            }
-            // Advance the odometer.
-            let mut d = outer_dims;
-            loop {
-                if d == 0 {
-                    return Some(Ok(()));
-                }
-                d -= 1;
-                index[d] += 1;
-                if index[d] < shape[d] {
-                    break;
-                }
-                index[d] = 0;
-            }
-        }
+        let array = ArrayView {
+            data: v.buf as *const u8,
+            shape,
+            strides,
+            elem,
+        };
+        Some(if copy_array(&array, out) {
+            Ok(())
+        } else {
+            Err(bad_value())
+        })
     }
 }
 
@@ -270,21 +330,9 @@ fn is_list_or_tuple(obj: *mut ffi::PyObject) -> bool {
     unsafe { ffi::PyList_Check(obj) != 0 || ffi::PyTuple_Check(obj) != 0 }
 }
 
-/// True for exact `int` or `float` objects: a pointer compare on the type,
-/// cheaper than the flag checks behind PyList_Check in the limited API.
-#[inline]
-fn is_plain_number(obj: *mut ffi::PyObject) -> bool {
-    // SAFETY: reading the type pointer of a live object; the type objects are statics.
-    unsafe {
-        let t = ffi::Py_TYPE(obj);
-        std::ptr::eq(t, std::ptr::addr_of_mut!(ffi::PyLong_Type))
-            || std::ptr::eq(t, std::ptr::addr_of_mut!(ffi::PyFloat_Type))
-    }
-}
-
 /// Items of a list or tuple without new references (the container is held by
 /// the caller, so its items stay alive while we read them).
-fn items(seq: *mut ffi::PyObject) -> impl Iterator<Item = *mut ffi::PyObject> {
+pub fn items(seq: *mut ffi::PyObject) -> impl Iterator<Item = *mut ffi::PyObject> {
     // SAFETY: `seq` is a live list or tuple; *_GetItem return borrowed references.
     let (n, is_list) = unsafe {
         if ffi::PyList_Check(seq) != 0 {
@@ -302,15 +350,59 @@ fn items(seq: *mut ffi::PyObject) -> impl Iterator<Item = *mut ffi::PyObject> {
     })
 }
 
+/// A list of plain numbers, or of lists of them, read straight from memory.
+/// None when an item is anything else (the caller then starts over on the
+/// API path): nothing here can run Python code, so the list cannot change
+/// while it is read.
+fn from_list_direct<T: Num>(list: *mut ffi::PyObject, out: &mut Vec<T>) -> Option<PyResult<()>> {
+    let nums = layout::numbers();
+    // SAFETY: `list` passed `is_direct_list`; nothing below runs Python code,
+    // so the item slices stay valid while they are read.
+    unsafe {
+        let items = layout::list_items(list);
+        // Flat numbers first, written straight into the spare capacity.
+        out.reserve(items.len());
+        let start = out.len();
+        let spare = &mut out.spare_capacity_mut()[..items.len()];
+        let mut ok = true;
+        let mut flat = 0;
+        for (&item, slot) in items.iter().zip(spare) {
+            let Some((v, good)) = T::direct(nums, item) else {
+                break;
+            };
+            slot.write(v);
+            ok &= good;
+            flat += 1;
+        }
+        out.set_len(start + flat);
+        // Then lists of numbers (vLLM's per-request token lists), or a bail-out.
+        for &item in &items[flat..] {
+            if let Some((v, good)) = T::direct(nums, item) {
+                out.push(v);
+                ok &= good;
+            } else if layout::is_direct_list(item) {
+                let inner = layout::list_items(item);
+                out.reserve(inner.len());
+                for &x in inner {
+                    let (v, good) = T::direct(nums, x)?;
+                    out.push(v);
+                    ok &= good;
+                }
+            } else {
+                return None;
+            }
+        }
+        Some(if ok { Ok(()) } else { Err(bad_value()) })
+    }
+}
+
 fn from_sequence<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<()> {
     let seq = obj.as_ptr();
     for item in items(seq) {
         if item.is_null() {
             return Err(PyTypeError::new_err("column changed while being read"));
         }
-        if is_plain_number(item) {
-            out.push(T::from_object(item).ok_or_else(bad_value)?);
-        } else if is_list_or_tuple(item) {
+        if is_list_or_tuple(item) {
             for inner in items(item) {
                 if inner.is_null() {
                     return Err(PyTypeError::new_err("column changed while being read"));
@@ -325,10 +417,26 @@ fn from_sequence<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<(
 }
 
 fn extend<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<()> {
-    if is_list_or_tuple(obj.as_ptr()) {
+    let p = obj.as_ptr();
+    if layout::is_direct_list(p) {
+        let start = out.len();
+        if let Some(r) = from_list_direct(p, out) {
+            return r;
+        }
+        out.truncate(start);
+    }
+    if is_list_or_tuple(p) {
         return from_sequence(obj, out);
     }
+    if let Some(array) = layout::ndarray(obj) {
+        return if copy_array(&array, out) {
+            Ok(())
+        } else {
+            Err(bad_value())
+        };
+    }
     if let Some(r) = from_buffer(obj, out) {
+        layout::learn_ndarray(obj.py());
         return r;
     }
     // Anything iterable (array-likes without a usable buffer, generators).

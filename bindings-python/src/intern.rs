@@ -1,4 +1,5 @@
-//! Request ids (Python strings) to the probe's small integer keys.
+//! Request ids (Python strings) to the probe's small integer keys, and the
+//! little the probe remembers per live request.
 //!
 //! This is the per-request part of every step, so it is built in three tiers:
 //!
@@ -11,9 +12,15 @@
 //! 3. A map from the id's text to its key, for a string object seen for the
 //!    first time (ids deserialized afresh each step land here every time).
 //!
+//! Each live request also owns a slot in a table (`Live`): the outputs
+//! recorded so far, so a run's first output index can be continued here
+//! rather than counted by every adapter. Slots are reused; keys never are.
+//!
 //! Keys are forgotten when the request finishes; if finishes never come, the
 //! maps are cleared past a cap instead of growing without bound.
 
+use crate::layout;
+use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -47,6 +54,9 @@ impl Hasher for AddrHasher {
             self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
+    fn write_u32(&mut self, n: u32) {
+        self.write_usize(n as usize);
+    }
     fn write_usize(&mut self, n: usize) {
         self.0 = (n as u64)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -56,59 +66,100 @@ impl Hasher for AddrHasher {
 
 type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
 
+/// A request as the interner knows it: its key in the trace and its slot
+/// in the table of live requests.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Id {
+    pub key: u32,
+    pub slot: u32,
+}
+
 struct Known {
-    key: u32,
+    id: Id,
     /// The string object remembered for this request (kept alive here).
     object: Py<PyString>,
+}
+
+/// What the probe keeps per live request.
+#[derive(Default)]
+pub struct Live {
+    /// Outputs recorded so far (the next run's first output index).
+    pub outputs: u32,
+    /// The id's text, to forget the request by its slot.
+    text: String,
 }
 
 /// The interner of one process.
 #[derive(Default)]
 pub struct Interner {
-    by_addr: AddrMap<u32>,
+    by_addr: AddrMap<Id>,
     by_value: HashMap<String, Known>,
-    recent: [Vec<(usize, u32)>; 3],
+    recent: [Vec<(usize, Id)>; 3],
     next: u32,
+    live: Vec<Live>,
+    free: Vec<u32>,
 }
 
 impl Interner {
     /// Key of every id in `ids` (a list, or any iterable of `str`), appended to
-    /// `out`; ids never seen before are also appended to `new` with their text.
+    /// `out` (and its slot to `slots`); ids never seen before are also
+    /// appended to `new` with their text.
     pub fn keys(
         &mut self,
         site: Site,
         ids: &Bound<'_, PyAny>,
         out: &mut Vec<u32>,
+        slots: &mut Vec<u32>,
         new: &mut Vec<(u32, String)>,
     ) -> PyResult<()> {
         let list = ids.as_ptr();
+        let direct = layout::is_direct_list(list);
         // SAFETY: type check on a live object.
-        if unsafe { ffi::PyList_Check(list) } == 0 {
+        if !direct && unsafe { ffi::PyList_Check(list) } == 0 {
             for item in ids.try_iter()? {
-                let item = item?;
-                out.push(self.key_slow(&item, new)?);
+                let id = self.key_slow(&item?, new)?;
+                out.push(id.key);
+                slots.push(id.slot);
             }
             return Ok(());
         }
         // SAFETY: `list` is a live list held by the caller.
-        let n = unsafe { ffi::PyList_Size(list) }.max(0) as usize;
+        let n = if direct {
+            unsafe { layout::list_items(list) }.len()
+        } else {
+            unsafe { ffi::PyList_Size(list) }.max(0) as usize
+        };
         out.reserve(n);
+        slots.reserve(n);
         let mut cache = std::mem::take(&mut self.recent[site as usize]);
         for i in 0..n {
-            // SAFETY: borrowed reference to an item of a list the caller holds.
-            let item = unsafe { ffi::PyList_GetItem(list, i as isize) };
+            // SAFETY: borrowed reference to an item of a list the caller holds
+            // (read afresh each time: `key_slow` may drop a string it
+            // remembered, and a dropped object may run Python code).
+            let item = unsafe {
+                if direct {
+                    layout::list_items(list)
+                        .get(i)
+                        .copied()
+                        .unwrap_or(std::ptr::null_mut())
+                } else {
+                    ffi::PyList_GetItem(list, i as isize)
+                }
+            };
             if item.is_null() {
                 self.recent[site as usize] = cache;
-                return Err(PyErr::fetch(ids.py()));
+                return Err(PyErr::take(ids.py()).unwrap_or_else(|| {
+                    PyTypeError::new_err("request id list changed while being read")
+                }));
             }
             let addr = item as usize;
-            let key = match cache.get(i) {
+            let id = match cache.get(i) {
                 // Tier 1: same object at the same position as last time. Every
                 // cached address is held alive by `by_value`, so it is the same string.
-                Some(&(a, k)) if a == addr => k,
+                Some(&(a, id)) if a == addr => id,
                 _ => {
                     let k = match self.by_addr.get(&addr) {
-                        Some(&k) => k,
+                        Some(&id) => id,
                         None => {
                             // SAFETY: `item` is a live borrowed reference.
                             let bound = unsafe { Bound::from_borrowed_ptr(ids.py(), item) };
@@ -123,15 +174,16 @@ impl Interner {
                     k
                 }
             };
-            out.push(key);
+            out.push(id.key);
+            slots.push(id.slot);
         }
         cache.truncate(n);
         self.recent[site as usize] = cache;
         Ok(())
     }
 
-    /// Key of one id object.
-    pub fn key(&mut self, id: &Bound<'_, PyAny>, new: &mut Vec<(u32, String)>) -> PyResult<u32> {
+    /// Key and slot of one id object.
+    pub fn key(&mut self, id: &Bound<'_, PyAny>, new: &mut Vec<(u32, String)>) -> PyResult<Id> {
         match self.by_addr.get(&(id.as_ptr() as usize)) {
             Some(&k) => Ok(k),
             None => self.key_slow(id, new),
@@ -139,7 +191,7 @@ impl Interner {
     }
 
     #[cold]
-    fn key_slow(&mut self, id: &Bound<'_, PyAny>, new: &mut Vec<(u32, String)>) -> PyResult<u32> {
+    fn key_slow(&mut self, id: &Bound<'_, PyAny>, new: &mut Vec<(u32, String)>) -> PyResult<Id> {
         if let Some(&k) = self.by_addr.get(&(id.as_ptr() as usize)) {
             return Ok(k);
         }
@@ -147,53 +199,76 @@ impl Interner {
         let text = s.to_str()?;
         if let Some(known) = self.by_value.get_mut(text) {
             // Same id, another string object: remember the new one instead.
-            let key = known.key;
+            let found = known.id;
             let old = known.object.as_ptr() as usize;
             known.object = s.clone().unbind();
             self.by_addr.remove(&old);
-            self.by_addr.insert(id.as_ptr() as usize, key);
+            self.by_addr.insert(id.as_ptr() as usize, found);
             self.invalidate_cached(old);
-            return Ok(key);
+            return Ok(found);
         }
         if self.by_value.len() >= MAX_KEYS {
             self.clear();
         }
         let key = self.next;
         self.next = self.next.wrapping_add(1);
+        let live = Live {
+            outputs: 0,
+            text: text.to_owned(),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.live[slot as usize] = live;
+                slot
+            }
+            None => {
+                self.live.push(live);
+                (self.live.len() - 1) as u32
+            }
+        };
+        let found = Id { key, slot };
         self.by_value.insert(
             text.to_owned(),
             Known {
-                key,
+                id: found,
                 object: s.clone().unbind(),
             },
         );
-        self.by_addr.insert(id.as_ptr() as usize, key);
+        self.by_addr.insert(id.as_ptr() as usize, found);
         new.push((key, text.to_owned()));
-        Ok(key)
+        Ok(found)
+    }
+
+    /// The live request in `slot` (from `keys` or `key` during this call;
+    /// None only if the maps were cleared meanwhile).
+    pub fn live(&mut self, slot: u32) -> Option<&mut Live> {
+        self.live.get_mut(slot as usize)
     }
 
     /// Forget a finished request.
-    pub fn forget(&mut self, key: u32) {
-        let mut freed = Vec::new();
-        self.by_value.retain(|_, known| {
-            if known.key == key {
-                freed.push(known.object.as_ptr() as usize);
-                false
-            } else {
-                true
-            }
-        });
-        for addr in freed {
-            self.by_addr.remove(&addr);
-            self.invalidate_cached(addr);
+    pub fn forget(&mut self, id: Id) {
+        let Some(live) = self.live.get_mut(id.slot as usize) else {
+            return;
+        };
+        // A stale id (the maps were cleared since) names someone else's slot.
+        if self.by_value.get(&live.text).map(|k| k.id) != Some(id) {
+            return;
         }
+        let text = std::mem::take(&mut live.text);
+        let Some(known) = self.by_value.remove(&text) else {
+            return;
+        };
+        self.free.push(id.slot);
+        let addr = known.object.as_ptr() as usize;
+        self.by_addr.remove(&addr);
+        self.invalidate_cached(addr);
     }
 
     /// An address is no longer held: no cache may vouch for it any more.
     fn invalidate_cached(&mut self, addr: usize) {
         for cache in &mut self.recent {
             for entry in cache.iter_mut().filter(|(a, _)| *a == addr) {
-                *entry = (0, 0);
+                entry.0 = 0;
             }
         }
     }
@@ -201,6 +276,8 @@ impl Interner {
     fn clear(&mut self) {
         self.by_addr.clear();
         self.by_value.clear();
+        self.live.clear();
+        self.free.clear();
         for cache in &mut self.recent {
             cache.clear();
         }

@@ -9,6 +9,7 @@
 
 mod convert;
 mod intern;
+mod layout;
 mod probe;
 
 use pyo3::prelude::*;
@@ -25,12 +26,20 @@ fn probe_version() -> &'static str {
 fn noop(_args: &Bound<'_, pyo3::types::PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) {
 }
 
+/// Which object layouts are read directly: (lists, ints, floats, numpy).
+#[pyfunction]
+fn direct_reads() -> (bool, bool, bool, bool) {
+    layout::status()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    layout::init(m.py())?;
     m.add_class::<probe::NativeProbe>()?;
     m.add_function(wrap_pyfunction!(probe_version, m)?)?;
     m.add_function(wrap_pyfunction!(probe::monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(noop, m)?)?;
+    m.add_function(wrap_pyfunction!(direct_reads, m)?)?;
     m.add("FORMAT_VERSION", probe_core::FORMAT_VERSION)?;
     Ok(())
 }

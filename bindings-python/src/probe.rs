@@ -58,6 +58,17 @@ impl NativeProbe {
 
     /// Key of each request id in `ids`, recording an arrival for ids never seen.
     fn keys(&self, site: Site, ids: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
+        self.keys_and_slots(site, ids, out, &mut Vec::new())
+    }
+
+    /// `keys`, also giving each request's slot among the live ones.
+    fn keys_and_slots(
+        &self,
+        site: Site,
+        ids: &Bound<'_, PyAny>,
+        out: &mut Vec<u32>,
+        slots: &mut Vec<u32>,
+    ) -> PyResult<()> {
         if ids.is_none() {
             return Ok(());
         }
@@ -65,7 +76,7 @@ impl NativeProbe {
         self.interner
             .lock()
             .map_err(poisoned)?
-            .keys(site, ids, out, &mut new)?;
+            .keys(site, ids, out, slots, &mut new)?;
         self.record_first_sight(new)
     }
 
@@ -284,7 +295,8 @@ impl NativeProbe {
                 .interner
                 .lock()
                 .map_err(poisoned)?
-                .key(id.as_any(), &mut Vec::new())?;
+                .key(id.as_any(), &mut Vec::new())?
+                .key;
             let (trace_id, parent_span_id) = traceparent
                 .as_deref()
                 .and_then(parse_traceparent)
@@ -312,8 +324,10 @@ impl NativeProbe {
         Ok(recorded)
     }
 
-    /// Record finished requests: `(request_id, reason, output_tokens)` tuples.
-    /// The ids are forgotten afterwards.
+    /// Record finished requests: `(request_id, reason, output_tokens)` tuples;
+    /// an `output_tokens` of None is filled in with the outputs this probe
+    /// recorded for the request, if it recorded any. The ids are forgotten
+    /// afterwards.
     fn record_finishes(
         &self,
         finishes: Vec<(Bound<'_, PyAny>, Option<String>, Option<u32>)>,
@@ -322,15 +336,24 @@ impl NativeProbe {
         let mut recorded = 0;
         for (id, reason, output_tokens) in finishes {
             let mut new = Vec::new();
-            let key = self.interner.lock().map_err(poisoned)?.key(&id, &mut new)?;
+            let (known, outputs_seen) = {
+                let mut interner = self.interner.lock().map_err(poisoned)?;
+                let known = interner.key(&id, &mut new)?;
+                // Filled in only for requests whose tokens this probe recorded.
+                let seen = interner
+                    .live(known.slot)
+                    .map(|l| l.outputs)
+                    .filter(|&n| n > 0);
+                (known, seen)
+            };
             self.record_first_sight(new)?;
             let ok = self.record(Record::Finish(RequestFinish {
-                req: key,
+                req: known.key,
                 time_ns: now,
                 reason: finish_reason(reason.as_deref()),
-                output_tokens,
+                output_tokens: output_tokens.or(outputs_seen),
             }))?;
-            self.interner.lock().map_err(poisoned)?.forget(key);
+            self.interner.lock().map_err(poisoned)?.forget(known);
             recorded += usize::from(ok);
         }
         Ok(recorded)
@@ -377,7 +400,8 @@ impl NativeProbe {
     /// Batch columns (one entry per scheduled request): `batch_reqs` (ids),
     /// `prefill`, `decode`, optional `cached`. Token runs (one per request that
     /// got tokens this step): `run_reqs`, `run_first_index` (output index of
-    /// the run's first token), optional `run_counts` (default 1 each).
+    /// the run's first token; None continues each request from the outputs
+    /// this probe has recorded for it), optional `run_counts` (default 1 each).
     /// `run_reqs=None` means one run per batch entry, in batch order (entries
     /// with a count of 0, such as partial prefill chunks, get no run) — the
     /// cheap form, since each id is looked up once.
@@ -387,7 +411,11 @@ impl NativeProbe {
     /// `top_logprobs` (n×k, flat or 2-D). `run_has_logprobs` (bools per run)
     /// keeps logprob data only for the runs whose request asked for it; the
     /// logprob columns then cover either every token or only the tokens of
-    /// those runs.
+    /// those runs. Or, as vLLM hands them over: `sampled_first=True` says
+    /// `top_ids`/`top_logprobs` are n×(k+1) with the sampled token in column
+    /// 0 (its logprob is taken from there when `logprobs` is None), and
+    /// `logprob_rows` gives, per run, the row of its first token in those
+    /// columns (its other tokens follow) — the probe picks the rows itself.
     /// Arrays, nested lists and lists are all accepted. `start_ns` is when the
     /// batch was launched (`monotonic_ns()` then); the end is read now unless
     /// `end_ns` is given.
@@ -395,7 +423,7 @@ impl NativeProbe {
                         token_ids=None, top_k=-1, logprobs=None, ranks=None, top_ids=None,
                         top_logprobs=None, run_counts=None, run_has_logprobs=None, cached=None,
                         waiting=0, running=0, kv_usage=None, preempted=None, finished=None,
-                        texts=None, end_ns=None))]
+                        texts=None, end_ns=None, sampled_first=false, logprob_rows=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_step(
         &self,
@@ -422,6 +450,8 @@ impl NativeProbe {
         finished: Option<Bound<'_, PyAny>>,
         texts: Option<Vec<String>>,
         end_ns: Option<u64>,
+        sampled_first: bool,
+        logprob_rows: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let end = end_ns.unwrap_or_else(clock::monotonic_ns);
         let probe = self.probe()?;
@@ -447,6 +477,8 @@ impl NativeProbe {
                 preempted: opt(&preempted),
                 finished: opt(&finished),
                 texts,
+                sampled_first,
+                logprob_rows: opt(&logprob_rows),
             },
             &mut scratch,
         );
@@ -499,18 +531,25 @@ impl NativeProbe {
 #[derive(Default)]
 pub struct Scratch {
     keys: Vec<u32>,
+    slots: Vec<u32>,
     prefill: Vec<u32>,
     decode: Vec<u32>,
     cached: Vec<u32>,
     firsts: Vec<u32>,
     counts: Vec<u32>,
     has_lp: Vec<u32>,
+    rows: Vec<u32>,
+    raw_ids: Vec<u32>,
+    raw_lps: Vec<f32>,
+    raw_lp: Vec<f32>,
+    raw_ranks: Vec<u32>,
 }
 
 impl Scratch {
     fn clear(&mut self) {
         for v in [
             &mut self.keys,
+            &mut self.slots,
             &mut self.prefill,
             &mut self.decode,
             &mut self.cached,
@@ -541,6 +580,8 @@ struct StepArgs<'a, 'py> {
     preempted: Option<&'a Bound<'py, PyAny>>,
     finished: Option<&'a Bound<'py, PyAny>>,
     texts: Option<Vec<String>>,
+    sampled_first: bool,
+    logprob_rows: Option<&'a Bound<'py, PyAny>>,
 }
 
 fn mismatch(what: &str, got: usize, want: usize) -> PyErr {
@@ -550,10 +591,15 @@ fn mismatch(what: &str, got: usize, want: usize) -> PyErr {
 }
 
 impl NativeProbe {
-    fn fill_step(&self, step: &mut Step, a: StepArgs<'_, '_>, sc: &mut Scratch) -> PyResult<()> {
+    fn fill_step(
+        &self,
+        step: &mut Step,
+        mut a: StepArgs<'_, '_>,
+        sc: &mut Scratch,
+    ) -> PyResult<()> {
         sc.clear();
         // Batch composition.
-        self.keys(Site::Batch, a.batch_reqs, &mut sc.keys)?;
+        self.keys_and_slots(Site::Batch, a.batch_reqs, &mut sc.keys, &mut sc.slots)?;
         let nb = sc.keys.len();
         extend_u32(a.prefill, &mut sc.prefill)?;
         extend_u32(a.decode, &mut sc.decode)?;
@@ -596,19 +642,38 @@ impl NativeProbe {
         // batch order, which saves looking every id up twice.
         if !a.run_reqs.is_none() {
             sc.keys.clear();
-            self.keys(Site::Runs, a.run_reqs, &mut sc.keys)?;
+            sc.slots.clear();
+            self.keys_and_slots(Site::Runs, a.run_reqs, &mut sc.keys, &mut sc.slots)?;
         }
         let nr = sc.keys.len();
-        extend_u32(a.run_first_index, &mut sc.firsts)?;
-        if sc.firsts.len() != nr {
-            return Err(mismatch("run_first_index", sc.firsts.len(), nr));
-        }
         match a.run_counts {
             Some(c) => extend_u32(c, &mut sc.counts)?,
             None => sc.counts.resize(nr, 1),
         }
         if sc.counts.len() != nr {
             return Err(mismatch("run_counts", sc.counts.len(), nr));
+        }
+        {
+            // First output indices as given, or continued from what this probe
+            // recorded; either way the count moves on past this step's runs.
+            let mut interner = self.interner.lock().map_err(poisoned)?;
+            if a.run_first_index.is_none() {
+                sc.firsts.extend(
+                    sc.slots
+                        .iter()
+                        .map(|&slot| interner.live(slot).map_or(0, |l| l.outputs)),
+                );
+            } else {
+                extend_u32(a.run_first_index, &mut sc.firsts)?;
+                if sc.firsts.len() != nr {
+                    return Err(mismatch("run_first_index", sc.firsts.len(), nr));
+                }
+            }
+            for ((&slot, &first), &count) in sc.slots.iter().zip(&sc.firsts).zip(&sc.counts) {
+                if let Some(live) = interner.live(slot) {
+                    live.outputs = first.saturating_add(count);
+                }
+            }
         }
         let n: usize = sc.counts.iter().map(|&c| c as usize).sum();
         match a.run_has_logprobs {
@@ -625,24 +690,36 @@ impl NativeProbe {
             Some(k) if capture_tokens && has != 0 => Some(k as u8),
             _ => None,
         };
-        step.tokens.runs.extend(
-            sc.keys
-                .iter()
-                .zip(&sc.firsts)
-                .zip(&sc.counts)
-                .zip(&sc.has_lp)
-                .filter(|(((_, _), &count), _)| count > 0)
-                .map(|(((&req, &first_index), &count), &has)| TokenRun {
+        let runs = &mut step.tokens.runs;
+        runs.reserve(nr);
+        for (((&req, &first_index), &count), &has) in sc
+            .keys
+            .iter()
+            .zip(&sc.firsts)
+            .zip(&sc.counts)
+            .zip(&sc.has_lp)
+        {
+            if count > 0 {
+                runs.push(TokenRun {
                     req,
                     first_index,
                     count,
                     top_k: run_k(has),
-                }),
-        );
+                });
+            }
+        }
         if !capture_tokens {
             return Ok(());
         }
         let t = &mut step.tokens;
+        if self.capture == CaptureLevel::Text {
+            if let Some(texts) = a.texts.take() {
+                if texts.len() != n {
+                    return Err(mismatch("texts", texts.len(), n));
+                }
+                t.texts = texts;
+            }
+        }
         if let Some(ids) = a.token_ids {
             extend_u32(ids, &mut t.ids.0)?;
             if t.ids.len() != n {
@@ -650,6 +727,9 @@ impl NativeProbe {
             }
         }
         if let (Some(k), Some(keep)) = (given_k, keep_k) {
+            if a.sampled_first || a.logprob_rows.is_some() {
+                return gather_logprobs(t, &a, sc, k, keep, n);
+            }
             let (Some(lp), Some(rk)) = (a.logprobs, a.ranks) else {
                 return Err(PyValueError::new_err(
                     "record_step: top_k >= 0 needs logprobs and ranks",
@@ -693,16 +773,111 @@ impl NativeProbe {
                 select_rows(t, &sc.counts, &sc.has_lp, has_row, k, keep);
             }
         }
-        if self.capture == CaptureLevel::Text {
-            if let Some(texts) = a.texts {
-                if texts.len() != n {
-                    return Err(mismatch("texts", texts.len(), n));
-                }
-                t.texts = texts;
-            }
-        }
         Ok(())
     }
+}
+
+/// Logprob columns picked row by row from the engine's arrays: rows named per
+/// run (`logprob_rows`) or in run order, the sampled token's column first
+/// when `sampled_first`, at most `keep` candidates per token.
+fn gather_logprobs(
+    t: &mut probe_core::event::SampledTokens,
+    a: &StepArgs<'_, '_>,
+    sc: &mut Scratch,
+    k: usize,
+    keep: usize,
+    n: usize,
+) -> PyResult<()> {
+    let width = k + usize::from(a.sampled_first);
+    let skip = usize::from(a.sampled_first);
+    let Some(ranks) = a.ranks else {
+        return Err(PyValueError::new_err("record_step: top_k >= 0 needs ranks"));
+    };
+    sc.raw_ranks.clear();
+    extend_u32(ranks, &mut sc.raw_ranks)?;
+    let rows = sc.raw_ranks.len();
+    sc.raw_ids.clear();
+    sc.raw_lps.clear();
+    if width > 0 {
+        let (Some(ti), Some(tl)) = (a.top_ids, a.top_logprobs) else {
+            return Err(PyValueError::new_err(
+                "record_step: top_k > 0 (or sampled_first) needs top_ids and top_logprobs",
+            ));
+        };
+        extend_u32(ti, &mut sc.raw_ids)?;
+        extend_f32(tl, &mut sc.raw_lps)?;
+        if sc.raw_ids.len() != rows * width || sc.raw_lps.len() != rows * width {
+            return Err(mismatch(
+                "top_ids/top_logprobs",
+                sc.raw_ids.len(),
+                rows * width,
+            ));
+        }
+    }
+    // The sampled token's logprob: its own column, or column 0 of the matrix.
+    sc.raw_lp.clear();
+    match a.logprobs {
+        Some(lp) => {
+            extend_f32(lp, &mut sc.raw_lp)?;
+            if sc.raw_lp.len() != rows {
+                return Err(mismatch("logprobs", sc.raw_lp.len(), rows));
+            }
+        }
+        None if a.sampled_first => {
+            sc.raw_lp
+                .extend(sc.raw_lps.iter().step_by(width.max(1)).copied());
+        }
+        None => {
+            return Err(PyValueError::new_err(
+                "record_step: top_k >= 0 needs logprobs (or sampled_first)",
+            ))
+        }
+    }
+    sc.rows.clear();
+    if let Some(r) = a.logprob_rows {
+        extend_u32(r, &mut sc.rows)?;
+        if sc.rows.len() != sc.counts.len() {
+            return Err(mismatch("logprob_rows", sc.rows.len(), sc.counts.len()));
+        }
+    }
+    // Without named rows: rows for every token (the flags pick) or only for
+    // the flagged runs' tokens, in run order.
+    let every_token = rows == n;
+    let mut cursor = 0usize;
+    for (run, (&count, &has)) in sc.counts.iter().zip(&sc.has_lp).enumerate() {
+        let count = count as usize;
+        let start = match sc.rows.get(run) {
+            Some(&r) => r as usize,
+            None => {
+                let s = cursor;
+                if every_token || has != 0 {
+                    cursor += count;
+                }
+                s
+            }
+        };
+        if has == 0 || count == 0 {
+            continue;
+        }
+        if start + count > rows {
+            return Err(PyValueError::new_err(format!(
+                "record_step: run {run} needs logprob rows {start}..{} of {rows}",
+                start + count
+            )));
+        }
+        for r in start..start + count {
+            t.logprobs.0.push(sc.raw_lp[r]);
+            t.ranks.0.push(sc.raw_ranks[r]);
+            let from = r * width + skip;
+            t.top_ids
+                .0
+                .extend_from_slice(&sc.raw_ids[from..from + keep]);
+            t.top_logprobs
+                .0
+                .extend_from_slice(&sc.raw_lps[from..from + keep]);
+        }
+    }
+    Ok(())
 }
 
 /// Compact logprob columns in place: drop the rows the columns hold for runs

@@ -101,6 +101,56 @@ def test_logprob_rows_of_the_flagged_runs_only(tmp_path: Path):
     np.testing.assert_array_equal(np.float32(t["logprobs"]), lps[rows, 0])
 
 
+def test_vllm_matrices_with_named_rows(tmp_path: Path):
+    # vLLM hands [rows, k+1] matrices with the sampled token in column 0, its
+    # rows in its own order; the probe picks each run's rows itself.
+    probe = NativeProbe(str(tmp_path), top_k_cap=3)
+    ids, lps, ranks = engine_arrays(5)
+    runs = ["req-2", "req-0", "req-3"]  # runs in another order than the rows
+    rows = [2, 0, 3]
+    assert probe.record_step(
+        5, monotonic_ns(), runs, [0, 0, 0], [1, 1, 1], runs, [0, 0, 0],
+        token_ids=[[int(ids[r, 0])] for r in rows], top_k=K, top_ids=ids, top_logprobs=lps,
+        ranks=ranks, sampled_first=True, logprob_rows=rows, run_has_logprobs=[True, False, True])
+    probe.shutdown(10.0)
+    t = records(tmp_path, "Step")[0]["tokens"]
+    kept = [2, 3]  # the rows of the flagged runs
+    assert [r["top_k"] for r in t["runs"]] == [3, None, 3]
+    assert t["ids"] == ids[rows, 0].tolist()
+    assert t["ranks"] == ranks[kept].tolist()
+    assert t["top_ids"] == ids[kept, 1:4].ravel().tolist()
+    np.testing.assert_array_equal(np.float32(t["logprobs"]), lps[kept, 0])
+    np.testing.assert_array_equal(np.float32(t["top_logprobs"]), lps[kept, 1:4].ravel())
+
+
+def test_named_rows_out_of_range_are_refused(tmp_path: Path):
+    probe = NativeProbe(str(tmp_path))
+    ids, lps, ranks = engine_arrays(6)
+    with pytest.raises(ValueError, match="logprob rows"):
+        probe.record_step(6, monotonic_ns(), ["a"], [0], [2], None, [0], token_ids=[1, 2], run_counts=[2],
+                          top_k=K, top_ids=ids, top_logprobs=lps, ranks=ranks, sampled_first=True,
+                          logprob_rows=[N_REQ - 1])
+    probe.shutdown(1.0)
+
+
+def test_output_indices_continue_per_request(tmp_path: Path):
+    # run_first_index=None: the probe continues each request from the outputs
+    # it recorded; a finish without a count gets that count.
+    probe = NativeProbe(str(tmp_path))
+    probe.record_step(0, monotonic_ns(), ["a", "b"], [4, 4], [0, 0], None, None, token_ids=[1, 2])
+    probe.record_step(1, monotonic_ns(), ["b", "a"], [0, 0], [2, 1], None, None,
+                      token_ids=[3, 4, 5], run_counts=[2, 1])
+    probe.record_step(2, monotonic_ns(), ["a"], [0], [1], None, [7], token_ids=[6])  # given: kept
+    probe.record_step(3, monotonic_ns(), ["a", "b"], [0, 0], [1, 1], None, None, token_ids=[7, 8])
+    assert probe.record_finishes([("a", "stop", None), ("b", "length", 99), ("never-ran", "abort", None)]) == 3
+    probe.shutdown(10.0)
+    firsts = [[(r["req"], r["first_index"], r["count"]) for r in s["tokens"]["runs"]]
+              for s in records(tmp_path, "Step")]
+    a, b = records(tmp_path, "Arrival")[0]["req"], records(tmp_path, "Arrival")[1]["req"]
+    assert firsts == [[(a, 0, 1), (b, 0, 1)], [(b, 1, 2), (a, 1, 1)], [(a, 7, 1)], [(a, 8, 1), (b, 3, 1)]]
+    assert [f["output_tokens"] for f in records(tmp_path, "Finish")] == [9, 99, None]
+
+
 def test_capture_metadata_keeps_no_token_data(tmp_path: Path):
     probe = NativeProbe(str(tmp_path), capture="metadata")
     ids, lps, ranks = engine_arrays(2)

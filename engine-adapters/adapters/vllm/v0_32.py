@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import sys
 import time
 from typing import Any
 
@@ -94,15 +95,15 @@ class _SchedState:
     def __init__(self) -> None:
         self.steps = itertools.count()
         self.pending: dict[int, tuple] = {}
-        # Per traced request: prompt length and outputs recorded so far, so the
-        # per-step loops never touch vLLM's Request objects (their properties
-        # are the costly part). Entries leave when the request finishes.
+        # Prompt length per traced request, so the per-step loop never touches
+        # vLLM's Request objects (their properties are the costly part).
+        # Entries leave when the request finishes. Outputs so far are not
+        # kept here: vLLM lists them per running request, and the probe
+        # continues each request's output index itself.
         self.prompt: dict[str, int] = {}
-        self.outputs: dict[str, int] = {}
 
     def forget(self, rid: str) -> None:
         self.prompt.pop(rid, None)
-        self.outputs.pop(rid, None)
 
 
 def _state(sched: Any) -> _SchedState:
@@ -123,6 +124,12 @@ def _patch_scheduler(mod) -> None:
     S = mod.Scheduler
     C.require(S, "__init__", "schedule", "update_from_output", "add_request", "finish_requests",
               where="vllm Scheduler")
+    # The batch composition reads these per running request (see _before_update).
+    output_mod = sys.modules.get("vllm.v1.core.sched.output")
+    fields = getattr(getattr(output_mod, "CachedRequestData", None), "__dataclass_fields__", {})
+    missing = [f for f in ("req_ids", "num_computed_tokens", "num_output_tokens") if f not in fields]
+    if missing:
+        raise C.AdapterError(f"vllm CachedRequestData lacks {', '.join(missing)}")
     C.patch(S, "__init__", _wrap_init)
     C.patch(S, "add_request", _wrap_add_request)
     C.patch(S, "schedule", _wrap_schedule)
@@ -229,39 +236,46 @@ def _wrap_schedule(orig):
 
 
 def _before_update(sched: Any, st: _SchedState, so: Any) -> tuple | None:
-    """Batch composition, from the SchedulerOutput's own lists (computed tokens
-    before the step) and the adapter's per-request counters.
+    """Batch composition, from the SchedulerOutput's own lists (computed
+    tokens before the step, outputs so far) and the adapter's prompt lengths.
 
     This loop runs once per scheduled request per step: it reads dicts only,
-    and falls back to vLLM's Request object for a request it did not see arrive.
+    and falls back to vLLM's Request object for a request it did not see
+    arrive, or one that enters the batch anew (it may be resuming with outputs).
     """
     nst = so.num_scheduled_tokens
     if not nst:
         return None
     cr = so.scheduled_cached_reqs
-    computed = dict(zip(cr.req_ids, cr.num_computed_tokens))
-    # Prefix-cache hits: what a new request had computed before its first step.
-    new = {nr.req_id: nr.num_computed_tokens for nr in so.scheduled_new_reqs}
-    computed.update(new)
-    get_c, get_p, get_o = computed.get, st.prompt.get, st.outputs.get
+    # (computed before the step, outputs so far — in-flight ones included
+    # under async scheduling) per running request.
+    known = dict(zip(cr.req_ids, zip(cr.num_computed_tokens, cr.num_output_tokens)))
+    new: dict[str, int] = {}
+    if so.scheduled_new_reqs:
+        requests = sched.requests
+        for nr in so.scheduled_new_reqs:
+            # num_computed_tokens here counts prefix-cache hits too.
+            new[nr.req_id] = c = nr.num_computed_tokens
+            r = requests.get(nr.req_id)
+            known[nr.req_id] = (c, r.num_output_tokens if r is not None else 0)
+    get_k, get_p = known.get, st.prompt.get
     batch = list(nst)
     prefill: list[int] = []
     decode: list[int] = []
     add_p, add_d = prefill.append, decode.append
     for rid, n in zip(batch, nst.values()):
-        c0 = get_c(rid)
+        co = get_k(rid)
         p = get_p(rid)
-        if c0 is None or p is None:
+        if co is None or p is None:
             r = sched.requests.get(rid)
             if r is None:  # finished or aborted while running: listed, no work
                 add_p(0), add_d(0)
                 continue
-            c0, p = r.num_computed_tokens - n, r.num_prompt_tokens
+            co, p = (r.num_computed_tokens - n, r.num_output_tokens), r.num_prompt_tokens
             st.prompt[rid] = p
-            st.outputs.setdefault(rid, r.num_output_tokens)
         # Prompt positions, and outputs recomputed after a preemption, are
         # prefill work; computing from the last sampled token on is decode.
-        o = get_o(rid, 0)
+        c0, o = co
         if o and c0 >= p + o - 1:
             add_p(0), add_d(n)
         else:
@@ -283,41 +297,28 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     emitted = [o for o in outputs if o.new_token_ids]
     run_ids = [o.request_id for o in emitted]
     tokens = [o.new_token_ids for o in emitted]
-    counts = [len(t) for t in tokens]
-    get_o = st.outputs.get
-    first = [get_o(r, 0) for r in run_ids]
-    st.outputs.update(zip(run_ids, [f + n for f, n in zip(first, counts)]))
     kwargs: dict[str, Any] = {}
     lp = mro.logprobs
     if lp is not None and emitted:
         has_lp = [o.new_logprobs is not None for o in emitted]
-        if any(has_lp):
+        if True in has_lp:
+            # The probe picks each run's rows from vLLM's arrays as they are
+            # ([rows, k+1], sampled token in column 0): no numpy gathers or
+            # slices here. Under speculative decoding a request's rows start
+            # at its cumulative offset.
             index = mro.req_id_to_index
             cu = getattr(lp, "cu_num_generated_tokens", None)
-            if cu is None and max(counts) == 1:
-                rows = [index[r] for r in run_ids]
-            else:
-                rows = []
-                for r, n in zip(run_ids, counts):
-                    i = index[r]
-                    start = cu[i] if cu is not None else i
-                    rows.extend(range(start, start + n))
-            if len(rows) == len(lp.logprobs) and rows == list(range(len(rows))):
-                # The usual step: every row, in batch order. No gather (three
-                # numpy copies, ~20 µs at batch 32): the arrays go as they are.
-                ids, vals, ranks = lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks
-            else:
-                take = np.asarray(rows, dtype=np.intp)
-                ids = lp.logprob_token_ids.take(take, axis=0)
-                vals = lp.logprobs.take(take, axis=0)
-                ranks = lp.sampled_token_ranks.take(take)
-            kwargs = dict(top_k=ids.shape[1] - 1, logprobs=vals[:, 0], ranks=ranks,
-                          top_ids=ids[:, 1:], top_logprobs=vals[:, 1:], run_has_logprobs=has_lp)
-    finishes = [(o.request_id, _FINISH.get(int(o.finish_reason), str(o.finish_reason)),
-                 get_o(o.request_id, 0)) for o in outputs if o.finish_reason is not None]
-    rec.step(step_id, t0, batch, prefill, decode, run_ids, first, token_ids=tokens,
-             run_counts=counts, cached=cached, waiting=waiting, running=running, kv_usage=kv,
-             preempted=preempted, finished=[f[0] for f in finishes] or None, **kwargs)
+            rows = [index[r] for r in run_ids] if cu is None else [cu[index[r]] for r in run_ids]
+            ids = lp.logprob_token_ids
+            kwargs = dict(top_k=ids.shape[1] - 1, top_ids=ids, top_logprobs=lp.logprobs,
+                          ranks=lp.sampled_token_ranks, sampled_first=True, logprob_rows=rows,
+                          run_has_logprobs=has_lp)
+    # Output counts at finish: None lets the probe fill in what it recorded.
+    finishes = [(o.request_id, _FINISH.get(int(o.finish_reason), str(o.finish_reason)), None)
+                for o in outputs if o.finish_reason is not None]
+    rec.step(step_id, t0, batch, prefill, decode, run_ids, None, token_ids=tokens,
+             run_counts=[len(t) for t in tokens], cached=cached, waiting=waiting, running=running,
+             kv_usage=kv, preempted=preempted, finished=[f[0] for f in finishes] or None, **kwargs)
     if finishes:
         rec.finishes(finishes)
         for f in finishes:
