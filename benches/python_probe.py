@@ -3,8 +3,11 @@
 For batch sizes 1, 64 and 256 (one sampled token per request, top-5
 logprobs) and for the shapes engines really hand over:
 
-- ``numpy``: vLLM's LogprobsLists — [n, k+1] arrays, sliced views for top-K;
-- ``nested``: vLLM's ``sampled_token_ids`` (list of lists) with list logprobs;
+- ``vllm``: what the vLLM adapter passes — ``sampled_token_ids`` as a list of
+  lists, and LogprobsLists' [n, k+1] arrays whole (sampled token in column 0),
+  with each run's row named (``sampled_first``, ``logprob_rows``);
+- ``numpy``: one numpy column per field, strided views for top-K;
+- ``nested``: lists of lists (token ids) and list logprobs;
 - ``lists``: SGLang's flat Python lists;
 
 it times (calling thread's CPU time), per step and per token:
@@ -15,7 +18,9 @@ it times (calling thread's CPU time), per step and per token:
   per step with the token columns as attributes (batch span processor,
   exporter that discards).
 
-Also measured: the ``toktrace.pth`` start-up line when tracing is off.
+Batch columns are lists, as adapters build them; output indices are left to
+the probe (``run_first_index=None``), as the adapters do. Also measured: the
+``toktrace.pth`` start-up line when tracing is off.
 
 Usage: python benches/python_probe.py [--quick]
 Needs: the toktrace wheel, numpy, opentelemetry-sdk (tests/requirements.txt).
@@ -33,23 +38,42 @@ import timeit
 
 import numpy as np
 
-from toktrace._native import NativeProbe, monotonic_ns, noop
+from toktrace._native import NativeProbe, direct_reads, monotonic_ns, noop
 
 K = 5
 
 
+SHAPES = ("vllm", "numpy", "nested", "lists")
+
+
 def columns(batch: int, shape: str) -> dict:
+    """The keyword arguments of one step's token data, every shape naming the same keywords."""
     rng = np.random.default_rng(batch)
     ids = rng.integers(0, 150_000, size=(batch, K + 1), dtype=np.int64)
     lps = -np.sort(rng.random((batch, K + 1), dtype=np.float32), axis=1) * 10
     ranks = rng.integers(1, 4, size=batch, dtype=np.int64)
+    none = dict(sampled_first=False, logprob_rows=None)
+    if shape == "vllm":
+        return dict(token_ids=[[int(x)] for x in ids[:, 0]], logprobs=None, ranks=ranks, top_ids=ids,
+                    top_logprobs=lps, sampled_first=True, logprob_rows=list(range(batch)))
     if shape == "numpy":
-        return dict(token_ids=ids[:, 0], logprobs=lps[:, 0], ranks=ranks, top_ids=ids[:, 1:], top_logprobs=lps[:, 1:])
+        return dict(token_ids=ids[:, 0], logprobs=lps[:, 0], ranks=ranks, top_ids=ids[:, 1:],
+                    top_logprobs=lps[:, 1:], **none)
     if shape == "nested":
         return dict(token_ids=[[int(x)] for x in ids[:, 0]], logprobs=lps[:, 0].tolist(), ranks=ranks.tolist(),
-                    top_ids=ids[:, 1:].tolist(), top_logprobs=lps[:, 1:].tolist())
+                    top_ids=ids[:, 1:].tolist(), top_logprobs=lps[:, 1:].tolist(), **none)
     return dict(token_ids=ids[:, 0].tolist(), logprobs=lps[:, 0].tolist(), ranks=ranks.tolist(),
-                top_ids=ids[:, 1:].ravel().tolist(), top_logprobs=lps[:, 1:].ravel().tolist())
+                top_ids=ids[:, 1:].ravel().tolist(), top_logprobs=lps[:, 1:].ravel().tolist(), **none)
+
+
+def candidates(cols: dict) -> tuple:
+    """(token ids, logprobs, top ids, top logprobs) as flat lists, for the SDK's attributes."""
+    top_ids, top_lps = np.asarray(cols["top_ids"]), np.asarray(cols["top_logprobs"])
+    if cols["sampled_first"]:
+        return (np.asarray(cols["token_ids"]).ravel().tolist(), top_lps[:, 0].tolist(),
+                top_ids[:, 1:].ravel().tolist(), top_lps[:, 1:].ravel().tolist())
+    return (np.asarray(cols["token_ids"]).ravel().tolist(), np.asarray(cols["logprobs"]).ravel().tolist(),
+            top_ids.ravel().tolist(), top_lps.ravel().tolist())
 
 
 def per_call(fn, number: int, repeat: int) -> float:
@@ -83,6 +107,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="toktrace-bench-", dir=root)
     probe = NativeProbe(tmp, ring_slots=1024, ring_bytes=64 << 20)
     provider, tracer = make_otel()
+    print(f"direct reads (lists, ints, floats, numpy): {direct_reads()} before the first numpy column")
 
     print(f"{'batch':>5} {'shape':>7} | {'noop ns/step':>12} | {'toktrace ns/step':>16} {'ns/token':>9} "
           f"{'over noop ns/tok':>16} | {'otel ns/step':>12} {'ns/token':>9} {'otel/toktrace':>13}")
@@ -90,28 +115,35 @@ def main() -> None:
         reqs = [f"req-{i}" for i in range(batch)]
         zeros = [0] * batch
         ones = [1] * batch
-        firsts = [7] * batch
-        for shape in ("numpy", "nested", "lists"):
-            cols = columns(batch, shape)
+        for shape in SHAPES:
+            c = columns(batch, shape)
+            tok, lp, rk, ti, tl = c["token_ids"], c["logprobs"], c["ranks"], c["top_ids"], c["top_logprobs"]
+            sf, rows = c["sampled_first"], c["logprob_rows"]
             number = max(200, 200_000 // batch) if not args.quick else max(50, 20_000 // batch)
             step = [0]
 
+            # Explicit keywords, as the adapters call it.
             def call_noop():
-                noop(step[0], 0, reqs, zeros, ones, None, firsts, top_k=K, **cols)
+                noop(step[0], 0, reqs, zeros, ones, None, None, token_ids=tok, top_k=K, logprobs=lp,
+                     ranks=rk, top_ids=ti, top_logprobs=tl, sampled_first=sf, logprob_rows=rows)
 
             def call_probe():
                 step[0] += 1
-                probe.record_step(step[0], monotonic_ns(), reqs, zeros, ones, None, firsts, top_k=K, **cols)
+                probe.record_step(step[0], monotonic_ns(), reqs, zeros, ones, None, None, token_ids=tok,
+                                  top_k=K, logprobs=lp, ranks=rk, top_ids=ti, top_logprobs=tl,
+                                  sampled_first=sf, logprob_rows=rows)
 
             def call_otel():
+                # The SDK takes flat lists of primitives: converting is part of its cost.
+                t_ids, t_lps, c_ids, c_lps = candidates(c)
                 with tracer.start_as_current_span("step") as span:
                     span.set_attribute("step", step[0])
                     span.set_attribute("req_ids", reqs)
-                    span.set_attribute("token_ids", np.asarray(cols["token_ids"]).ravel().tolist())
-                    span.set_attribute("logprobs", np.asarray(cols["logprobs"]).ravel().tolist())
-                    span.set_attribute("ranks", np.asarray(cols["ranks"]).ravel().tolist())
-                    span.set_attribute("top_ids", np.asarray(cols["top_ids"]).ravel().tolist())
-                    span.set_attribute("top_logprobs", np.asarray(cols["top_logprobs"]).ravel().tolist())
+                    span.set_attribute("token_ids", t_ids)
+                    span.set_attribute("logprobs", t_lps)
+                    span.set_attribute("ranks", np.asarray(rk).ravel().tolist())
+                    span.set_attribute("top_ids", c_ids)
+                    span.set_attribute("top_logprobs", c_lps)
 
             t_noop = per_call(call_noop, number, repeat)
             t_probe = per_call(call_probe, number, repeat)

@@ -453,6 +453,114 @@ fn extend<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<()> {
     Ok(())
 }
 
+/// A row-major table of numbers to pick rows from: a 2-D numpy array read in
+/// place, or any other column copied once into a flat vector.
+pub enum Matrix<'a, T> {
+    InPlace(ArrayView<'a>),
+    Copied { values: Vec<T>, width: usize },
+}
+
+impl<'a, T: Num> Matrix<'a, T> {
+    /// `obj` as rows of `width` values; a numpy array of that width is read in
+    /// place, anything else is copied (and must hold whole rows).
+    pub fn new(obj: &'a Bound<'_, PyAny>, width: usize) -> PyResult<Matrix<'a, T>> {
+        if let Some(a) = layout::ndarray(obj) {
+            if a.shape.len() == 2 && a.shape[1] as usize == width {
+                return Ok(Matrix::InPlace(a));
+            }
+        }
+        let mut values = Vec::new();
+        extend(obj, &mut values)?;
+        if width > 0 && values.len() % width != 0 {
+            return Err(PyValueError::new_err(format!(
+                "a logprob table of {} values is not made of rows of {width}",
+                values.len()
+            )));
+        }
+        Ok(Matrix::Copied { values, width })
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::InPlace(a) => a.shape[0].max(0) as usize,
+            Matrix::Copied { values, width } => values.len().checked_div(*width).unwrap_or(0),
+        }
+    }
+
+    /// Append, for each row in `rows`, its `n` values from column `col` on.
+    /// False if a row is out of range, `col + n` exceeds the width, or a value
+    /// does not fit `T`.
+    pub fn gather(&self, rows: &[u32], col: usize, n: usize, out: &mut Vec<T>) -> bool {
+        let height = self.rows();
+        if rows.iter().any(|&r| r as usize >= height) {
+            return false;
+        }
+        match self {
+            Matrix::InPlace(a) => {
+                if col + n > a.shape[1].max(0) as usize {
+                    return false;
+                }
+                // SAFETY (all arms): rows and columns were checked against the shape above.
+                unsafe {
+                    match a.elem {
+                        Elem::I8 => gather_typed::<i8, T>(a, rows, col, n, out),
+                        Elem::U8 => gather_typed::<u8, T>(a, rows, col, n, out),
+                        Elem::I16 => gather_typed::<i16, T>(a, rows, col, n, out),
+                        Elem::U16 => gather_typed::<u16, T>(a, rows, col, n, out),
+                        Elem::I32 => gather_typed::<i32, T>(a, rows, col, n, out),
+                        Elem::U32 => gather_typed::<u32, T>(a, rows, col, n, out),
+                        Elem::I64 => gather_typed::<i64, T>(a, rows, col, n, out),
+                        Elem::U64 => gather_typed::<u64, T>(a, rows, col, n, out),
+                        Elem::F32 => gather_typed::<f32, T>(a, rows, col, n, out),
+                        Elem::F64 => gather_typed::<f64, T>(a, rows, col, n, out),
+                    }
+                }
+            }
+            Matrix::Copied { values, width } => {
+                if col + n > *width {
+                    return false;
+                }
+                out.reserve(rows.len() * n);
+                for &r in rows {
+                    let from = r as usize * width + col;
+                    out.extend(values[from..from + n].iter().copied());
+                }
+                true
+            }
+        }
+    }
+}
+
+/// # Safety
+/// Every `rows[i] < shape[0]` and `col + n <= shape[1]` of the 2-D array `a`.
+unsafe fn gather_typed<S: Src, T: Num>(
+    a: &ArrayView<'_>,
+    rows: &[u32],
+    col: usize,
+    n: usize,
+    out: &mut Vec<T>,
+) -> bool {
+    let total = rows.len() * n;
+    out.reserve(total);
+    let start = out.len();
+    let dst = &mut out.spare_capacity_mut()[..total];
+    let (s0, s1) = (a.strides[0], a.strides[1]);
+    let mut ok = true;
+    for (&r, chunk) in rows.iter().zip(dst.chunks_exact_mut(n.max(1))) {
+        let mut p = a.data.offset(r as isize * s0 + col as isize * s1);
+        for d in chunk.iter_mut().take(n) {
+            let (v, good) = p.cast::<S>().read_unaligned().conv::<T>();
+            d.write(v);
+            ok &= good;
+            p = p.offset(s1);
+        }
+    }
+    // SAFETY: every one of the `total` slots was written above.
+    out.set_len(start + total);
+    ok
+}
+
 /// Append unsigned integers (token ids, ranks, counts) from an array, list or iterable.
 pub fn extend_u32(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
     extend(obj, out)

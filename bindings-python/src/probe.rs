@@ -6,7 +6,7 @@
 //! so a probe built before a fork costs the child nothing; after a fork the
 //! child calls `reset_after_fork` and gets its own ring, thread and directory.
 
-use crate::convert::{extend_f32, extend_u32, u32s};
+use crate::convert::{extend_f32, extend_u32, u32s, Matrix};
 use crate::intern::{Interner, Site};
 use probe_core::event::{
     BatchEntry, CaptureLevel, EmitBatch, FinishReason, ProcessInfo, Record, RequestArrival,
@@ -539,8 +539,7 @@ pub struct Scratch {
     counts: Vec<u32>,
     has_lp: Vec<u32>,
     rows: Vec<u32>,
-    raw_ids: Vec<u32>,
-    raw_lps: Vec<f32>,
+    picked: Vec<u32>,
     raw_lp: Vec<f32>,
     raw_ranks: Vec<u32>,
 }
@@ -796,42 +795,37 @@ fn gather_logprobs(
     sc.raw_ranks.clear();
     extend_u32(ranks, &mut sc.raw_ranks)?;
     let rows = sc.raw_ranks.len();
-    sc.raw_ids.clear();
-    sc.raw_lps.clear();
-    if width > 0 {
-        let (Some(ti), Some(tl)) = (a.top_ids, a.top_logprobs) else {
+    let tables = match (a.top_ids, a.top_logprobs) {
+        (Some(ti), Some(tl)) if width > 0 => {
+            let ids = Matrix::<u32>::new(ti, width)?;
+            let lps = Matrix::<f32>::new(tl, width)?;
+            if ids.rows() != rows || lps.rows() != rows {
+                return Err(mismatch(
+                    "top_ids/top_logprobs rows",
+                    ids.rows().min(lps.rows()),
+                    rows,
+                ));
+            }
+            Some((ids, lps))
+        }
+        _ if width > 0 => {
             return Err(PyValueError::new_err(
                 "record_step: top_k > 0 (or sampled_first) needs top_ids and top_logprobs",
-            ));
-        };
-        extend_u32(ti, &mut sc.raw_ids)?;
-        extend_f32(tl, &mut sc.raw_lps)?;
-        if sc.raw_ids.len() != rows * width || sc.raw_lps.len() != rows * width {
-            return Err(mismatch(
-                "top_ids/top_logprobs",
-                sc.raw_ids.len(),
-                rows * width,
-            ));
-        }
-    }
-    // The sampled token's logprob: its own column, or column 0 of the matrix.
-    sc.raw_lp.clear();
-    match a.logprobs {
-        Some(lp) => {
-            extend_f32(lp, &mut sc.raw_lp)?;
-            if sc.raw_lp.len() != rows {
-                return Err(mismatch("logprobs", sc.raw_lp.len(), rows));
-            }
-        }
-        None if a.sampled_first => {
-            sc.raw_lp
-                .extend(sc.raw_lps.iter().step_by(width.max(1)).copied());
-        }
-        None => {
-            return Err(PyValueError::new_err(
-                "record_step: top_k >= 0 needs logprobs (or sampled_first)",
             ))
         }
+        _ => None,
+    };
+    // The sampled token's logprob: its own column, or column 0 of the table.
+    sc.raw_lp.clear();
+    if let Some(lp) = a.logprobs {
+        extend_f32(lp, &mut sc.raw_lp)?;
+        if sc.raw_lp.len() != rows {
+            return Err(mismatch("logprobs", sc.raw_lp.len(), rows));
+        }
+    } else if !a.sampled_first {
+        return Err(PyValueError::new_err(
+            "record_step: top_k >= 0 needs logprobs (or sampled_first)",
+        ));
     }
     sc.rows.clear();
     if let Some(r) = a.logprob_rows {
@@ -840,42 +834,52 @@ fn gather_logprobs(
             return Err(mismatch("logprob_rows", sc.rows.len(), sc.counts.len()));
         }
     }
-    // Without named rows: rows for every token (the flags pick) or only for
-    // the flagged runs' tokens, in run order.
+    // The rows kept, in token order: named per run, or in run order — rows
+    // for every token (the flags pick) or only for the flagged runs' tokens.
     let every_token = rows == n;
     let mut cursor = 0usize;
+    sc.picked.clear();
     for (run, (&count, &has)) in sc.counts.iter().zip(&sc.has_lp).enumerate() {
-        let count = count as usize;
         let start = match sc.rows.get(run) {
-            Some(&r) => r as usize,
+            Some(&r) => r,
             None => {
-                let s = cursor;
+                let s = cursor as u32;
                 if every_token || has != 0 {
-                    cursor += count;
+                    cursor += count as usize;
                 }
                 s
             }
         };
-        if has == 0 || count == 0 {
-            continue;
+        if has != 0 {
+            sc.picked.extend(start..start.saturating_add(count));
         }
-        if start + count > rows {
-            return Err(PyValueError::new_err(format!(
-                "record_step: run {run} needs logprob rows {start}..{} of {rows}",
-                start + count
-            )));
+    }
+    if let Some(&r) = sc.picked.iter().find(|&&r| r as usize >= rows) {
+        return Err(PyValueError::new_err(format!(
+            "record_step: a token needs logprob row {r}, the columns hold {rows}"
+        )));
+    }
+    let picked = &sc.picked;
+    t.ranks
+        .0
+        .extend(picked.iter().map(|&r| sc.raw_ranks[r as usize]));
+    if !sc.raw_lp.is_empty() {
+        t.logprobs
+            .0
+            .extend(picked.iter().map(|&r| sc.raw_lp[r as usize]));
+    }
+    if let Some((ids, lps)) = &tables {
+        let failed = (sc.raw_lp.is_empty() && !lps.gather(picked, 0, 1, &mut t.logprobs.0))
+            || !ids.gather(picked, skip, keep, &mut t.top_ids.0)
+            || !lps.gather(picked, skip, keep, &mut t.top_logprobs.0);
+        if failed {
+            return Err(PyValueError::new_err(
+                "record_step: a logprob table holds a value out of range",
+            ));
         }
-        for r in start..start + count {
-            t.logprobs.0.push(sc.raw_lp[r]);
-            t.ranks.0.push(sc.raw_ranks[r]);
-            let from = r * width + skip;
-            t.top_ids
-                .0
-                .extend_from_slice(&sc.raw_ids[from..from + keep]);
-            t.top_logprobs
-                .0
-                .extend_from_slice(&sc.raw_lps[from..from + keep]);
-        }
+    }
+    if t.logprobs.len() != picked.len() {
+        return Err(mismatch("logprobs", t.logprobs.len(), picked.len()));
     }
     Ok(())
 }

@@ -126,7 +126,7 @@ def test_vllm_matrices_with_named_rows(tmp_path: Path):
 def test_named_rows_out_of_range_are_refused(tmp_path: Path):
     probe = NativeProbe(str(tmp_path))
     ids, lps, ranks = engine_arrays(6)
-    with pytest.raises(ValueError, match="logprob rows"):
+    with pytest.raises(ValueError, match="logprob row"):
         probe.record_step(6, monotonic_ns(), ["a"], [0], [2], None, [0], token_ids=[1, 2], run_counts=[2],
                           top_k=K, top_ids=ids, top_logprobs=lps, ranks=ranks, sampled_first=True,
                           logprob_rows=[N_REQ - 1])

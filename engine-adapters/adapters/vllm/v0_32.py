@@ -316,7 +316,10 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     # Output counts at finish: None lets the probe fill in what it recorded.
     finishes = [(o.request_id, _FINISH.get(int(o.finish_reason), str(o.finish_reason)), None)
                 for o in outputs if o.finish_reason is not None]
-    rec.step(step_id, t0, batch, prefill, decode, run_ids, None, token_ids=tokens,
+    # Every scheduled request got tokens, in batch order (a decode-only step):
+    # the probe takes the runs from the batch and looks no id up twice.
+    runs = None if run_ids == batch else run_ids
+    rec.step(step_id, t0, batch, prefill, decode, runs, None, token_ids=tokens,
              run_counts=[len(t) for t in tokens], cached=cached, waiting=waiting, running=running,
              kv_usage=kv, preempted=preempted, finished=[f[0] for f in finishes] or None, **kwargs)
     if finishes:
