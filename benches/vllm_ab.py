@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--logprobs", type=int, default=5)
+    ap.add_argument("--logprobs", type=int, default=5, help="top logprobs per token; -1 asks for none")
     args = ap.parse_args()
     if not os.environ.get("TOKTRACE_DIR"):
         print("vllm_ab: set TOKTRACE_DIR (the 'on' rounds write there)", file=sys.stderr)
@@ -46,7 +46,8 @@ def main() -> int:
     assert rec is not None, "the adapter did not activate"
     words = "the little girl saw a red ball in the garden and she ran to get it".split()
     prompts = [" ".join(words[i % len(words):] + words[: i % len(words)]) for i in range(args.requests)]
-    params = SamplingParams(max_tokens=args.tokens, ignore_eos=True, temperature=0.8, logprobs=args.logprobs)
+    params = SamplingParams(max_tokens=args.tokens, ignore_eos=True, temperature=0.8,
+                            logprobs=args.logprobs if args.logprobs >= 0 else None)
 
     def run(on: bool) -> float:
         rec.enabled = on
