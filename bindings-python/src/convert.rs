@@ -561,6 +561,27 @@ unsafe fn gather_typed<S: Src, T: Num>(
     ok
 }
 
+/// The length of each inner list when `obj` is a list of `n` lists (token
+/// ids handed over one list per run); false, leaving `out` alone, otherwise.
+pub fn inner_lengths(obj: &Bound<'_, PyAny>, n: usize, out: &mut Vec<u32>) -> bool {
+    let p = obj.as_ptr();
+    if !layout::is_direct_list(p) {
+        return false;
+    }
+    // SAFETY: `p` passed `is_direct_list`; nothing here runs Python code.
+    let items = unsafe { layout::list_items(p) };
+    if items.len() != n || !items.iter().all(|&i| layout::is_direct_list(i)) {
+        return false;
+    }
+    out.extend(
+        items
+            .iter()
+            // SAFETY: each item passed `is_direct_list` just above.
+            .map(|&i| unsafe { layout::list_items(i) }.len() as u32),
+    );
+    true
+}
+
 /// Append unsigned integers (token ids, ranks, counts) from an array, list or iterable.
 pub fn extend_u32(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
     extend(obj, out)

@@ -12,9 +12,10 @@
 //! 3. A map from the id's text to its key, for a string object seen for the
 //!    first time (ids deserialized afresh each step land here every time).
 //!
-//! Each live request also owns a slot in a table (`Live`): the outputs
-//! recorded so far, so a run's first output index can be continued here
-//! rather than counted by every adapter. Slots are reused; keys never are.
+//! Each live request also owns a slot in a table (`Live`): its prompt length
+//! and the outputs recorded so far, so a run's first output index, and a
+//! batch entry's split into prefill and decode work, can be worked out here
+//! rather than by every adapter. Slots are reused; keys never are.
 //!
 //! Keys are forgotten when the request finishes; if finishes never come, the
 //! maps are cleared past a cap instead of growing without bound.
@@ -85,6 +86,8 @@ struct Known {
 pub struct Live {
     /// Outputs recorded so far (the next run's first output index).
     pub outputs: u32,
+    /// Prompt tokens, as the arrival record gave them.
+    pub prompt: Option<u32>,
     /// The id's text, to forget the request by its slot.
     text: String,
 }
@@ -214,6 +217,7 @@ impl Interner {
         self.next = self.next.wrapping_add(1);
         let live = Live {
             outputs: 0,
+            prompt: None,
             text: text.to_owned(),
         };
         let slot = match self.free.pop() {

@@ -6,7 +6,7 @@
 //! so a probe built before a fork costs the child nothing; after a fork the
 //! child calls `reset_after_fork` and gets its own ring, thread and directory.
 
-use crate::convert::{extend_f32, extend_u32, u32s, Matrix};
+use crate::convert::{extend_f32, extend_u32, inner_lengths, u32s, Matrix};
 use crate::intern::{Interner, Site};
 use probe_core::event::{
     BatchEntry, CaptureLevel, EmitBatch, FinishReason, ProcessInfo, Record, RequestArrival,
@@ -291,12 +291,14 @@ impl NativeProbe {
         ) in arrivals
         {
             // The arrival written here is the first sight: no extra record.
-            let key = self
-                .interner
-                .lock()
-                .map_err(poisoned)?
-                .key(id.as_any(), &mut Vec::new())?
-                .key;
+            let key = {
+                let mut interner = self.interner.lock().map_err(poisoned)?;
+                let known = interner.key(id.as_any(), &mut Vec::new())?;
+                if let Some(live) = interner.live(known.slot) {
+                    live.prompt = prompt;
+                }
+                known.key
+            };
             let (trace_id, parent_span_id) = traceparent
                 .as_deref()
                 .and_then(parse_traceparent)
@@ -398,10 +400,16 @@ impl NativeProbe {
     /// Record one engine iteration: batch composition and every token sampled.
     ///
     /// Batch columns (one entry per scheduled request): `batch_reqs` (ids),
-    /// `prefill`, `decode`, optional `cached`. Token runs (one per request that
+    /// `prefill`, `decode`, optional `cached`. Or, with `prefill` and
+    /// `decode` None, `scheduled` (tokens scheduled this step) and `computed`
+    /// (tokens computed before it): the probe splits them into prefill and
+    /// decode work from the prompt length it was told at arrival and the
+    /// outputs it recorded. Token runs (one per request that
     /// got tokens this step): `run_reqs`, `run_first_index` (output index of
     /// the run's first token; None continues each request from the outputs
-    /// this probe has recorded for it), optional `run_counts` (default 1 each).
+    /// this probe has recorded for it), optional `run_counts` (default: the
+    /// length of each run's list when `token_ids` is a list of lists, one per
+    /// run; else 1 each).
     /// `run_reqs=None` means one run per batch entry, in batch order (entries
     /// with a count of 0, such as partial prefill chunks, get no run) — the
     /// cheap form, since each id is looked up once.
@@ -423,7 +431,8 @@ impl NativeProbe {
                         token_ids=None, top_k=-1, logprobs=None, ranks=None, top_ids=None,
                         top_logprobs=None, run_counts=None, run_has_logprobs=None, cached=None,
                         waiting=0, running=0, kv_usage=None, preempted=None, finished=None,
-                        texts=None, end_ns=None, sampled_first=false, logprob_rows=None))]
+                        texts=None, end_ns=None, sampled_first=false, logprob_rows=None,
+                        scheduled=None, computed=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_step(
         &self,
@@ -452,6 +461,8 @@ impl NativeProbe {
         end_ns: Option<u64>,
         sampled_first: bool,
         logprob_rows: Option<Bound<'_, PyAny>>,
+        scheduled: Option<Bound<'_, PyAny>>,
+        computed: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let end = end_ns.unwrap_or_else(clock::monotonic_ns);
         let probe = self.probe()?;
@@ -479,6 +490,8 @@ impl NativeProbe {
                 texts,
                 sampled_first,
                 logprob_rows: opt(&logprob_rows),
+                scheduled: opt(&scheduled),
+                computed: opt(&computed),
             },
             &mut scratch,
         );
@@ -581,6 +594,8 @@ struct StepArgs<'a, 'py> {
     texts: Option<Vec<String>>,
     sampled_first: bool,
     logprob_rows: Option<&'a Bound<'py, PyAny>>,
+    scheduled: Option<&'a Bound<'py, PyAny>>,
+    computed: Option<&'a Bound<'py, PyAny>>,
 }
 
 fn mismatch(what: &str, got: usize, want: usize) -> PyErr {
@@ -600,8 +615,12 @@ impl NativeProbe {
         // Batch composition.
         self.keys_and_slots(Site::Batch, a.batch_reqs, &mut sc.keys, &mut sc.slots)?;
         let nb = sc.keys.len();
-        extend_u32(a.prefill, &mut sc.prefill)?;
-        extend_u32(a.decode, &mut sc.decode)?;
+        if a.prefill.is_none() && a.decode.is_none() {
+            self.classify(&a, sc)?;
+        } else {
+            extend_u32(a.prefill, &mut sc.prefill)?;
+            extend_u32(a.decode, &mut sc.decode)?;
+        }
         if let Some(c) = a.cached {
             extend_u32(c, &mut sc.cached)?;
         }
@@ -645,9 +664,10 @@ impl NativeProbe {
             self.keys_and_slots(Site::Runs, a.run_reqs, &mut sc.keys, &mut sc.slots)?;
         }
         let nr = sc.keys.len();
-        match a.run_counts {
-            Some(c) => extend_u32(c, &mut sc.counts)?,
-            None => sc.counts.resize(nr, 1),
+        match (a.run_counts, a.token_ids) {
+            (Some(c), _) => extend_u32(c, &mut sc.counts)?,
+            (None, Some(ids)) if inner_lengths(ids, nr, &mut sc.counts) => {}
+            (None, _) => sc.counts.resize(nr, 1),
         }
         if sc.counts.len() != nr {
             return Err(mismatch("run_counts", sc.counts.len(), nr));
@@ -771,6 +791,43 @@ impl NativeProbe {
                 let has_row = |run: usize| !picked || sc.has_lp[run] != 0;
                 select_rows(t, &sc.counts, &sc.has_lp, has_row, k, keep);
             }
+        }
+        Ok(())
+    }
+}
+
+impl NativeProbe {
+    /// Prefill and decode tokens per batch entry from what was scheduled and
+    /// the tokens computed before the step: positions before the prompt's end
+    /// plus the outputs recorded so far (less the last one, whose token is fed
+    /// back) are prefill work — the prompt, or outputs recomputed after a
+    /// preemption; from there on it is decode. The prompt length comes from
+    /// the arrival record; for a request whose arrival this probe did not see
+    /// it counts as 0, so only its outputs tell prefill from decode.
+    fn classify(&self, a: &StepArgs<'_, '_>, sc: &mut Scratch) -> PyResult<()> {
+        let (Some(scheduled), Some(computed)) = (a.scheduled, a.computed) else {
+            return Err(PyValueError::new_err(
+                "record_step: without prefill and decode, give scheduled and computed",
+            ));
+        };
+        let nb = sc.keys.len();
+        extend_u32(scheduled, &mut sc.prefill)?;
+        extend_u32(computed, &mut sc.decode)?;
+        if sc.prefill.len() != nb {
+            return Err(mismatch("scheduled", sc.prefill.len(), nb));
+        }
+        if sc.decode.len() != nb {
+            return Err(mismatch("computed", sc.decode.len(), nb));
+        }
+        let mut interner = self.interner.lock().map_err(poisoned)?;
+        for ((p_out, d_out), &slot) in sc.prefill.iter_mut().zip(&mut sc.decode).zip(&sc.slots) {
+            let (n, computed) = (*p_out, *d_out);
+            let (prompt, outputs) = interner
+                .live(slot)
+                .map_or((0, 0), |l| (l.prompt.unwrap_or(0), l.outputs));
+            let decoding =
+                outputs > 0 && u64::from(computed) + 1 >= u64::from(prompt) + u64::from(outputs);
+            (*p_out, *d_out) = if decoding { (0, n) } else { (n, 0) };
         }
         Ok(())
     }

@@ -135,13 +135,15 @@ def test_named_rows_out_of_range_are_refused(tmp_path: Path):
 
 def test_output_indices_continue_per_request(tmp_path: Path):
     # run_first_index=None: the probe continues each request from the outputs
-    # it recorded; a finish without a count gets that count.
+    # it recorded; a finish without a count gets that count. An empty token
+    # list is a run of 0 tokens, dropped.
     probe = NativeProbe(str(tmp_path))
     probe.record_step(0, monotonic_ns(), ["a", "b"], [4, 4], [0, 0], None, None, token_ids=[1, 2])
-    probe.record_step(1, monotonic_ns(), ["b", "a"], [0, 0], [2, 1], None, None,
-                      token_ids=[3, 4, 5], run_counts=[2, 1])
+    # One token list per run: the counts come from the lists.
+    probe.record_step(1, monotonic_ns(), ["b", "a"], [0, 0], [2, 1], None, None, token_ids=[[3, 4], [5]])
     probe.record_step(2, monotonic_ns(), ["a"], [0], [1], None, [7], token_ids=[6])  # given: kept
-    probe.record_step(3, monotonic_ns(), ["a", "b"], [0, 0], [1, 1], None, None, token_ids=[7, 8])
+    probe.record_step(3, monotonic_ns(), ["a", "b", "c"], [0, 0, 3], [1, 1, 0], None, None,
+                      token_ids=[[7], [8], []])
     assert probe.record_finishes([("a", "stop", None), ("b", "length", 99), ("never-ran", "abort", None)]) == 3
     probe.shutdown(10.0)
     firsts = [[(r["req"], r["first_index"], r["count"]) for r in s["tokens"]["runs"]]
@@ -149,6 +151,34 @@ def test_output_indices_continue_per_request(tmp_path: Path):
     a, b = records(tmp_path, "Arrival")[0]["req"], records(tmp_path, "Arrival")[1]["req"]
     assert firsts == [[(a, 0, 1), (b, 0, 1)], [(b, 1, 2), (a, 1, 1)], [(a, 7, 1)], [(a, 8, 1), (b, 3, 1)]]
     assert [f["output_tokens"] for f in records(tmp_path, "Finish")] == [9, 99, None]
+
+
+def test_the_probe_splits_scheduled_tokens_into_prefill_and_decode(tmp_path: Path):
+    # scheduled/computed instead of prefill/decode: the prompt length comes
+    # from the arrival, the outputs from the runs recorded.
+    probe = NativeProbe(str(tmp_path))
+    probe.record_arrivals([("a", None, None, 10, None, None, None, None, None, None, None),
+                           ("b", None, None, 6, None, None, None, None, None, None, None)])
+
+    def step(i, reqs, scheduled, computed, runs=None, counts=None):
+        assert probe.record_step(i, monotonic_ns(), reqs, None, None, runs, None, scheduled=scheduled,
+                                 computed=computed, run_counts=counts)
+
+    step(0, ["a", "b"], [8, 6], [0, 0], ["b"], [1])    # a: first chunk; b: whole prompt, 1 token
+    step(1, ["a", "b"], [2, 1], [8, 6], ["a", "b"], [1, 1])  # a: last chunk, 1 token; b: decode
+    step(2, ["a", "b"], [1, 1], [10, 7])               # both decode
+    step(3, ["b"], [9], [0])                           # b preempted: prompt + 3 outputs recomputed
+    step(4, ["c"], [5], [0], [], [])                   # no arrival seen: no outputs yet, prefill
+    probe.shutdown(10.0)
+    got = [[(b["prefill_tokens"], b["decode_tokens"]) for b in s["batch"]] for s in records(tmp_path, "Step")]
+    assert got == [[(8, 0), (6, 0)], [(2, 0), (0, 1)], [(0, 1), (0, 1)], [(9, 0)], [(5, 0)]]
+
+
+def test_scheduled_without_computed_is_refused(tmp_path: Path):
+    probe = NativeProbe(str(tmp_path))
+    with pytest.raises(ValueError, match="scheduled and computed"):
+        probe.record_step(0, monotonic_ns(), ["a"], None, None, [], [], scheduled=[3])
+    probe.shutdown(1.0)
 
 
 def test_capture_metadata_keeps_no_token_data(tmp_path: Path):

@@ -78,7 +78,15 @@ class Recorder:
 
     def step(self, *args: Any, **kwargs: Any) -> bool:
         """One engine iteration; see ``NativeProbe.record_step``."""
-        return self._call("record_step", self.native.record_step, False, *args, **kwargs)
+        # ``_call`` inlined: this runs once per engine step, and each level of
+        # argument forwarding repacks a dozen keywords.
+        if not self.enabled:
+            return False
+        try:
+            return self.native.record_step(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            self._fail("record_step", exc)
+            return False
 
     def arrivals(self, arrivals: list[tuple]) -> int:
         """Request arrivals; see ``NativeProbe.record_arrivals``."""

