@@ -582,6 +582,33 @@ pub fn inner_lengths(obj: &Bound<'_, PyAny>, n: usize, out: &mut Vec<u32>) -> bo
     true
 }
 
+/// Append one flag (0 or 1) per item: a list item is unset when it is None,
+/// False or 0 and set otherwise (so a list of the engine's per-run logprob
+/// objects, None where a request asked for none, works as it is); an array or
+/// other column is read as numbers.
+pub fn extend_flags(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
+    let p = obj.as_ptr();
+    if !layout::is_direct_list(p) {
+        let start = out.len();
+        extend_u32(obj, out)?;
+        for v in &mut out[start..] {
+            *v = u32::from(*v != 0);
+        }
+        return Ok(());
+    }
+    let nums = layout::numbers();
+    // SAFETY: `p` passed `is_direct_list`; nothing here runs Python code; the
+    // None and False singletons are statics.
+    unsafe {
+        let (none, no) = (ffi::Py_None(), ffi::Py_False());
+        out.extend(layout::list_items(p).iter().map(|&item| {
+            let unset = item == none || item == no || nums.int_value(item) == Some(0);
+            u32::from(!unset)
+        }));
+    }
+    Ok(())
+}
+
 /// Append unsigned integers (token ids, ranks, counts) from an array, list or iterable.
 pub fn extend_u32(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
     extend(obj, out)

@@ -6,7 +6,7 @@
 //! so a probe built before a fork costs the child nothing; after a fork the
 //! child calls `reset_after_fork` and gets its own ring, thread and directory.
 
-use crate::convert::{extend_f32, extend_u32, inner_lengths, u32s, Matrix};
+use crate::convert::{extend_f32, extend_flags, extend_u32, inner_lengths, u32s, Matrix};
 use crate::intern::{Interner, Site};
 use probe_core::event::{
     BatchEntry, CaptureLevel, EmitBatch, FinishReason, ProcessInfo, Record, RequestArrival,
@@ -416,8 +416,9 @@ impl NativeProbe {
     /// Token columns over all n tokens, in run order: `token_ids`; with
     /// `top_k >= 0` also `logprobs`, `ranks` (1 = best; 0 where the engine
     /// reports no rank, read back as null) and, for k > 0, `top_ids` and
-    /// `top_logprobs` (n×k, flat or 2-D). `run_has_logprobs` (bools per run)
-    /// keeps logprob data only for the runs whose request asked for it; the
+    /// `top_logprobs` (n×k, flat or 2-D). `run_has_logprobs` (per run: a
+    /// bool, or any object with None meaning no) keeps logprob data only for
+    /// the runs whose request asked for it; the
     /// logprob columns then cover either every token or only the tokens of
     /// those runs. Or, as vLLM hands them over: `sampled_first=True` says
     /// `top_ids`/`top_logprobs` are n×(k+1) with the sampled token in column
@@ -696,7 +697,7 @@ impl NativeProbe {
         }
         let n: usize = sc.counts.iter().map(|&c| c as usize).sum();
         match a.run_has_logprobs {
-            Some(m) => extend_u32(m, &mut sc.has_lp)?,
+            Some(m) => extend_flags(m, &mut sc.has_lp)?,
             None => sc.has_lp.resize(nr, 1),
         }
         if sc.has_lp.len() != nr {

@@ -83,6 +83,18 @@ def test_logprob_mask_and_top_k_cap(tmp_path: Path):
     assert t["top_ids"] == ids[[0, 2], 1:3].ravel().tolist()
 
 
+def test_logprob_flags_may_be_the_engines_objects(tmp_path: Path):
+    # vLLM's per-output logprobs objects, None where a request asked for none.
+    probe = NativeProbe(str(tmp_path))
+    ids, lps, ranks = engine_arrays(1)
+    cols = dict(shapes(ids, lps, ranks))["numpy-strided"]
+    assert record(probe, 1, cols, run_has_logprobs=[object(), None, "lists", False])
+    probe.shutdown(10.0)
+    t = records(tmp_path, "Step")[0]["tokens"]
+    assert [r["top_k"] for r in t["runs"]] == [K, None, K, None]
+    assert t["ranks"] == ranks[[0, 2]].tolist()
+
+
 def test_logprob_rows_of_the_flagged_runs_only(tmp_path: Path):
     # Columns may also hold rows only for the runs flagged with logprobs
     # (SGLang and TensorRT-LLM build them that way): same trace as the mask.

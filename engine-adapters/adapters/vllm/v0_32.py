@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import operator
 import sys
 import time
 from typing import Any
@@ -251,6 +252,10 @@ def _before_update(sched: Any, st: _SchedState, so: Any) -> tuple | None:
 
 
 _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
+# EngineCoreOutput fields, read per output in C rather than per bytecode.
+_REQUEST_ID = operator.attrgetter("request_id")
+_NEW_TOKEN_IDS = operator.attrgetter("new_token_ids")
+_NEW_LOGPROBS = operator.attrgetter("new_logprobs")
 
 
 def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> int:
@@ -264,13 +269,15 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
         o for eco in out.values() for o in eco.outputs]
     # Every output is a run (its token list gives the count); the probe drops
     # runs of 0 tokens.
-    run_ids = [o.request_id for o in outputs]
-    tokens = [o.new_token_ids for o in outputs]
+    run_ids = list(map(_REQUEST_ID, outputs))
+    tokens = list(map(_NEW_TOKEN_IDS, outputs))
     kwargs: dict[str, Any] = {}
     lp = mro.logprobs
     if lp is not None and outputs:
-        has_lp = [o.new_logprobs is not None for o in outputs]
-        if True in has_lp:
+        # Each run's logprobs object, None where the request asked for none:
+        # the probe reads None as "no logprobs".
+        has_lp = list(map(_NEW_LOGPROBS, outputs))
+        if has_lp.count(None) != len(has_lp):
             # The probe picks each run's rows from vLLM's arrays as they are
             # ([rows, k+1], sampled token in column 0): no numpy gathers or
             # slices here. Under speculative decoding a request's rows start
