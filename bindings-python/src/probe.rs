@@ -852,16 +852,17 @@ fn gather_logprobs(
     };
     sc.raw_ranks.clear();
     extend_u32(ranks, &mut sc.raw_ranks)?;
-    let rows = sc.raw_ranks.len();
+    // Rows the engine's columns hold.
+    let height = sc.raw_ranks.len();
     let tables = match (a.top_ids, a.top_logprobs) {
         (Some(ti), Some(tl)) if width > 0 => {
             let ids = Matrix::<u32>::new(ti, width)?;
             let lps = Matrix::<f32>::new(tl, width)?;
-            if ids.rows() != rows || lps.rows() != rows {
+            if ids.rows() != height || lps.rows() != height {
                 return Err(mismatch(
                     "top_ids/top_logprobs rows",
                     ids.rows().min(lps.rows()),
-                    rows,
+                    height,
                 ));
             }
             Some((ids, lps))
@@ -877,8 +878,8 @@ fn gather_logprobs(
     sc.raw_lp.clear();
     if let Some(lp) = a.logprobs {
         extend_f32(lp, &mut sc.raw_lp)?;
-        if sc.raw_lp.len() != rows {
-            return Err(mismatch("logprobs", sc.raw_lp.len(), rows));
+        if sc.raw_lp.len() != height {
+            return Err(mismatch("logprobs", sc.raw_lp.len(), height));
         }
     } else if !a.sampled_first {
         return Err(PyValueError::new_err(
@@ -894,7 +895,7 @@ fn gather_logprobs(
     }
     // The rows kept, in token order: named per run, or in run order — rows
     // for every token (the flags pick) or only for the flagged runs' tokens.
-    let every_token = rows == n;
+    let every_token = height == n;
     let mut cursor = 0usize;
     sc.picked.clear();
     for (run, (&count, &has)) in sc.counts.iter().zip(&sc.has_lp).enumerate() {
@@ -912,9 +913,9 @@ fn gather_logprobs(
             sc.picked.extend(start..start.saturating_add(count));
         }
     }
-    if let Some(&r) = sc.picked.iter().find(|&&r| r as usize >= rows) {
+    if let Some(&r) = sc.picked.iter().find(|&&r| r as usize >= height) {
         return Err(PyValueError::new_err(format!(
-            "record_step: a token needs logprob row {r}, the columns hold {rows}"
+            "record_step: a token needs logprob row {r}, the columns hold {height} rows"
         )));
     }
     let picked = &sc.picked;

@@ -42,8 +42,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
-
 from toktrace.adapters import _common as C
 from toktrace.probe import get_recorder
 
@@ -227,7 +225,7 @@ def _wrap_schedule(orig):
     return schedule
 
 
-def _before_update(sched: Any, st: _SchedState, so: Any) -> tuple | None:
+def _before_update(so: Any) -> tuple | None:
     """Batch composition, from the SchedulerOutput's own lists: the running
     requests (``scheduled_cached_reqs``) then the new ones, each with the
     tokens computed before the step and the tokens scheduled now. The probe
@@ -313,7 +311,7 @@ def _wrap_update_from_output(orig):
         ta = time.monotonic_ns()
         pre = None
         try:
-            pre = _before_update(self, _state(self), scheduler_output)
+            pre = _before_update(scheduler_output)
         except Exception as exc:  # noqa: BLE001
             _guard.failed("update_from_output (before)", exc)
         tb = time.monotonic_ns()
