@@ -609,6 +609,43 @@ pub fn extend_flags(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> 
     Ok(())
 }
 
+/// For each id in the list `ids`, its value in the dict `map` (an engine's
+/// request-id → row table), `u32::MAX` where it has none. None when `map` is
+/// not a dict or `ids` not a list.
+pub fn lookup_each(
+    map: &Bound<'_, PyAny>,
+    ids: &Bound<'_, PyAny>,
+    out: &mut Vec<u32>,
+) -> Option<PyResult<()>> {
+    let (m, l) = (map.as_ptr(), ids.as_ptr());
+    // SAFETY: type checks on live objects.
+    if unsafe { ffi::PyDict_Check(m) == 0 || ffi::PyList_Check(l) == 0 } {
+        return None;
+    }
+    let nums = layout::numbers();
+    for item in items(l) {
+        if item.is_null() {
+            return Some(Err(PyTypeError::new_err("column changed while being read")));
+        }
+        // SAFETY: a borrowed item of a live list; PyDict_GetItem returns a
+        // borrowed value (or null, never raising). Request ids are str, whose
+        // hashing and comparison run no Python code.
+        let value = unsafe { ffi::PyDict_GetItem(m, item) };
+        out.push(if value.is_null() {
+            u32::MAX
+        } else {
+            match nums.int_value(value).map(u32::from_i64) {
+                Some((v, true)) => v,
+                _ => match u32::from_object(value) {
+                    Some(v) => v,
+                    None => return Some(Err(bad_value())),
+                },
+            }
+        });
+    }
+    Some(Ok(()))
+}
+
 /// Append unsigned integers (token ids, ranks, counts) from an array, list or iterable.
 pub fn extend_u32(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
     extend(obj, out)

@@ -6,7 +6,9 @@
 //! so a probe built before a fork costs the child nothing; after a fork the
 //! child calls `reset_after_fork` and gets its own ring, thread and directory.
 
-use crate::convert::{extend_f32, extend_flags, extend_u32, inner_lengths, u32s, Matrix};
+use crate::convert::{
+    extend_f32, extend_flags, extend_u32, inner_lengths, lookup_each, u32s, Matrix,
+};
 use crate::intern::{Interner, Site};
 use probe_core::event::{
     BatchEntry, CaptureLevel, EmitBatch, FinishReason, ProcessInfo, Record, RequestArrival,
@@ -424,7 +426,8 @@ impl NativeProbe {
     /// `top_ids`/`top_logprobs` are n×(k+1) with the sampled token in column
     /// 0 (its logprob is taken from there when `logprobs` is None), and
     /// `logprob_rows` gives, per run, the row of its first token in those
-    /// columns (its other tokens follow) — the probe picks the rows itself.
+    /// columns (its other tokens follow), as a list or as a dict from request
+    /// id to row — the probe picks the rows itself.
     /// Arrays, nested lists and lists are all accepted. `start_ns` is when the
     /// batch was launched (`monotonic_ns()` then); the end is read now unless
     /// `end_ns` is given.
@@ -888,7 +891,15 @@ fn gather_logprobs(
     }
     sc.rows.clear();
     if let Some(r) = a.logprob_rows {
-        extend_u32(r, &mut sc.rows)?;
+        let run_ids = if a.run_reqs.is_none() {
+            a.batch_reqs
+        } else {
+            a.run_reqs
+        };
+        match lookup_each(r, run_ids, &mut sc.rows) {
+            Some(done) => done?,
+            None => extend_u32(r, &mut sc.rows)?,
+        }
         if sc.rows.len() != sc.counts.len() {
             return Err(mismatch("logprob_rows", sc.rows.len(), sc.counts.len()));
         }

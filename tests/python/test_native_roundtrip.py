@@ -113,17 +113,20 @@ def test_logprob_rows_of_the_flagged_runs_only(tmp_path: Path):
     np.testing.assert_array_equal(np.float32(t["logprobs"]), lps[rows, 0])
 
 
-def test_vllm_matrices_with_named_rows(tmp_path: Path):
+@pytest.mark.parametrize("named", ["list", "dict"])
+def test_vllm_matrices_with_named_rows(tmp_path: Path, named: str):
     # vLLM hands [rows, k+1] matrices with the sampled token in column 0, its
-    # rows in its own order; the probe picks each run's rows itself.
+    # rows in its own order; the probe picks each run's rows itself, from a
+    # row per run or from vLLM's request-id -> row dict.
     probe = NativeProbe(str(tmp_path), top_k_cap=3)
     ids, lps, ranks = engine_arrays(5)
     runs = ["req-2", "req-0", "req-3"]  # runs in another order than the rows
     rows = [2, 0, 3]
+    named_rows = rows if named == "list" else {"req-0": 0, "req-1": 1, "req-2": 2, "req-3": 3}
     assert probe.record_step(
         5, monotonic_ns(), runs, [0, 0, 0], [1, 1, 1], runs, [0, 0, 0],
         token_ids=[[int(ids[r, 0])] for r in rows], top_k=K, top_ids=ids, top_logprobs=lps,
-        ranks=ranks, sampled_first=True, logprob_rows=rows, run_has_logprobs=[True, False, True])
+        ranks=ranks, sampled_first=True, logprob_rows=named_rows, run_has_logprobs=[True, None, True])
     probe.shutdown(10.0)
     t = records(tmp_path, "Step")[0]["tokens"]
     kept = [2, 3]  # the rows of the flagged runs

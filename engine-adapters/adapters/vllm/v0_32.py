@@ -254,6 +254,7 @@ _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
 _REQUEST_ID = operator.attrgetter("request_id")
 _NEW_TOKEN_IDS = operator.attrgetter("new_token_ids")
 _NEW_LOGPROBS = operator.attrgetter("new_logprobs")
+_FINISH_REASON = operator.attrgetter("finish_reason")
 
 
 def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> int:
@@ -269,35 +270,34 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     # runs of 0 tokens.
     run_ids = list(map(_REQUEST_ID, outputs))
     tokens = list(map(_NEW_TOKEN_IDS, outputs))
-    kwargs: dict[str, Any] = {}
+    # Logprob columns: vLLM's [rows, k+1] arrays as they are (sampled token
+    # in column 0); the probe picks each run's row through req_id_to_index
+    # (under speculative decoding a request's rows start at its cumulative
+    # offset instead). Runs whose request asked for none have None here.
+    top_k, ids, vals, ranks, has_lp, rows = -1, None, None, None, None, None
     lp = mro.logprobs
     if lp is not None and outputs:
-        # Each run's logprobs object, None where the request asked for none:
-        # the probe reads None as "no logprobs".
         has_lp = list(map(_NEW_LOGPROBS, outputs))
         if has_lp.count(None) != len(has_lp):
-            # The probe picks each run's rows from vLLM's arrays as they are
-            # ([rows, k+1], sampled token in column 0): no numpy gathers or
-            # slices here. Under speculative decoding a request's rows start
-            # at its cumulative offset. (Rows of runs without logprobs are
-            # never read.)
-            row = mro.req_id_to_index.get
+            ids, vals, ranks = lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks
+            top_k = ids.shape[1] - 1
             cu = getattr(lp, "cu_num_generated_tokens", None)
-            rows = [row(r, 0) for r in run_ids] if cu is None else [cu[row(r, 0)] for r in run_ids]
-            ids = lp.logprob_token_ids
-            kwargs = dict(top_k=ids.shape[1] - 1, top_ids=ids, top_logprobs=lp.logprobs,
-                          ranks=lp.sampled_token_ranks, sampled_first=True, logprob_rows=rows,
-                          run_has_logprobs=has_lp)
-    # Output counts at finish: None lets the probe fill in what it recorded.
-    finishes = [(o.request_id, _FINISH.get(int(o.finish_reason), str(o.finish_reason)), None)
-                for o in outputs if o.finish_reason is not None]
+            index = mro.req_id_to_index
+            rows = index if cu is None else [cu[index.get(r, 0)] for r in run_ids]
+    reasons = list(map(_FINISH_REASON, outputs))
+    finishes = None
+    if reasons.count(None) != len(reasons):
+        # Output counts at finish: None lets the probe fill in what it recorded.
+        finishes = [(o.request_id, _FINISH.get(int(r), str(r)), None)
+                    for o, r in zip(outputs, reasons) if r is not None]
     # Runs in batch order (the usual step): the probe takes them from the
     # batch and looks no id up twice.
     runs = None if run_ids == batch else run_ids
     rec.step(step_id, t0, batch, None, None, runs, None, token_ids=tokens, scheduled=scheduled,
-             computed=computed, cached=cached, waiting=waiting,
-             running=running, kv_usage=kv, preempted=preempted,
-             finished=[f[0] for f in finishes] or None, **kwargs)
+             computed=computed, cached=cached, waiting=waiting, running=running, kv_usage=kv,
+             preempted=preempted, finished=[f[0] for f in finishes] if finishes else None,
+             top_k=top_k, top_ids=ids, top_logprobs=vals, ranks=ranks, sampled_first=True,
+             logprob_rows=rows, run_has_logprobs=has_lp)
     if finishes:
         rec.finishes(finishes)
     return t0
