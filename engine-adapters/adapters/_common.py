@@ -118,6 +118,19 @@ def special_token_ids(obj: Any) -> dict[str, Any]:
     return out
 
 
+def special_tokens(model_dir: str | None, *sources: Any) -> dict[str, Any]:
+    """``Recorder.process`` keywords for the special tokens: bos/eos/pad and
+    special ids of each tokenizer or config in `sources` (later ones win),
+    then every special token `model_dir`'s tokenizer.json declares."""
+    out: dict[str, Any] = {}
+    for source in sources:
+        out.update(special_token_ids(source))
+    declared = special_tokens_from_dir(model_dir)
+    if declared:
+        out["special"] = declared
+    return out
+
+
 def local_dir(path: str | None) -> str | None:
     """`path` if it is a local directory (a model path rather than a hub name)."""
     return path if path and os.path.isdir(path) else None

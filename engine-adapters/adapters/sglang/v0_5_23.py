@@ -229,11 +229,7 @@ def _process_info(sched: Any, dp: int | None) -> dict[str, Any]:
             ("page_size", str(getattr(args, "page_size", None))),
         ],
     )
-    info.update(C.special_token_ids(hf))
-    info.update(C.special_token_ids(getattr(sched, "tokenizer", None)))
-    special = C.special_tokens_from_dir(model_path)
-    if special:
-        info["special"] = special
+    info.update(C.special_tokens(model_path, hf, getattr(sched, "tokenizer", None)))
     return info
 
 
@@ -570,10 +566,7 @@ def _wrap_tm_init(orig: Callable) -> Callable:
                 path = C.local_dir(getattr(self, "model_path", None))
                 info: dict[str, Any] = dict(engine=ENGINE, engine_version=_version, model_path=path,
                                             role="frontend")
-                info.update(C.special_token_ids(getattr(self, "tokenizer", None)))
-                special = C.special_tokens_from_dir(path)
-                if special:
-                    info["special"] = special
+                info.update(C.special_tokens(path, getattr(self, "tokenizer", None)))
                 rec.process(**info)
         except Exception as exc:  # noqa: BLE001
             _guard.failed("TokenizerManager.__init__", exc)

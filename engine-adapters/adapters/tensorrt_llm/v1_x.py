@@ -369,10 +369,7 @@ def _process_info(ex: Any) -> dict[str, Any]:
             ("kv_cache_manager", type(kv).__name__ if kv is not None else "None"),
         ],
     )
-    info.update(C.special_token_ids(hf))
-    special = C.special_tokens_from_dir(model_path)
-    if special:
-        info["special"] = special
+    info.update(C.special_tokens(model_path, hf))
     return info
 
 
@@ -401,44 +398,35 @@ def _prompt_len(req: Any) -> int:
 # ===== arrivals =====
 
 
-def _wrap_enqueue_request(orig: Callable) -> Callable:
-    def enqueue_request(self: Any, *args: Any, **kwargs: Any) -> Any:
-        live = _recording(self, create=True)
-        if live is None:
-            return orig(self, *args, **kwargs)
-        st = live[0]
-        # Held across the call: the loop thread may activate the request as
-        # soon as it is queued, and its arrival must find the time kept here.
-        with st.lock:
-            t = time.monotonic_ns()
-            rid = orig(self, *args, **kwargs)
-            try:
-                if isinstance(rid, int):
-                    _stash(st, [rid], t)
-            except Exception as exc:  # noqa: BLE001
-                _guard.failed("PyExecutor.enqueue_request", exc)
-        return rid
+def _wrap_enqueue(what: str, ids_of: Callable[[Any], list[int]]) -> Callable:
+    """A wrapper for ``PyExecutor.<what>`` keeping each enqueued request's
+    time; `ids_of` turns the call's result into request ids."""
 
-    return enqueue_request
+    def wrap(orig: Callable) -> Callable:
+        def enqueue(self: Any, *args: Any, **kwargs: Any) -> Any:
+            live = _recording(self, create=True)
+            if live is None:
+                return orig(self, *args, **kwargs)
+            st = live[0]
+            # Held across the call: the loop thread may activate the request
+            # as soon as it is queued, and its arrival must find the time kept here.
+            with st.lock:
+                t = time.monotonic_ns()
+                result = orig(self, *args, **kwargs)
+                try:
+                    _stash(st, ids_of(result), t)
+                except Exception as exc:  # noqa: BLE001
+                    _guard.failed(f"PyExecutor.{what}", exc)
+            return result
+
+        return enqueue
+
+    return wrap
 
 
-def _wrap_enqueue_requests(orig: Callable) -> Callable:
-    def enqueue_requests(self: Any, *args: Any, **kwargs: Any) -> Any:
-        live = _recording(self, create=True)
-        if live is None:
-            return orig(self, *args, **kwargs)
-        st = live[0]
-        with st.lock:
-            t = time.monotonic_ns()
-            rids = orig(self, *args, **kwargs)
-            try:
-                if rids:
-                    _stash(st, [r for r in rids if isinstance(r, int)], t)
-            except Exception as exc:  # noqa: BLE001
-                _guard.failed("PyExecutor.enqueue_requests", exc)
-        return rids
-
-    return enqueue_requests
+_wrap_enqueue_request = _wrap_enqueue("enqueue_request", lambda rid: [rid] if isinstance(rid, int) else [])
+_wrap_enqueue_requests = _wrap_enqueue(
+    "enqueue_requests", lambda rids: [r for r in rids or () if isinstance(r, int)])
 
 
 def _stash(st: _ExecState, rids: list[int], t: int) -> None:

@@ -161,10 +161,7 @@ def _engine_process_info(sched: Any) -> dict[str, Any]:
             ("max_num_batched_tokens", str(getattr(sched.scheduler_config, "max_num_batched_tokens", None))),
         ],
     )
-    info.update(C.special_token_ids(hf))
-    special = C.special_tokens_from_dir(model_path)
-    if special:
-        info["special"] = special
+    info.update(C.special_tokens(model_path, hf))
     return info
 
 
