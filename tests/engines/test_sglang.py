@@ -26,7 +26,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from trace_tokens import step_tokens  # noqa: E402
+from trace_tokens import requests_of, tokens_by_request  # noqa: E402
 
 SCENARIOS = HERE / "sglang_scenarios.py"
 STUB = HERE / "sgl_kernel_stub"
@@ -78,21 +78,9 @@ class Trace:
         assert len(self.scheduler) == 1, roles
         recs = by_proc[self.scheduler[0]]
         self.info = next(r["Process"] for r in recs if "Process" in r)
-        self.ids: dict[int, str] = {}  # key -> rid
-        self.arrivals: dict[str, dict] = {}
-        for r in recs:
-            if "Arrival" in r:
-                self.ids[r["Arrival"]["req"]] = r["Arrival"]["internal_id"]
-                self.arrivals[r["Arrival"]["internal_id"]] = r["Arrival"]
-        self.finishes = {self.ids[r["Finish"]["req"]]: r["Finish"] for r in recs if "Finish" in r}
+        self.ids, self.arrivals, self.finishes = requests_of(recs)  # ids: key -> rid
         self.steps = [r["Step"] for r in recs if "Step" in r]
-        self.tokens: dict[str, list[dict]] = defaultdict(list)  # rid -> tokens by index
-        for s in self.steps:
-            for req, tok in step_tokens(s):
-                tok["step"] = s
-                self.tokens[self.ids[req]].append(tok)
-        for toks in self.tokens.values():
-            toks.sort(key=lambda x: x["index"])
+        self.tokens = tokens_by_request(self.steps, self.ids)  # rid -> tokens by index
 
     def work(self, rid: str) -> tuple[int, int, int]:
         """(prefill, cached, decode) tokens the trace's steps give the request."""

@@ -22,7 +22,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "vllm_scenarios.py"
 sys.path.insert(0, str(HERE.parent))
-from trace_tokens import step_tokens  # noqa: E402
+from trace_tokens import requests_of, tokens_by_request  # noqa: E402
 
 
 def toktrace_cli() -> str:
@@ -59,18 +59,9 @@ class Trace:
         assert len(self.engine) == 1, roles
         eng = by_proc[self.engine[0]]
         self.anchor = next(r["Header"]["anchor"] for r in eng if "Header" in r)
-        self.ids = {}  # engine key -> internal id
-        for r in eng:
-            if "Arrival" in r:
-                self.ids[r["Arrival"]["req"]] = r["Arrival"]["internal_id"]
+        self.ids = requests_of(eng)[0]  # engine key -> internal id
         self.steps = [r["Step"] for r in eng if "Step" in r]
-        self.tokens: dict[str, list[dict]] = defaultdict(list)  # internal id -> tokens by index
-        for s in self.steps:
-            for req, tok in step_tokens(s):
-                tok["step"] = s
-                self.tokens[self.ids[req]].append(tok)
-        for toks in self.tokens.values():
-            toks.sort(key=lambda x: x["index"])
+        self.tokens = tokens_by_request(self.steps, self.ids)  # internal id -> tokens by index
         # internal id -> external id, from the frontend
         self.external = {}
         for p in self.frontend:

@@ -31,7 +31,7 @@ import pytest
 from conftest import SUPPORT, cli_json, clean_env, dump, process_dirs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from trace_tokens import step_tokens  # noqa: E402
+from trace_tokens import requests_of, tokens_by_request  # noqa: E402
 
 SHAPES = SUPPORT / "trtllm_shapes"
 DRIVE = SHAPES / "drive.py"
@@ -90,22 +90,9 @@ class Trace:
         [self.pdir] = process_dirs(path)
         recs = [r["record"] for r in dump(self.pdir)]
         self.info = next(r["Process"] for r in recs if "Process" in r)
-        self.ids: dict[int, str] = {}
-        self.arrivals: dict[str, dict] = {}
-        for r in recs:
-            if "Arrival" in r:
-                self.ids[r["Arrival"]["req"]] = r["Arrival"]["internal_id"]
-                self.arrivals[r["Arrival"]["internal_id"]] = r["Arrival"]
-        self.finishes = {self.ids[r["Finish"]["req"]]: r["Finish"] for r in recs if "Finish" in r}
+        self.ids, self.arrivals, self.finishes = requests_of(recs)
         self.steps = [r["Step"] for r in recs if "Step" in r]
-        self.tokens: dict[str, list[dict]] = defaultdict(list)
-        for n, s in enumerate(self.steps):
-            for req, tok in step_tokens(s):
-                tok["step"] = n
-                tok["has_lp"] = "logprob" in tok
-                self.tokens[self.ids[req]].append(tok)
-        for toks in self.tokens.values():
-            toks.sort(key=lambda x: x["index"])
+        self.tokens = tokens_by_request(self.steps, self.ids)
 
     def rows(self, n: int) -> list[list]:
         """Step n's batch as [request id, prefill, decode, cached]."""
@@ -163,9 +150,9 @@ def check_tokens(engine: dict, trace: Trace) -> int:
         assert [t["token_id"] for t in got] == [t["token"] for t in toks], rid
         for g, w in zip(got, toks):
             if w["logprob"] is None:
-                assert not g["has_lp"], (rid, w["index"])
+                assert "logprob" not in g, (rid, w["index"])
                 continue
-            assert g["has_lp"] and close(g["logprob"], w["logprob"]), (rid, w["index"], g, w)
+            assert "logprob" in g and close(g["logprob"], w["logprob"]), (rid, w["index"], g, w)
             if w["rank"] is None:
                 assert not g["rank"], (rid, w["index"], g["rank"])  # not given: null, never guessed
             else:
@@ -200,7 +187,7 @@ def check_steps(engine: dict, trace: Trace) -> list[tuple[dict, list[list]]]:
             assert step["end_ns"] <= delivered, (n, step["end_ns"] - delivered)
     for rid, toks in engine_tokens(engine).items():
         for got, want in zip(trace.tokens[rid], toks):
-            assert got["step"] == step_of_launch[want["launch"]], (rid, want["index"])
+            assert got["step_no"] == step_of_launch[want["launch"]], (rid, want["index"])
     return expected
 
 
@@ -219,7 +206,7 @@ def test_shape_context_only_first_step(tmp_path: Path, layout: str):
     check_tokens(engine, trace)
     # The first step is the whole prompt and nothing else; its only token is the first one.
     assert trace.rows(0) == [[str(rid), 12, 0, 0]]
-    assert [t["index"] for t in trace.tokens[str(rid)] if t["step"] == 0] == [0]
+    assert [t["index"] for t in trace.tokens[str(rid)] if t["step_no"] == 0] == [0]
     assert all(row[1] == 0 and row[2] == 1 for n in range(1, len(trace.steps)) for row in trace.rows(n))
 
 
@@ -257,7 +244,7 @@ def test_shape_chunked_context_counts_each_chunk(tmp_path: Path, layout: str, ov
         assert sum(chunks) + sum(cached) == prompt == trace.arrivals[rid]["prompt_tokens"]
         # No token before the last chunk; the first token in the last chunk's step.
         first = next(t for t in trace.tokens[rid] if t["index"] == 0)
-        assert first["step"] == steps[-1], (client, first["step"], steps)
+        assert first["step_no"] == steps[-1], (client, first["step_no"], steps)
 
 
 @pytest.mark.parametrize("layout", ["2026", "2025"])
@@ -301,7 +288,7 @@ def test_shape_paused_request_is_reported_and_prefilled_again(tmp_path: Path, la
     assert len(paused) == 1 and trace.names(trace.steps[paused[0]]["preempted"]) == [rid]
     assert trace.steps[paused[0]]["start_ns"] <= launch["t_ns"]
     # Prefilled again from the start: the prompt plus what it had generated.
-    before = [t for t in trace.tokens[rid] if t["step"] < paused[0]]
+    before = [t for t in trace.tokens[rid] if t["step_no"] < paused[0]]
     again = [r for n in range(paused[0], len(trace.steps)) for r in trace.rows(n) if r[0] == rid and r[1]]
     assert sum(r[1] for r in again) == 12 + len(before) and all(r[3] == 0 for r in again)
     assert [t["index"] for t in trace.tokens[rid]] == list(range(7))
@@ -337,9 +324,9 @@ def test_shape_logprobs_sampled_only_simple_format_and_none(tmp_path: Path, layo
     check_steps(engine, trace)
     check_tokens(engine, trace)
     dict_rid, simple_rid, none_rid = (str(engine["clients"][c][0]) for c in ("1", "2", "3"))
-    assert all(t["has_lp"] and t["rank"] >= 1 and t["top"] == [] for t in trace.tokens[dict_rid])
-    assert all(t["has_lp"] and not t["rank"] and t["top"] == [] for t in trace.tokens[simple_rid])  # rank: null
-    assert not any(t["has_lp"] for t in trace.tokens[none_rid])
+    assert all("logprob" in t and t["rank"] >= 1 and t["top"] == [] for t in trace.tokens[dict_rid])
+    assert all("logprob" in t and not t["rank"] and t["top"] == [] for t in trace.tokens[simple_rid])  # rank: null
+    assert not any("logprob" in t for t in trace.tokens[none_rid])
     assert trace.arrivals[none_rid]["params"]["logprobs"] is None
     assert trace.arrivals[dict_rid]["params"]["logprobs"] == 0
 
@@ -387,7 +374,7 @@ def test_shape_cancelled_request_finishes_as_abort(tmp_path: Path, layout: str):
     assert fin["reason"] == "Abort", fin
     assert fin["output_tokens"] == len(engine_tokens(engine)[rid]) < 12
     # Its last tokens are recorded before its finish, and nothing after.
-    last_step = max(t["step"] for t in trace.tokens[rid])
+    last_step = max(t["step_no"] for t in trace.tokens[rid])
     assert all(r[0] != rid for n in range(last_step + 1, len(trace.steps)) for r in trace.rows(n))
 
 
@@ -422,7 +409,7 @@ def test_shape_process_info_and_arrivals(tmp_path: Path):
         assert a["prompt_tokens"] == next(r["prompt"] for r in spec["requests"] if str(r["client"]) == client)
         # Arrival is when the executor accepted the request, before it was ever scheduled.
         assert a["arrival_ns"] <= engine["enqueued_ns"][rid]
-        first = min(t["step"] for t in trace.tokens[rid])
+        first = min(t["step_no"] for t in trace.tokens[rid])
         assert a["arrival_ns"] < trace.steps[first]["start_ns"]
 
 
