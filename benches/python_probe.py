@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -154,6 +155,8 @@ def main() -> None:
             sys.stdout.flush()
     probe.shutdown(30.0)
     provider.shutdown()
+    # The trace is ~1 GB on tmpfs, i.e. memory: never leave it behind.
+    shutil.rmtree(tmp, ignore_errors=True)
     ring_full, too_big, write_failed, _ = probe.drops()
     print(f"(ring drops during the run: {ring_full} full, {too_big} too big, {write_failed} write failures; "
           "a drop still pays the full record cost, so per-step figures are unaffected)")
