@@ -374,24 +374,32 @@ fn from_list_direct<T: Num>(list: *mut ffi::PyObject, out: &mut Vec<T>) -> Optio
             ok &= good;
             flat += 1;
         }
-        out.set_len(start + flat);
-        // Then lists of numbers (vLLM's per-request token lists), or a bail-out.
+        // Then lists of numbers (vLLM's per-request token lists), or a
+        // bail-out. The length lives in a local until the end: storing it per
+        // item would chain every item to the one before through memory.
+        let mut len = start + flat;
         for &item in &items[flat..] {
-            if let Some((v, good)) = T::direct(nums, item) {
-                out.push(v);
-                ok &= good;
-            } else if layout::is_direct_list(item) {
-                let inner = layout::list_items(item);
-                out.reserve(inner.len());
-                for &x in inner {
-                    let (v, good) = T::direct(nums, x)?;
-                    out.push(v);
-                    ok &= good;
-                }
+            let inner: &[*mut ffi::PyObject] = if layout::is_direct_list(item) {
+                layout::list_items(item)
             } else {
-                return None;
+                std::slice::from_ref(&item)
+            };
+            if out.capacity() - len < inner.len() {
+                out.set_len(len);
+                out.reserve(inner.len().max(items.len()));
             }
+            let dst = out.as_mut_ptr().add(len);
+            for (j, &x) in inner.iter().enumerate() {
+                let Some((v, good)) = T::direct(nums, x) else {
+                    out.set_len(len);
+                    return None;
+                };
+                dst.add(j).write(v);
+                ok &= good;
+            }
+            len += inner.len();
         }
+        out.set_len(len);
         Some(if ok { Ok(()) } else { Err(bad_value()) })
     }
 }
@@ -547,6 +555,25 @@ unsafe fn gather_typed<S: Src, T: Num>(
     let dst = &mut out.spare_capacity_mut()[..total];
     let (s0, s1) = (a.strides[0], a.strides[1]);
     let mut ok = true;
+    let size = std::mem::size_of::<S>();
+    if s1 == size as isize
+        && (a.data as usize).is_multiple_of(std::mem::align_of::<S>())
+        && s0 % size as isize == 0
+    {
+        // Rows of contiguous values (numpy's usual layout): each row's slice
+        // converts as a plain loop.
+        for (&r, chunk) in rows.iter().zip(dst.chunks_exact_mut(n.max(1))) {
+            let p = a.data.offset(r as isize * s0).cast::<S>().add(col);
+            for (d, &x) in chunk.iter_mut().zip(std::slice::from_raw_parts(p, n)) {
+                let (v, good) = x.conv::<T>();
+                d.write(v);
+                ok &= good;
+            }
+        }
+        // SAFETY: every one of the `total` slots was written above.
+        out.set_len(start + total);
+        return ok;
+    }
     for (&r, chunk) in rows.iter().zip(dst.chunks_exact_mut(n.max(1))) {
         let mut p = a.data.offset(r as isize * s0 + col as isize * s1);
         for d in chunk.iter_mut().take(n) {

@@ -135,7 +135,24 @@ impl Interner {
         out.reserve(n);
         slots.reserve(n);
         let mut cache = std::mem::take(&mut self.recent[site as usize]);
-        for i in 0..n {
+        // Tier 1 in bulk first: the leading ids that are the objects cached at
+        // their positions (usually all of them) need no lookup, and nothing
+        // runs Python code meanwhile, so the items are one slice and the keys
+        // are copied out in passes that keep nothing in memory between items.
+        let mut hits = 0;
+        if direct {
+            // SAFETY: `list` passed `is_direct_list`; no Python code runs below
+            // until the slice is dropped.
+            let items = unsafe { layout::list_items(list) };
+            hits = items
+                .iter()
+                .zip(&cache)
+                .take_while(|(&item, &(addr, _))| item as usize == addr)
+                .count();
+            out.extend(cache[..hits].iter().map(|&(_, id)| id.key));
+            slots.extend(cache[..hits].iter().map(|&(_, id)| id.slot));
+        }
+        for i in hits..n {
             // SAFETY: borrowed reference to an item of a list the caller holds
             // (read afresh each time: `key_slow` may drop a string it
             // remembered, and a dropped object may run Python code).
@@ -247,6 +264,11 @@ impl Interner {
     /// None only if the maps were cleared meanwhile).
     pub fn live(&mut self, slot: u32) -> Option<&mut Live> {
         self.live.get_mut(slot as usize)
+    }
+
+    /// The table of live requests, indexed by slot.
+    pub fn live_table(&mut self) -> &mut [Live] {
+        &mut self.live
     }
 
     /// Forget a finished request.

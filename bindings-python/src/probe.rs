@@ -559,6 +559,11 @@ pub struct Scratch {
     picked: Vec<u32>,
     raw_lp: Vec<f32>,
     raw_ranks: Vec<u32>,
+    /// Slots of preempted and finished requests (unused, but `keys` gives them).
+    other_slots: Vec<u32>,
+    /// Tokens in this step's runs, and those of them in runs with logprobs.
+    tokens: usize,
+    flagged_tokens: usize,
 }
 
 impl Scratch {
@@ -572,6 +577,7 @@ impl Scratch {
             &mut self.firsts,
             &mut self.counts,
             &mut self.has_lp,
+            &mut self.other_slots,
         ] {
             v.clear();
         }
@@ -609,6 +615,9 @@ fn mismatch(what: &str, got: usize, want: usize) -> PyErr {
 }
 
 impl NativeProbe {
+    /// Build a step's record from the adapter's columns. The interner is
+    /// locked once for everything that names requests; ids seen for the first
+    /// time get their arrival record even when the step itself is refused.
     fn fill_step(
         &self,
         step: &mut Step,
@@ -616,11 +625,35 @@ impl NativeProbe {
         sc: &mut Scratch,
     ) -> PyResult<()> {
         sc.clear();
-        // Batch composition.
-        self.keys_and_slots(Site::Batch, a.batch_reqs, &mut sc.keys, &mut sc.slots)?;
+        let mut new = Vec::new();
+        let composed = match self.interner.lock() {
+            Ok(mut interner) => self.fill_composition(&mut interner, step, &a, sc, &mut new),
+            Err(e) => Err(poisoned(e)),
+        };
+        self.record_first_sight(new)?;
+        composed?;
+        if self.capture == CaptureLevel::Metadata {
+            return Ok(());
+        }
+        self.fill_tokens(step, &mut a, sc)
+    }
+
+    /// Batch composition, preempted and finished requests, and the token
+    /// runs (whose output indices move each request's count on).
+    fn fill_composition(
+        &self,
+        interner: &mut Interner,
+        step: &mut Step,
+        a: &StepArgs<'_, '_>,
+        sc: &mut Scratch,
+        new: &mut Vec<(u32, String)>,
+    ) -> PyResult<()> {
+        if !a.batch_reqs.is_none() {
+            interner.keys(Site::Batch, a.batch_reqs, &mut sc.keys, &mut sc.slots, new)?;
+        }
         let nb = sc.keys.len();
         if a.prefill.is_none() && a.decode.is_none() {
-            self.classify(&a, sc)?;
+            classify(interner, a, sc)?;
         } else {
             extend_u32(a.prefill, &mut sc.prefill)?;
             extend_u32(a.decode, &mut sc.decode)?;
@@ -637,27 +670,27 @@ impl NativeProbe {
         if !sc.cached.is_empty() && sc.cached.len() != nb {
             return Err(mismatch("cached", sc.cached.len(), nb));
         }
-        step.batch
-            .extend(
-                sc.keys
-                    .iter()
-                    .zip(&sc.prefill)
-                    .zip(&sc.decode)
-                    .map(|((&req, &p), &d)| BatchEntry {
-                        req,
-                        prefill_tokens: p,
-                        cached_tokens: 0,
-                        decode_tokens: d,
-                    }),
-            );
-        for (entry, &c) in step.batch.iter_mut().zip(&sc.cached) {
-            entry.cached_tokens = c;
-        }
-        if let Some(p) = a.preempted {
-            self.keys(Site::Other, p, &mut step.preempted)?;
-        }
-        if let Some(f) = a.finished {
-            self.keys(Site::Other, f, &mut step.finished)?;
+        let cached = &sc.cached;
+        step.batch.extend(
+            sc.keys
+                .iter()
+                .zip(&sc.prefill)
+                .zip(&sc.decode)
+                .enumerate()
+                .map(|(i, ((&req, &p), &d))| BatchEntry {
+                    req,
+                    prefill_tokens: p,
+                    cached_tokens: cached.get(i).copied().unwrap_or(0),
+                    decode_tokens: d,
+                }),
+        );
+        for (ids, out) in [
+            (a.preempted, &mut step.preempted),
+            (a.finished, &mut step.finished),
+        ] {
+            if let Some(ids) = ids {
+                interner.keys(Site::Other, ids, out, &mut sc.other_slots, new)?;
+            }
         }
 
         // Token runs: their own ids, or (None) one run per batch entry, in
@@ -665,7 +698,7 @@ impl NativeProbe {
         if !a.run_reqs.is_none() {
             sc.keys.clear();
             sc.slots.clear();
-            self.keys_and_slots(Site::Runs, a.run_reqs, &mut sc.keys, &mut sc.slots)?;
+            interner.keys(Site::Runs, a.run_reqs, &mut sc.keys, &mut sc.slots, new)?;
         }
         let nr = sc.keys.len();
         match (a.run_counts, a.token_ids) {
@@ -676,29 +709,13 @@ impl NativeProbe {
         if sc.counts.len() != nr {
             return Err(mismatch("run_counts", sc.counts.len(), nr));
         }
-        {
-            // First output indices as given, or continued from what this probe
-            // recorded; either way the count moves on past this step's runs.
-            let mut interner = self.interner.lock().map_err(poisoned)?;
-            if a.run_first_index.is_none() {
-                sc.firsts.extend(
-                    sc.slots
-                        .iter()
-                        .map(|&slot| interner.live(slot).map_or(0, |l| l.outputs)),
-                );
-            } else {
-                extend_u32(a.run_first_index, &mut sc.firsts)?;
-                if sc.firsts.len() != nr {
-                    return Err(mismatch("run_first_index", sc.firsts.len(), nr));
-                }
-            }
-            for ((&slot, &first), &count) in sc.slots.iter().zip(&sc.firsts).zip(&sc.counts) {
-                if let Some(live) = interner.live(slot) {
-                    live.outputs = first.saturating_add(count);
-                }
+        let firsts_given = !a.run_first_index.is_none();
+        if firsts_given {
+            extend_u32(a.run_first_index, &mut sc.firsts)?;
+            if sc.firsts.len() != nr {
+                return Err(mismatch("run_first_index", sc.firsts.len(), nr));
             }
         }
-        let n: usize = sc.counts.iter().map(|&c| c as usize).sum();
         match a.run_has_logprobs {
             Some(m) => extend_flags(m, &mut sc.has_lp)?,
             None => sc.has_lp.resize(nr, 1),
@@ -706,34 +723,66 @@ impl NativeProbe {
         if sc.has_lp.len() != nr {
             return Err(mismatch("run_has_logprobs", sc.has_lp.len(), nr));
         }
-        let given_k = usize::try_from(a.top_k).ok();
-        let keep_k = given_k.map(|k| k.min(self.top_k_cap as usize).min(255));
-        let capture_tokens = self.capture != CaptureLevel::Metadata;
-        let run_k = |has: u32| match keep_k {
-            Some(k) if capture_tokens && has != 0 => Some(k as u8),
-            _ => None,
-        };
+        let keep_k = usize::try_from(a.top_k)
+            .ok()
+            .map(|k| k.min(self.top_k_cap as usize).min(255) as u8)
+            .filter(|_| self.capture != CaptureLevel::Metadata);
+        // One pass per run: its first output index (as given, or continued
+        // from what this probe recorded), the request's count moved past it,
+        // and the run itself (runs of 0 tokens are left out).
+        // Written into reserved space, the length set once at the end: a
+        // `push` per run keeps the length in memory (the `outputs` store may
+        // alias it, as far as the compiler knows), a dependency through
+        // memory from each run to the next that costs more than the rest.
+        let live = interner.live_table();
+        let given = if firsts_given { &sc.firsts[..] } else { &[] };
         let runs = &mut step.tokens.runs;
         runs.reserve(nr);
-        for (((&req, &first_index), &count), &has) in sc
+        let start = runs.len();
+        let spare = &mut runs.spare_capacity_mut()[..nr];
+        let (mut n, mut flagged, mut written) = (0usize, 0usize, 0usize);
+        let columns = sc
             .keys
             .iter()
-            .zip(&sc.firsts)
+            .zip(&sc.slots)
             .zip(&sc.counts)
-            .zip(&sc.has_lp)
-        {
-            if count > 0 {
-                runs.push(TokenRun {
-                    req,
-                    first_index,
-                    count,
-                    top_k: run_k(has),
-                });
+            .zip(&sc.has_lp);
+        for (i, (((&req, &slot), &count), &has)) in columns.enumerate() {
+            let live = live.get_mut(slot as usize);
+            let first = match (given.get(i), &live) {
+                (Some(&f), _) => f,
+                (None, Some(l)) => l.outputs,
+                (None, None) => 0,
+            };
+            if let Some(l) = live {
+                l.outputs = first.saturating_add(count);
             }
+            let has = has != 0;
+            n += count as usize;
+            flagged += if has { count as usize } else { 0 };
+            spare[written].write(TokenRun {
+                req,
+                first_index: first,
+                count,
+                top_k: keep_k.filter(|_| has),
+            });
+            written += usize::from(count > 0);
         }
-        if !capture_tokens {
-            return Ok(());
-        }
+        // SAFETY: the first `written` slots after `start` were written above.
+        unsafe { runs.set_len(start + written) };
+        sc.tokens = n;
+        sc.flagged_tokens = flagged;
+        Ok(())
+    }
+
+    /// The token columns of a step whose runs are in place.
+    fn fill_tokens(
+        &self,
+        step: &mut Step,
+        a: &mut StepArgs<'_, '_>,
+        sc: &mut Scratch,
+    ) -> PyResult<()> {
+        let n = sc.tokens;
         let t = &mut step.tokens;
         if self.capture == CaptureLevel::Text {
             if let Some(texts) = a.texts.take() {
@@ -749,9 +798,11 @@ impl NativeProbe {
                 return Err(mismatch("token_ids", t.ids.len(), n));
             }
         }
+        let given_k = usize::try_from(a.top_k).ok();
+        let keep_k = given_k.map(|k| k.min(self.top_k_cap as usize).min(255));
         if let (Some(k), Some(keep)) = (given_k, keep_k) {
             if a.sampled_first || a.logprob_rows.is_some() {
-                return gather_logprobs(t, &a, sc, k, keep, n);
+                return gather_logprobs(t, a, sc, k, keep, n);
             }
             let (Some(lp), Some(rk)) = (a.logprobs, a.ranks) else {
                 return Err(PyValueError::new_err(
@@ -762,13 +813,7 @@ impl NativeProbe {
             extend_u32(rk, &mut t.ranks.0)?;
             // Rows for every token (the flags pick), or only for the tokens
             // of the runs flagged with logprobs (already picked).
-            let flagged: usize = sc
-                .counts
-                .iter()
-                .zip(&sc.has_lp)
-                .filter(|(_, &has)| has != 0)
-                .map(|(&c, _)| c as usize)
-                .sum();
+            let flagged = sc.flagged_tokens;
             let rows = t.logprobs.len();
             if (rows != n && rows != flagged) || t.ranks.len() != rows {
                 return Err(mismatch(
@@ -800,41 +845,38 @@ impl NativeProbe {
     }
 }
 
-impl NativeProbe {
-    /// Prefill and decode tokens per batch entry from what was scheduled and
-    /// the tokens computed before the step: positions before the prompt's end
-    /// plus the outputs recorded so far (less the last one, whose token is fed
-    /// back) are prefill work — the prompt, or outputs recomputed after a
-    /// preemption; from there on it is decode. The prompt length comes from
-    /// the arrival record; for a request whose arrival this probe did not see
-    /// it counts as 0, so only its outputs tell prefill from decode.
-    fn classify(&self, a: &StepArgs<'_, '_>, sc: &mut Scratch) -> PyResult<()> {
-        let (Some(scheduled), Some(computed)) = (a.scheduled, a.computed) else {
-            return Err(PyValueError::new_err(
-                "record_step: without prefill and decode, give scheduled and computed",
-            ));
-        };
-        let nb = sc.keys.len();
-        extend_u32(scheduled, &mut sc.prefill)?;
-        extend_u32(computed, &mut sc.decode)?;
-        if sc.prefill.len() != nb {
-            return Err(mismatch("scheduled", sc.prefill.len(), nb));
-        }
-        if sc.decode.len() != nb {
-            return Err(mismatch("computed", sc.decode.len(), nb));
-        }
-        let mut interner = self.interner.lock().map_err(poisoned)?;
-        for ((p_out, d_out), &slot) in sc.prefill.iter_mut().zip(&mut sc.decode).zip(&sc.slots) {
-            let (n, computed) = (*p_out, *d_out);
-            let (prompt, outputs) = interner
-                .live(slot)
-                .map_or((0, 0), |l| (l.prompt.unwrap_or(0), l.outputs));
-            let decoding =
-                outputs > 0 && u64::from(computed) + 1 >= u64::from(prompt) + u64::from(outputs);
-            (*p_out, *d_out) = if decoding { (0, n) } else { (n, 0) };
-        }
-        Ok(())
+/// Prefill and decode tokens per batch entry from what was scheduled and
+/// the tokens computed before the step: positions before the prompt's end
+/// plus the outputs recorded so far (less the last one, whose token is fed
+/// back) are prefill work — the prompt, or outputs recomputed after a
+/// preemption; from there on it is decode. The prompt length comes from
+/// the arrival record; for a request whose arrival this probe did not see
+/// it counts as 0, so only its outputs tell prefill from decode.
+fn classify(interner: &mut Interner, a: &StepArgs<'_, '_>, sc: &mut Scratch) -> PyResult<()> {
+    let (Some(scheduled), Some(computed)) = (a.scheduled, a.computed) else {
+        return Err(PyValueError::new_err(
+            "record_step: without prefill and decode, give scheduled and computed",
+        ));
+    };
+    let nb = sc.keys.len();
+    extend_u32(scheduled, &mut sc.prefill)?;
+    extend_u32(computed, &mut sc.decode)?;
+    if sc.prefill.len() != nb {
+        return Err(mismatch("scheduled", sc.prefill.len(), nb));
     }
+    if sc.decode.len() != nb {
+        return Err(mismatch("computed", sc.decode.len(), nb));
+    }
+    for ((p_out, d_out), &slot) in sc.prefill.iter_mut().zip(&mut sc.decode).zip(&sc.slots) {
+        let (n, computed) = (*p_out, *d_out);
+        let (prompt, outputs) = interner
+            .live(slot)
+            .map_or((0, 0), |l| (l.prompt.unwrap_or(0), l.outputs));
+        let decoding =
+            outputs > 0 && u64::from(computed) + 1 >= u64::from(prompt) + u64::from(outputs);
+        (*p_out, *d_out) = if decoding { (0, n) } else { (n, 0) };
+    }
+    Ok(())
 }
 
 /// Logprob columns picked row by row from the engine's arrays: rows named per
@@ -908,7 +950,12 @@ fn gather_logprobs(
     // for every token (the flags pick) or only for the flagged runs' tokens.
     let every_token = height == n;
     let mut cursor = 0usize;
-    sc.picked.clear();
+    // Into reserved space with the length in a local (see `fill_composition`).
+    let picked = &mut sc.picked;
+    picked.clear();
+    picked.reserve(sc.flagged_tokens);
+    let spare = &mut picked.spare_capacity_mut()[..sc.flagged_tokens];
+    let mut len = 0usize;
     for (run, (&count, &has)) in sc.counts.iter().zip(&sc.has_lp).enumerate() {
         let start = match sc.rows.get(run) {
             Some(&r) => r,
@@ -921,9 +968,15 @@ fn gather_logprobs(
             }
         };
         if has != 0 {
-            sc.picked.extend(start..start.saturating_add(count));
+            for (slot, j) in spare[len..len + count as usize].iter_mut().zip(0..) {
+                slot.write(start.saturating_add(j));
+            }
+            len += count as usize;
         }
     }
+    // SAFETY: the flagged runs' counts add up to `flagged_tokens`, every one
+    // of the first `len` slots was written.
+    unsafe { picked.set_len(len) };
     if let Some(&r) = sc.picked.iter().find(|&&r| r as usize >= height) {
         return Err(PyValueError::new_err(format!(
             "record_step: a token needs logprob row {r}, the columns hold {height} rows"

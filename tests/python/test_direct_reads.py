@@ -49,6 +49,9 @@ INT_CASES = {
     "numpy scalars in a list": [np.int64(5), 6, np.uint32(7)],
     "nested": [[1, 2], [3], [], [2**30 + 1]],
     "nested then flat": [[1], 2, [3, 4]],
+    "nested, a numpy scalar inside": [[1], [np.int64(2), 3]],
+    # More values than lists: the reserved space has to grow mid-column.
+    "nested, many values per list": [[i, i + 1, i + 2, i + 3] for i in range(300)],
     "a tuple": (9, 8, 7),
 }
 
