@@ -201,6 +201,11 @@ unsafe fn copy_typed<S: Src, T: Num>(a: &ArrayView<'_>, out: &mut Vec<T>) -> boo
         };
         let inner_stride = if ndim == 0 { 0 } else { a.strides[ndim - 1] };
         let outer = ndim.saturating_sub(1);
+        // Rows of adjacent aligned values (a column range of a table, like
+        // numpy's `top[:, 1:]`) convert as plain slices.
+        let rows_are_slices = inner_stride == size
+            && (base as usize).is_multiple_of(std::mem::align_of::<S>())
+            && a.strides[..outer].iter().all(|&s| s % size == 0);
         let mut index = [0isize; MAX_DIMS];
         let mut w = 0usize;
         'rows: loop {
@@ -208,11 +213,20 @@ unsafe fn copy_typed<S: Src, T: Num>(a: &ArrayView<'_>, out: &mut Vec<T>) -> boo
             for (&i, &stride) in index[..outer].iter().zip(a.strides) {
                 p = p.offset(i * stride);
             }
-            for d in &mut dst[w..w + inner] {
-                let (v, good) = p.cast::<S>().read_unaligned().conv::<T>();
-                d.write(v);
-                ok &= good;
-                p = p.offset(inner_stride);
+            if rows_are_slices {
+                let src = std::slice::from_raw_parts(p.cast::<S>(), inner);
+                for (d, &x) in dst[w..w + inner].iter_mut().zip(src) {
+                    let (v, good) = x.conv::<T>();
+                    d.write(v);
+                    ok &= good;
+                }
+            } else {
+                for d in &mut dst[w..w + inner] {
+                    let (v, good) = p.cast::<S>().read_unaligned().conv::<T>();
+                    d.write(v);
+                    ok &= good;
+                    p = p.offset(inner_stride);
+                }
             }
             w += inner;
             let mut d = outer;

@@ -7,6 +7,7 @@
 //! in here — never the analyzer or the viewer — so what loads into an engine
 //! process stays small.
 
+mod attrs;
 mod convert;
 mod intern;
 mod layout;
@@ -40,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(probe::monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(noop, m)?)?;
     m.add_function(wrap_pyfunction!(direct_reads, m)?)?;
+    m.add_function(wrap_pyfunction!(attrs::attr_columns, m)?)?;
     m.add("FORMAT_VERSION", probe_core::FORMAT_VERSION)?;
     Ok(())
 }

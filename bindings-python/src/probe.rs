@@ -403,8 +403,9 @@ impl NativeProbe {
     ///
     /// Batch columns (one entry per scheduled request): `batch_reqs` (ids),
     /// `prefill`, `decode`, optional `cached`. Or, with `prefill` and
-    /// `decode` None, `scheduled` (tokens scheduled this step) and `computed`
-    /// (tokens computed before it): the probe splits them into prefill and
+    /// `decode` None, `scheduled` (tokens scheduled this step, per entry or
+    /// as a dict from request id) and `computed` (tokens computed before
+    /// it): the probe splits them into prefill and
     /// decode work from the prompt length it was told at arrival and the
     /// outputs it recorded. Token runs (one per request that
     /// got tokens this step): `run_reqs`, `run_first_index` (output index of
@@ -859,7 +860,18 @@ fn classify(interner: &mut Interner, a: &StepArgs<'_, '_>, sc: &mut Scratch) -> 
         ));
     };
     let nb = sc.keys.len();
-    extend_u32(scheduled, &mut sc.prefill)?;
+    // Per batch entry, or the engine's request-id -> tokens dict as it is.
+    match lookup_each(scheduled, a.batch_reqs, &mut sc.prefill) {
+        Some(done) => {
+            done?;
+            if sc.prefill.contains(&u32::MAX) {
+                return Err(PyValueError::new_err(
+                    "record_step: a batch request has no entry in the scheduled dict",
+                ));
+            }
+        }
+        None => extend_u32(scheduled, &mut sc.prefill)?,
+    }
     extend_u32(computed, &mut sc.decode)?;
     if sc.prefill.len() != nb {
         return Err(mismatch("scheduled", sc.prefill.len(), nb));

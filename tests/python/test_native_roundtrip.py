@@ -189,6 +189,20 @@ def test_the_probe_splits_scheduled_tokens_into_prefill_and_decode(tmp_path: Pat
     assert got == [[(8, 0), (6, 0)], [(2, 0), (0, 1)], [(0, 1), (0, 1)], [(9, 0)], [(5, 0)]]
 
 
+def test_scheduled_may_be_the_engines_dict(tmp_path: Path):
+    # vLLM's num_scheduled_tokens as it is: the probe looks each batch id up.
+    probe = NativeProbe(str(tmp_path))
+    probe.record_arrivals([("a", None, None, 4, None, None, None, None, None, None, None)])
+    assert probe.record_step(0, monotonic_ns(), ["a", "b"], None, None, [], [],
+                             scheduled={"b": 3, "a": 4, "other": 9}, computed=[0, 0])
+    with pytest.raises(ValueError, match="no entry in the scheduled dict"):
+        probe.record_step(1, monotonic_ns(), ["a", "c"], None, None, [], [],
+                          scheduled={"a": 1}, computed=[4, 0])
+    probe.shutdown(10.0)
+    [step] = records(tmp_path, "Step")
+    assert [(b["prefill_tokens"], b["decode_tokens"]) for b in step["batch"]] == [(4, 0), (3, 0)]
+
+
 def test_scheduled_without_computed_is_refused(tmp_path: Path):
     probe = NativeProbe(str(tmp_path))
     with pytest.raises(ValueError, match="scheduled and computed"):
@@ -264,3 +278,21 @@ def test_bad_input_never_raises_through_the_recorder(tmp_path: Path, capsys):
     assert rec.step(4, monotonic_ns(), ["a"], [0], [1], ["a"], [0], token_ids=[5]) is True
     rec.shutdown()
     assert [s["step_id"] for s in records(tmp_path, "Step")] == [4]
+
+
+def test_errors_of_direct_native_calls_count_like_the_recorders_own(tmp_path: Path, capsys):
+    # Adapters call record_step on `rec.native` directly and report failures
+    # with `rec.failed`: one warning, a count, and tracing off past the limit.
+    from toktrace.probe import MAX_ERRORS
+
+    rec = Recorder(Config(dir=str(tmp_path)))
+    for _ in range(MAX_ERRORS - 1):
+        try:
+            rec.native.record_step(0, monotonic_ns(), ["a"], [1], [0, 0], [], [])
+        except ValueError as exc:
+            rec.failed("record_step", exc)
+    assert rec.errors == MAX_ERRORS - 1 and rec.enabled
+    assert capsys.readouterr().err.count("toktrace: record_step failed") == 1
+    rec.failed("record_step", ValueError("once more"))
+    assert not rec.enabled
+    rec.shutdown()

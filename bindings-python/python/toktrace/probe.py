@@ -57,6 +57,12 @@ class Recorder:
     def capture(self) -> str:
         return self.config.capture
 
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Count an exception from a native call made directly (an adapter's
+        per-step call skips the wrappers below); warns once, and switches
+        tracing off after MAX_ERRORS."""
+        self._fail(what, exc)
+
     def _fail(self, what: str, exc: BaseException) -> None:
         self.errors += 1
         if not self._warned:

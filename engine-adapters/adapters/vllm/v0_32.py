@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import operator
 import sys
 import time
 from typing import Any
 
 from toktrace.adapters import _common as C
+from toktrace._native import attr_columns
 from toktrace.probe import get_recorder
 
 ENGINE = "vllm"
@@ -243,15 +243,13 @@ def _before_update(so: Any) -> tuple | None:
         cached = [0] * len(cr.req_ids) + new_computed
     if len(batch) != len(nst):
         raise C.AdapterError(f"{len(nst)} requests scheduled, {len(batch)} listed")
-    return batch, [nst[r] for r in batch], computed, cached
+    # The probe looks each batch id up in the scheduled-tokens dict itself.
+    return batch, nst, computed, cached
 
 
 _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
-# EngineCoreOutput fields, read per output in C rather than per bytecode.
-_REQUEST_ID = operator.attrgetter("request_id")
-_NEW_TOKEN_IDS = operator.attrgetter("new_token_ids")
-_NEW_LOGPROBS = operator.attrgetter("new_logprobs")
-_FINISH_REASON = operator.attrgetter("finish_reason")
+# EngineCoreOutput fields, read in one native pass over the outputs.
+_OUTPUT_FIELDS = ("request_id", "new_token_ids", "new_logprobs", "finish_reason")
 
 
 def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out: dict) -> int:
@@ -265,8 +263,7 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
         o for eco in out.values() for o in eco.outputs]
     # Every output is a run (its token list gives the count); the probe drops
     # runs of 0 tokens.
-    run_ids = list(map(_REQUEST_ID, outputs))
-    tokens = list(map(_NEW_TOKEN_IDS, outputs))
+    run_ids, tokens, new_logprobs, reasons = attr_columns(outputs, _OUTPUT_FIELDS)
     # Logprob columns: vLLM's [rows, k+1] arrays as they are (sampled token
     # in column 0); the probe picks each run's row through req_id_to_index
     # (under speculative decoding a request's rows start at its cumulative
@@ -274,14 +271,13 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     top_k, ids, vals, ranks, has_lp, rows = -1, None, None, None, None, None
     lp = mro.logprobs
     if lp is not None and outputs:
-        has_lp = list(map(_NEW_LOGPROBS, outputs))
+        has_lp = new_logprobs
         if has_lp.count(None) != len(has_lp):
             ids, vals, ranks = lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks
             top_k = ids.shape[1] - 1
             cu = getattr(lp, "cu_num_generated_tokens", None)
             index = mro.req_id_to_index
             rows = index if cu is None else [cu[index.get(r, 0)] for r in run_ids]
-    reasons = list(map(_FINISH_REASON, outputs))
     finishes = None
     if reasons.count(None) != len(reasons):
         # Output counts at finish: None lets the probe fill in what it recorded.
@@ -290,11 +286,16 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     # Runs in batch order (the usual step): the probe takes them from the
     # batch and looks no id up twice.
     runs = None if run_ids == batch else run_ids
-    rec.step(step_id, t0, batch, None, None, runs, None, token_ids=tokens, scheduled=scheduled,
-             computed=computed, cached=cached, waiting=waiting, running=running, kv_usage=kv,
-             preempted=preempted, finished=[f[0] for f in finishes] if finishes else None,
-             top_k=top_k, top_ids=ids, top_logprobs=vals, ranks=ranks, sampled_first=True,
-             logprob_rows=rows, run_has_logprobs=has_lp)
+    try:
+        # Straight to the native call: this is the one call per step.
+        rec.native.record_step(
+            step_id, t0, batch, None, None, runs, None, token_ids=tokens, scheduled=scheduled,
+            computed=computed, cached=cached, waiting=waiting, running=running, kv_usage=kv,
+            preempted=preempted, finished=[f[0] for f in finishes] if finishes else None,
+            top_k=top_k, top_ids=ids, top_logprobs=vals, ranks=ranks, sampled_first=True,
+            logprob_rows=rows, run_has_logprobs=has_lp)
+    except Exception as exc:  # noqa: BLE001
+        rec.failed("record_step", exc)
     if finishes:
         rec.finishes(finishes)
     return t0
