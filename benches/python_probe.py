@@ -77,12 +77,21 @@ def candidates(cols: dict) -> tuple:
             top_ids.ravel().tolist(), top_lps.ravel().tolist())
 
 
-def per_call(fn, number: int, repeat: int) -> float:
+def per_call(fn, number: int, repeat: int, settle=None) -> float:
     """Median CPU seconds of the calling thread per call, over `repeat` runs of
     `number` calls. Thread CPU time, not wall time: on a 2-core machine the
     probe's drain thread and the SDK's export thread compete for cores with the
-    calling thread, and what an engine pays is the CPU its own thread spends."""
-    times = timeit.repeat(fn, number=number, repeat=repeat, timer=time.thread_time)
+    calling thread, and what an engine pays is the CPU its own thread spends.
+    `settle` runs (untimed) before each run: it lets the background thread
+    catch up, as it does between an engine's steps (milliseconds apart). Back
+    to back, the drain falls behind a loop that records a 256-token step every
+    few microseconds, the spare step buffers run out and recording allocates
+    afresh — a cost of this loop, not of an engine."""
+    times = []
+    for _ in range(repeat):
+        if settle is not None:
+            settle()
+        times.append(timeit.timeit(fn, number=number, timer=time.thread_time))
     return statistics.median(times) / number
 
 
@@ -103,7 +112,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = ap.parse_args()
-    repeat = 3 if args.quick else 7
+    repeat = 3 if args.quick else 15
     root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     tmp = tempfile.mkdtemp(prefix="toktrace-bench-", dir=root)
     probe = NativeProbe(tmp, ring_slots=1024, ring_bytes=64 << 20)
@@ -120,7 +129,8 @@ def main() -> None:
             c = columns(batch, shape)
             tok, lp, rk, ti, tl = c["token_ids"], c["logprobs"], c["ranks"], c["top_ids"], c["top_logprobs"]
             sf, rows = c["sampled_first"], c["logprob_rows"]
-            number = max(200, 200_000 // batch) if not args.quick else max(50, 20_000 // batch)
+            # At most 200 calls a run: fewer than the probe's spare step buffers.
+            number = 200 if not args.quick else 50
             step = [0]
 
             # Explicit keywords, as the adapters call it.
@@ -147,8 +157,8 @@ def main() -> None:
                     span.set_attribute("top_logprobs", c_lps)
 
             t_noop = per_call(call_noop, number, repeat)
-            t_probe = per_call(call_probe, number, repeat)
-            t_otel = per_call(call_otel, max(20, number // 10), repeat)
+            t_probe = per_call(call_probe, number, repeat, settle=lambda: probe.flush(30.0))
+            t_otel = per_call(call_otel, max(20, number // 10), repeat, settle=lambda: provider.force_flush())
             print(f"{batch:>5} {shape:>7} | {t_noop*1e9:>12.0f} | {t_probe*1e9:>16.0f} {t_probe*1e9/batch:>9.1f} "
                   f"{(t_probe-t_noop)*1e9/batch:>16.1f} | {t_otel*1e9:>12.0f} {t_otel*1e9/batch:>9.1f} "
                   f"{t_otel/t_probe:>13.0f}x")

@@ -380,12 +380,23 @@ fn from_list_direct<T: Num>(list: *mut ffi::PyObject, out: &mut Vec<T>) -> Optio
         let spare = &mut out.spare_capacity_mut()[..items.len()];
         let mut ok = true;
         let mut flat = 0;
+        // An item that is the previous item's object has its value: small
+        // ints are shared objects, and batch columns (1 token per decode,
+        // 0 cached) repeat them down the list.
+        let mut last: (*mut ffi::PyObject, Option<(T, bool)>) = (std::ptr::null_mut(), None);
         for (&item, slot) in items.iter().zip(spare) {
-            let Some((v, good)) = T::direct(nums, item) else {
-                break;
+            let read = match last {
+                (prev, Some(value)) if prev == item => value,
+                _ => match T::direct(nums, item) {
+                    Some(value) => {
+                        last = (item, Some(value));
+                        value
+                    }
+                    None => break,
+                },
             };
-            slot.write(v);
-            ok &= good;
+            slot.write(read.0);
+            ok &= read.1;
             flat += 1;
         }
         // Then lists of numbers (vLLM's per-request token lists), or a

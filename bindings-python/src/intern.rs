@@ -81,15 +81,18 @@ struct Known {
     object: Py<PyString>,
 }
 
-/// What the probe keeps per live request.
+/// What the probe keeps per live request: a column per field, indexed by
+/// slot. The per-step loops read one field of every request in the batch; a
+/// column keeps that to a few cache lines, where a struct per request spread
+/// it over one line per request.
 #[derive(Default)]
 pub struct Live {
     /// Outputs recorded so far (the next run's first output index).
-    pub outputs: u32,
+    pub outputs: Vec<u32>,
     /// Prompt tokens, as the arrival record gave them.
-    pub prompt: Option<u32>,
+    pub prompts: Vec<Option<u32>>,
     /// The id's text, to forget the request by its slot.
-    text: String,
+    texts: Vec<String>,
 }
 
 /// The interner of one process.
@@ -99,7 +102,7 @@ pub struct Interner {
     by_value: HashMap<String, Known>,
     recent: [Vec<(usize, Id)>; 3],
     next: u32,
-    live: Vec<Live>,
+    live: Live,
     free: Vec<u32>,
 }
 
@@ -232,19 +235,20 @@ impl Interner {
         }
         let key = self.next;
         self.next = self.next.wrapping_add(1);
-        let live = Live {
-            outputs: 0,
-            prompt: None,
-            text: text.to_owned(),
-        };
+        let live = &mut self.live;
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.live[slot as usize] = live;
+                let i = slot as usize;
+                live.outputs[i] = 0;
+                live.prompts[i] = None;
+                live.texts[i] = text.to_owned();
                 slot
             }
             None => {
-                self.live.push(live);
-                (self.live.len() - 1) as u32
+                live.outputs.push(0);
+                live.prompts.push(None);
+                live.texts.push(text.to_owned());
+                (live.texts.len() - 1) as u32
             }
         };
         let found = Id { key, slot };
@@ -260,27 +264,22 @@ impl Interner {
         Ok(found)
     }
 
-    /// The live request in `slot` (from `keys` or `key` during this call;
-    /// None only if the maps were cleared meanwhile).
-    pub fn live(&mut self, slot: u32) -> Option<&mut Live> {
-        self.live.get_mut(slot as usize)
-    }
-
-    /// The table of live requests, indexed by slot.
-    pub fn live_table(&mut self) -> &mut [Live] {
+    /// The live requests' columns, indexed by the slots `keys` and `key`
+    /// give (a slot is out of range only if the maps were cleared meanwhile).
+    pub fn live(&mut self) -> &mut Live {
         &mut self.live
     }
 
     /// Forget a finished request.
     pub fn forget(&mut self, id: Id) {
-        let Some(live) = self.live.get_mut(id.slot as usize) else {
+        let Some(text) = self.live.texts.get_mut(id.slot as usize) else {
             return;
         };
         // A stale id (the maps were cleared since) names someone else's slot.
-        if self.by_value.get(&live.text).map(|k| k.id) != Some(id) {
+        if self.by_value.get(text.as_str()).map(|k| k.id) != Some(id) {
             return;
         }
-        let text = std::mem::take(&mut live.text);
+        let text = std::mem::take(text);
         let Some(known) = self.by_value.remove(&text) else {
             return;
         };
@@ -302,7 +301,7 @@ impl Interner {
     fn clear(&mut self) {
         self.by_addr.clear();
         self.by_value.clear();
-        self.live.clear();
+        self.live = Live::default();
         self.free.clear();
         for cache in &mut self.recent {
             cache.clear();

@@ -296,8 +296,8 @@ impl NativeProbe {
             let key = {
                 let mut interner = self.interner.lock().map_err(poisoned)?;
                 let known = interner.key(id.as_any(), &mut Vec::new())?;
-                if let Some(live) = interner.live(known.slot) {
-                    live.prompt = prompt;
+                if let Some(p) = interner.live().prompts.get_mut(known.slot as usize) {
+                    *p = prompt;
                 }
                 known.key
             };
@@ -345,8 +345,10 @@ impl NativeProbe {
                 let known = interner.key(&id, &mut new)?;
                 // Filled in only for requests whose tokens this probe recorded.
                 let seen = interner
-                    .live(known.slot)
-                    .map(|l| l.outputs)
+                    .live()
+                    .outputs
+                    .get(known.slot as usize)
+                    .copied()
                     .filter(|&n| n > 0);
                 (known, seen)
             };
@@ -735,7 +737,7 @@ impl NativeProbe {
         // `push` per run keeps the length in memory (the `outputs` store may
         // alias it, as far as the compiler knows), a dependency through
         // memory from each run to the next that costs more than the rest.
-        let live = interner.live_table();
+        let outputs = &mut interner.live().outputs[..];
         let given = if firsts_given { &sc.firsts[..] } else { &[] };
         let runs = &mut step.tokens.runs;
         runs.reserve(nr);
@@ -749,14 +751,14 @@ impl NativeProbe {
             .zip(&sc.counts)
             .zip(&sc.has_lp);
         for (i, (((&req, &slot), &count), &has)) in columns.enumerate() {
-            let live = live.get_mut(slot as usize);
-            let first = match (given.get(i), &live) {
+            let seen = outputs.get_mut(slot as usize);
+            let first = match (given.get(i), &seen) {
                 (Some(&f), _) => f,
-                (None, Some(l)) => l.outputs,
+                (None, Some(o)) => **o,
                 (None, None) => 0,
             };
-            if let Some(l) = live {
-                l.outputs = first.saturating_add(count);
+            if let Some(o) = seen {
+                *o = first.saturating_add(count);
             }
             let has = has != 0;
             n += count as usize;
@@ -879,11 +881,12 @@ fn classify(interner: &mut Interner, a: &StepArgs<'_, '_>, sc: &mut Scratch) -> 
     if sc.decode.len() != nb {
         return Err(mismatch("computed", sc.decode.len(), nb));
     }
+    let live = interner.live();
     for ((p_out, d_out), &slot) in sc.prefill.iter_mut().zip(&mut sc.decode).zip(&sc.slots) {
         let (n, computed) = (*p_out, *d_out);
-        let (prompt, outputs) = interner
-            .live(slot)
-            .map_or((0, 0), |l| (l.prompt.unwrap_or(0), l.outputs));
+        let slot = slot as usize;
+        let prompt = live.prompts.get(slot).copied().flatten().unwrap_or(0);
+        let outputs = live.outputs.get(slot).copied().unwrap_or(0);
         let decoding =
             outputs > 0 && u64::from(computed) + 1 >= u64::from(prompt) + u64::from(outputs);
         (*p_out, *d_out) = if decoding { (0, n) } else { (n, 0) };

@@ -53,6 +53,9 @@ INT_CASES = {
     # More values than lists: the reserved space has to grow mid-column.
     "nested, many values per list": [[i, i + 1, i + 2, i + 3] for i in range(300)],
     "a tuple": (9, 8, 7),
+    # Repeated objects take the previous item's value: small ints are shared,
+    # and a literal repeated in one list is one constant.
+    "repeated objects": [1, 1, 1, 7, 7, 300000, 300000, 0, 300001],
 }
 
 
@@ -62,7 +65,8 @@ def test_int_columns_come_back_exactly(tmp_path: Path, case: str):
     assert round_trip(tmp_path, given)["ids"] == [int(x) for x in flatten(given)]
 
 
-@pytest.mark.parametrize("bad", [[-1], [2**32], [2**61], [2**100], [1, -(2**40)], [1.5], ["7"]])
+@pytest.mark.parametrize("bad", [[-1], [2**32], [2**61], [2**100], [1, -(2**40)], [1.5], ["7"],
+                                 [5, 2**32, 2**32]])
 def test_out_of_range_or_non_numbers_are_refused(tmp_path: Path, bad):
     probe = NativeProbe(str(tmp_path))
     with pytest.raises((ValueError, TypeError)):
