@@ -730,15 +730,25 @@ impl NativeProbe {
             .ok()
             .map(|k| k.min(self.top_k_cap as usize).min(255) as u8)
             .filter(|_| self.capture != CaptureLevel::Metadata);
-        // One pass per run: its first output index (as given, or continued
-        // from what this probe recorded), the request's count moved past it,
-        // and the run itself (runs of 0 tokens are left out).
-        // Written into reserved space, the length set once at the end: a
-        // `push` per run keeps the length in memory (the `outputs` store may
-        // alias it, as far as the compiler knows), a dependency through
-        // memory from each run to the next that costs more than the rest.
+        // First output indices: as given, or continued from what this probe
+        // recorded; either way each request's count moves on past its run.
         let outputs = &mut interner.live().outputs[..];
-        let given = if firsts_given { &sc.firsts[..] } else { &[] };
+        if !firsts_given {
+            sc.firsts.extend(
+                sc.slots
+                    .iter()
+                    .map(|&slot| outputs.get(slot as usize).copied().unwrap_or(0)),
+            );
+        }
+        for ((&slot, &first), &count) in sc.slots.iter().zip(&sc.firsts).zip(&sc.counts) {
+            if let Some(o) = outputs.get_mut(slot as usize) {
+                *o = first.saturating_add(count);
+            }
+        }
+        // The runs (those of 0 tokens left out), written into reserved space
+        // with the length set once at the end: a `push` per run keeps the
+        // length in memory, and each run then waits for the previous one's
+        // store — that cost more than everything else here.
         let runs = &mut step.tokens.runs;
         runs.reserve(nr);
         let start = runs.len();
@@ -747,19 +757,10 @@ impl NativeProbe {
         let columns = sc
             .keys
             .iter()
-            .zip(&sc.slots)
+            .zip(&sc.firsts)
             .zip(&sc.counts)
             .zip(&sc.has_lp);
-        for (i, (((&req, &slot), &count), &has)) in columns.enumerate() {
-            let seen = outputs.get_mut(slot as usize);
-            let first = match (given.get(i), &seen) {
-                (Some(&f), _) => f,
-                (None, Some(o)) => **o,
-                (None, None) => 0,
-            };
-            if let Some(o) = seen {
-                *o = first.saturating_add(count);
-            }
+        for (((&req, &first), &count), &has) in columns {
             let has = has != 0;
             n += count as usize;
             flagged += if has { count as usize } else { 0 };
