@@ -18,7 +18,9 @@
 //! rather than by every adapter. Slots are reused; keys never are.
 //!
 //! Keys are forgotten when the request finishes; if finishes never come, the
-//! maps are cleared past a cap instead of growing without bound.
+//! maps are cleared past a cap instead of growing without bound — between
+//! calls (`trim`), never inside one, so no key or slot handed out during a
+//! call (a step's batch and runs) goes stale before the call is done.
 
 use crate::layout;
 use pyo3::exceptions::PyTypeError;
@@ -28,8 +30,8 @@ use pyo3::types::PyString;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// Most requests remembered before the maps are cleared.
-const MAX_KEYS: usize = 1 << 20;
+/// Most requests remembered before the maps are cleared, by default.
+pub const MAX_KEYS: usize = 1 << 20;
 
 /// Call sites with their own positional cache.
 #[derive(Clone, Copy)]
@@ -96,8 +98,9 @@ pub struct Live {
 }
 
 /// The interner of one process.
-#[derive(Default)]
 pub struct Interner {
+    /// Requests remembered at most (checked by `trim`).
+    cap: usize,
     by_addr: AddrMap<Id>,
     by_value: HashMap<String, Known>,
     recent: [Vec<(usize, Id)>; 3],
@@ -106,7 +109,35 @@ pub struct Interner {
     free: Vec<u32>,
 }
 
+impl Default for Interner {
+    fn default() -> Interner {
+        Interner::with_cap(MAX_KEYS)
+    }
+}
+
 impl Interner {
+    /// An empty interner that remembers at most `cap` requests between calls.
+    pub fn with_cap(cap: usize) -> Interner {
+        Interner {
+            cap: cap.max(1),
+            by_addr: AddrMap::default(),
+            by_value: HashMap::new(),
+            recent: Default::default(),
+            next: 0,
+            live: Live::default(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Forget every request if more than the cap are remembered (their
+    /// finishes never came). Call it before a call's lookups, never between
+    /// them.
+    pub fn trim(&mut self) {
+        if self.by_value.len() >= self.cap {
+            self.clear();
+        }
+    }
+
     /// Key of every id in `ids` (a list, or any iterable of `str`), appended to
     /// `out` (and its slot to `slots`); ids never seen before are also
     /// appended to `new` with their text.
@@ -229,9 +260,6 @@ impl Interner {
             self.by_addr.insert(id.as_ptr() as usize, found);
             self.invalidate_cached(old);
             return Ok(found);
-        }
-        if self.by_value.len() >= MAX_KEYS {
-            self.clear();
         }
         let key = self.next;
         self.next = self.next.wrapping_add(1);

@@ -18,7 +18,7 @@ use probe_core::{clock, FsyncPolicy, Probe, ProbeConfig};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// The recorder. Cheap to call from the engine thread; never blocks on disk.
@@ -27,6 +27,8 @@ pub struct NativeProbe {
     config: ProbeConfig,
     capture: CaptureLevel,
     top_k_cap: u32,
+    /// Live requests remembered at most (see `Interner::trim`).
+    max_requests: usize,
     probe: OnceLock<Probe>,
     interner: Mutex<Interner>,
     scratch: Mutex<Scratch>,
@@ -58,6 +60,13 @@ impl NativeProbe {
         Ok(self.probe()?.record(record))
     }
 
+    /// The interner, locked, and trimmed to its cap before this call's lookups.
+    fn interner(&self) -> PyResult<MutexGuard<'_, Interner>> {
+        let mut interner = self.interner.lock().map_err(poisoned)?;
+        interner.trim();
+        Ok(interner)
+    }
+
     /// Key of each request id in `ids`, recording an arrival for ids never seen.
     fn keys(&self, site: Site, ids: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
         self.keys_and_slots(site, ids, out, &mut Vec::new())
@@ -75,10 +84,7 @@ impl NativeProbe {
             return Ok(());
         }
         let mut new = Vec::new();
-        self.interner
-            .lock()
-            .map_err(poisoned)?
-            .keys(site, ids, out, slots, &mut new)?;
+        self.interner()?.keys(site, ids, out, slots, &mut new)?;
         self.record_first_sight(new)
     }
 
@@ -146,10 +152,13 @@ fn opt<'a, 'py>(o: &'a Option<Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny
 #[pymethods]
 impl NativeProbe {
     /// A probe writing under `dir`. Nothing starts until the first record.
+    /// `max_requests` bounds the requests remembered between their arrival
+    /// and their finish: past it (finishes lost) all are forgotten, and a
+    /// request seen again gets a new key with an arrival record.
     #[new]
     #[pyo3(signature = (dir, role="main", capture="tokens", top_k_cap=20, ring_slots=65536,
                         ring_bytes=256<<20, segment_bytes=64<<20, disk_budget_bytes=4<<30,
-                        fsync="close"))]
+                        fsync="close", max_requests=crate::intern::MAX_KEYS))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dir: &str,
@@ -161,6 +170,7 @@ impl NativeProbe {
         segment_bytes: u64,
         disk_budget_bytes: u64,
         fsync: &str,
+        max_requests: usize,
     ) -> PyResult<Self> {
         let capture = CaptureLevel::parse(capture).ok_or_else(|| {
             PyValueError::new_err(format!(
@@ -189,7 +199,8 @@ impl NativeProbe {
             capture,
             top_k_cap,
             probe: OnceLock::new(),
-            interner: Mutex::new(Interner::default()),
+            interner: Mutex::new(Interner::with_cap(max_requests)),
+            max_requests,
             scratch: Mutex::new(Scratch::default()),
         })
     }
@@ -294,7 +305,7 @@ impl NativeProbe {
         {
             // The arrival written here is the first sight: no extra record.
             let key = {
-                let mut interner = self.interner.lock().map_err(poisoned)?;
+                let mut interner = self.interner()?;
                 let known = interner.key(id.as_any(), &mut Vec::new())?;
                 if let Some(p) = interner.live().prompts.get_mut(known.slot as usize) {
                     *p = prompt;
@@ -341,7 +352,7 @@ impl NativeProbe {
         for (id, reason, output_tokens) in finishes {
             let mut new = Vec::new();
             let (known, outputs_seen) = {
-                let mut interner = self.interner.lock().map_err(poisoned)?;
+                let mut interner = self.interner()?;
                 let known = interner.key(&id, &mut new)?;
                 // Filled in only for requests whose tokens this probe recorded.
                 let seen = interner
@@ -542,7 +553,7 @@ impl NativeProbe {
         if let Some(p) = self.probe.take() {
             p.abandon();
         }
-        self.interner = Mutex::new(Interner::default());
+        self.interner = Mutex::new(Interner::with_cap(self.max_requests));
     }
 }
 
@@ -629,9 +640,9 @@ impl NativeProbe {
     ) -> PyResult<()> {
         sc.clear();
         let mut new = Vec::new();
-        let composed = match self.interner.lock() {
+        let composed = match self.interner() {
             Ok(mut interner) => self.fill_composition(&mut interner, step, &a, sc, &mut new),
-            Err(e) => Err(poisoned(e)),
+            Err(e) => Err(e),
         };
         self.record_first_sight(new)?;
         composed?;

@@ -296,3 +296,27 @@ def test_errors_of_direct_native_calls_count_like_the_recorders_own(tmp_path: Pa
     rec.failed("record_step", ValueError("once more"))
     assert not rec.enabled
     rec.shutdown()
+
+
+def test_past_the_request_cap_every_key_stays_consistent(tmp_path: Path):
+    # Finishes that never come: past `max_requests` the probe forgets every
+    # request, between calls. A step's batch larger than the cap is interned
+    # whole; the next step starts afresh with new keys (and arrival records)
+    # for everyone, each key's output indices still counting from its first.
+    probe = NativeProbe(str(tmp_path), max_requests=4)
+    reqs = [f"r{i}" for i in range(6)]
+    counts = [1, 2, 3, 4, 5, 6]
+    for step in range(3):
+        assert probe.record_step(step, monotonic_ns(), reqs, [0] * 6, counts, None, None,
+                                 token_ids=[[7] * c for c in counts])
+    probe.shutdown(10.0)
+    arrivals = {a["req"]: a["internal_id"] for a in records(tmp_path, "Arrival")}
+    seen: dict[int, int] = {}
+    for s in records(tmp_path, "Step"):
+        keys = [b["req"] for b in s["batch"]]
+        assert len(set(keys)) == 6
+        assert [arrivals[k] for k in keys] == reqs
+        assert [r["req"] for r in s["tokens"]["runs"]] == keys
+        for run in s["tokens"]["runs"]:
+            assert run["first_index"] == seen.get(run["req"], 0)
+            seen[run["req"]] = run["first_index"] + run["count"]
