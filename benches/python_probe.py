@@ -3,9 +3,11 @@
 For batch sizes 1, 64 and 256 (one sampled token per request, top-5
 logprobs) and for the shapes engines really hand over:
 
-- ``vllm``: what the vLLM adapter passes — ``sampled_token_ids`` as a list of
-  lists, and LogprobsLists' [n, k+1] arrays whole (sampled token in column 0),
-  with each run's row named (``sampled_first``, ``logprob_rows``);
+- ``vllm``: what the vLLM adapter passes — the batch as vLLM's
+  scheduled-tokens dict and a list of tokens computed, each output's token
+  list, LogprobsLists' [n, k+1] arrays whole (sampled token in column 0) with
+  vLLM's request-id -> row dict, and each output's logprobs object as its
+  flag, plus queue lengths and KV usage;
 - ``numpy``: one numpy column per field, strided views for top-K;
 - ``nested``: lists of lists (token ids) and list logprobs;
 - ``lists``: SGLang's flat Python lists;
@@ -18,8 +20,8 @@ it times (calling thread's CPU time), per step and per token:
   per step with the token columns as attributes (batch span processor,
   exporter that discards).
 
-Batch columns are lists, as adapters build them; output indices are left to
-the probe (``run_first_index=None``), as the adapters do. Also measured: the
+The other shapes give the batch as prefill and decode lists. Output indices
+are left to the probe (``run_first_index=None``), as the adapters do. Also measured: the
 ``toktrace.pth`` start-up line when tracing is off.
 
 Usage: python benches/python_probe.py [--quick]
@@ -47,6 +49,10 @@ K = 5
 SHAPES = ("vllm", "numpy", "nested", "lists")
 
 
+class LogprobsFlag:
+    """Stands for a vLLM output's logprobs object (the adapter's per-run flag)."""
+
+
 def columns(batch: int, shape: str) -> dict:
     """The keyword arguments of one step's token data, every shape naming the same keywords."""
     rng = np.random.default_rng(batch)
@@ -55,8 +61,9 @@ def columns(batch: int, shape: str) -> dict:
     ranks = rng.integers(1, 4, size=batch, dtype=np.int64)
     none = dict(sampled_first=False, logprob_rows=None)
     if shape == "vllm":
+        # Rows are named through vLLM's request-id -> row dict at the call.
         return dict(token_ids=[[int(x)] for x in ids[:, 0]], logprobs=None, ranks=ranks, top_ids=ids,
-                    top_logprobs=lps, sampled_first=True, logprob_rows=list(range(batch)))
+                    top_logprobs=lps, sampled_first=True, logprob_rows=None)
     if shape == "numpy":
         return dict(token_ids=ids[:, 0], logprobs=lps[:, 0], ranks=ranks, top_ids=ids[:, 1:],
                     top_logprobs=lps[:, 1:], **none)
@@ -125,6 +132,11 @@ def main() -> None:
         reqs = [f"req-{i}" for i in range(batch)]
         zeros = [0] * batch
         ones = [1] * batch
+        # The vLLM adapter's batch and flags: vLLM's own dicts and objects.
+        scheduled = dict.fromkeys(reqs, 1)
+        computed = [100 + i for i in range(batch)]
+        row_of = {r: i for i, r in enumerate(reqs)}
+        flags = [LogprobsFlag() for _ in reqs]
         for shape in SHAPES:
             c = columns(batch, shape)
             tok, lp, rk, ti, tl = c["token_ids"], c["logprobs"], c["ranks"], c["top_ids"], c["top_logprobs"]
@@ -134,15 +146,30 @@ def main() -> None:
             step = [0]
 
             # Explicit keywords, as the adapters call it.
-            def call_noop():
-                noop(step[0], 0, reqs, zeros, ones, None, None, token_ids=tok, top_k=K, logprobs=lp,
-                     ranks=rk, top_ids=ti, top_logprobs=tl, sampled_first=sf, logprob_rows=rows)
+            if shape == "vllm":
+                def call_noop():
+                    noop(step[0], 0, reqs, None, None, None, None, token_ids=tok, scheduled=scheduled,
+                         computed=computed, cached=None, waiting=0, running=batch, kv_usage=0.5,
+                         preempted=None, finished=None, top_k=K, top_ids=ti, top_logprobs=tl, ranks=rk,
+                         sampled_first=True, logprob_rows=row_of, run_has_logprobs=flags)
 
-            def call_probe():
-                step[0] += 1
-                probe.record_step(step[0], monotonic_ns(), reqs, zeros, ones, None, None, token_ids=tok,
-                                  top_k=K, logprobs=lp, ranks=rk, top_ids=ti, top_logprobs=tl,
-                                  sampled_first=sf, logprob_rows=rows)
+                def call_probe():
+                    step[0] += 1
+                    probe.record_step(step[0], monotonic_ns(), reqs, None, None, None, None, token_ids=tok,
+                                      scheduled=scheduled, computed=computed, cached=None, waiting=0,
+                                      running=batch, kv_usage=0.5, preempted=None, finished=None, top_k=K,
+                                      top_ids=ti, top_logprobs=tl, ranks=rk, sampled_first=True,
+                                      logprob_rows=row_of, run_has_logprobs=flags)
+            else:
+                def call_noop():
+                    noop(step[0], 0, reqs, zeros, ones, None, None, token_ids=tok, top_k=K, logprobs=lp,
+                         ranks=rk, top_ids=ti, top_logprobs=tl, sampled_first=sf, logprob_rows=rows)
+
+                def call_probe():
+                    step[0] += 1
+                    probe.record_step(step[0], monotonic_ns(), reqs, zeros, ones, None, None, token_ids=tok,
+                                      top_k=K, logprobs=lp, ranks=rk, top_ids=ti, top_logprobs=tl,
+                                      sampled_first=sf, logprob_rows=rows)
 
             def call_otel():
                 # The SDK takes flat lists of primitives: converting is part of its cost.

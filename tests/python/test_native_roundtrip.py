@@ -203,6 +203,31 @@ def test_scheduled_may_be_the_engines_dict(tmp_path: Path):
     assert [(b["prefill_tokens"], b["decode_tokens"]) for b in step["batch"]] == [(4, 0), (3, 0)]
 
 
+@pytest.mark.parametrize("order", ["same", "reversed", "shuffled", "extra keys", "equal copies"])
+def test_dict_lookups_follow_any_order(tmp_path: Path, order: str):
+    # The probe walks the dict alongside the ids while they match its order
+    # and looks the rest up: every order must give the dict's values.
+    import random
+
+    batch = [f"req-{i}" for i in range(40)]
+    keys = list(batch)
+    if order == "reversed":
+        keys.reverse()
+    elif order == "shuffled":
+        random.Random(7).shuffle(keys)
+    elif order == "extra keys":
+        keys = [k for b in batch for k in (b, b + "-other")]
+    elif order == "equal copies":
+        keys = ["".join(list(b)) for b in batch]  # equal text, other objects
+    scheduled = {k: 1 + i for i, k in enumerate(keys)}
+    probe = NativeProbe(str(tmp_path))
+    assert probe.record_step(0, monotonic_ns(), batch, None, None, [], [], scheduled=scheduled,
+                             computed=[0] * len(batch))
+    probe.shutdown(10.0)
+    [step] = records(tmp_path, "Step")
+    assert [b["prefill_tokens"] for b in step["batch"]] == [scheduled[b] for b in batch]
+
+
 def test_scheduled_without_computed_is_refused(tmp_path: Path):
     probe = NativeProbe(str(tmp_path))
     with pytest.raises(ValueError, match="scheduled and computed"):
