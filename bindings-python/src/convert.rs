@@ -686,7 +686,26 @@ pub fn lookup_each(
     let nums = layout::numbers();
     let mut pos: ffi::Py_ssize_t = 0;
     let mut misses = 0;
-    for item in items(l) {
+    let n = if layout::is_direct_list(l) {
+        // SAFETY: `l` passed `is_direct_list`.
+        unsafe { layout::list_items(l) }.len()
+    } else {
+        // SAFETY: `l` is a live list.
+        unsafe { ffi::PyList_Size(l) }.max(0) as usize
+    };
+    for i in 0..n {
+        // Read afresh each time (a lookup comparing odd key types may run
+        // Python code); directly when the list's layout is known.
+        let item = if layout::is_direct_list(l) {
+            // SAFETY: `l` passed `is_direct_list`; the slice is used at once.
+            unsafe { layout::list_items(l) }
+                .get(i)
+                .copied()
+                .unwrap_or(std::ptr::null_mut())
+        } else {
+            // SAFETY: a borrowed item of a live list (null when out of range).
+            unsafe { ffi::PyList_GetItem(l, i as ffi::Py_ssize_t) }
+        };
         if item.is_null() {
             return Some(Err(PyTypeError::new_err("column changed while being read")));
         }
