@@ -24,7 +24,11 @@ The other shapes give the batch as prefill and decode lists. Output indices
 are left to the probe (``run_first_index=None``), as the adapters do. Also measured: the
 ``toktrace.pth`` start-up line when tracing is off.
 
-Usage: python benches/python_probe.py [--quick]
+With ``--parts``, instead: at batch 256, per shape, the step with its batch
+only, then with token ids, then with top-5 logprobs too — what each part
+costs, by leaving the rest out.
+
+Usage: python benches/python_probe.py [--quick] [--parts]
 Needs: the toktrace wheel, numpy, opentelemetry-sdk (tests/requirements.txt).
 """
 
@@ -115,14 +119,49 @@ def make_otel():
     return provider, provider.get_tracer("toktrace-bench")
 
 
+def parts(probe: NativeProbe, number: int, repeat: int) -> None:
+    """What each part of a 256-request step costs, by leaving the rest out."""
+    batch = 256
+    reqs = [f"req-{i}" for i in range(batch)]
+    print(f"batch {batch}, ns/token (keywords passed as **kwargs here, the same for every part)")
+    print(f"{'shape':>7} | {'batch only':>10} | {'+ token ids':>11} | {'+ top-5 logprobs':>16}")
+    for shape in SHAPES:
+        c = columns(batch, shape)
+        if shape == "vllm":
+            batch_kw = dict(prefill=None, decode=None, scheduled=dict.fromkeys(reqs, 1),
+                            computed=[100 + i for i in range(batch)])
+            lp_kw = dict(top_k=K, top_ids=c["top_ids"], top_logprobs=c["top_logprobs"], ranks=c["ranks"],
+                         sampled_first=True, logprob_rows={r: i for i, r in enumerate(reqs)},
+                         run_has_logprobs=[LogprobsFlag() for _ in reqs])
+        else:
+            batch_kw = dict(prefill=[0] * batch, decode=[1] * batch)
+            lp_kw = dict(top_k=K, logprobs=c["logprobs"], ranks=c["ranks"], top_ids=c["top_ids"],
+                         top_logprobs=c["top_logprobs"])
+        cells = []
+        for kw in (batch_kw, {**batch_kw, "token_ids": c["token_ids"]},
+                   {**batch_kw, "token_ids": c["token_ids"], **lp_kw}):
+            def call(kw=kw):
+                probe.record_step(1, monotonic_ns(), reqs, run_reqs=None, run_first_index=None, **kw)
+            cells.append(per_call(call, number, repeat, settle=lambda: probe.flush(30.0)) * 1e9 / batch)
+        print(f"{shape:>7} | {cells[0]:>10.1f} | {cells[1]:>11.1f} | {cells[2]:>16.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    ap.add_argument("--parts", action="store_true", help="split the cost of a 256-request step by part")
     args = ap.parse_args()
     repeat = 3 if args.quick else 15
     root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     tmp = tempfile.mkdtemp(prefix="toktrace-bench-", dir=root)
     probe = NativeProbe(tmp, ring_slots=1024, ring_bytes=64 << 20)
+    if args.parts:
+        try:
+            parts(probe, 200 if not args.quick else 50, repeat)
+        finally:
+            probe.shutdown(30.0)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     provider, tracer = make_otel()
     print(f"direct reads (lists, ints, floats, numpy): {direct_reads()} before the first numpy column")
 
