@@ -163,7 +163,7 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         return
     provider, tracer = make_otel()
-    print(f"direct reads (lists, ints, floats, numpy): {direct_reads()} before the first numpy column")
+    print(f"direct reads (lists, ints, floats, numpy, dicts): {direct_reads()} before the first numpy column")
 
     print(f"{'batch':>5} {'shape':>7} | {'noop ns/step':>12} | {'toktrace ns/step':>16} {'ns/token':>9} "
           f"{'over noop ns/tok':>16} | {'otel ns/step':>12} {'ns/token':>9} {'otel/toktrace':>13}")

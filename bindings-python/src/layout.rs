@@ -1,10 +1,11 @@
 //! Object layouts read directly, each checked once against the C API.
 //!
 //! Through the limited (abi3) C API every list item, int and float is an
-//! exported function call (`PyList_GetItem`, `PyLong_AsLongLong`, …), and a
-//! numpy array is a buffer export that allocates its format string: together
-//! most of a step's cost at batch 256. The layouts behind them are old and
-//! stable — CPython's list, float and int headers in the 3.11–3.14 GIL builds
+//! exported function call (`PyList_GetItem`, `PyLong_AsLongLong`, …), a dict
+//! is walked one `PyDict_Next` call per entry, and a numpy array is a buffer
+//! export that allocates its format string: together most of a step's cost
+//! at batch 256. The layouts behind them are old and stable — CPython's
+//! list, float, int and dict headers in the 3.11–3.14 GIL builds
 //! an abi3-py311 wheel loads into, numpy's ndarray and dtype headers since
 //! numpy 1.7 — so this module reads them directly, the way a profiler reads
 //! an interpreter's memory. Each layout is used only after a check on sample
@@ -67,11 +68,42 @@ struct DescrHead {
     type_num: c_int,
 }
 
+/// `PyDictObject` (3.11 on; `ma_version_tag` is a watcher tag from 3.13,
+/// the same size). Fields not read stay for their place in the layout.
+#[repr(C)]
+#[allow(dead_code)]
+struct DictHead {
+    ob_base: ffi::PyObject,
+    ma_used: isize,
+    ma_version_tag: u64,
+    ma_keys: *const DictKeysHead,
+    ma_values: *const u8,
+}
+
+/// `PyDictKeysObject` up to its index table (`dk_indices`), which the entry
+/// array follows. The 3.11 compact form, unchanged in the GIL builds since.
+#[repr(C)]
+#[allow(dead_code)]
+struct DictKeysHead {
+    dk_refcnt: isize,
+    dk_log2_size: u8,
+    dk_log2_index_bytes: u8,
+    dk_kind: u8,
+    dk_version: u32,
+    dk_usable: isize,
+    dk_nentries: isize,
+}
+
+/// `dk_kind`: entries are (hash, key, value) / (key, value) / split away.
+const DICT_KEYS_GENERAL: u8 = 0;
+const DICT_KEYS_UNICODE: u8 = 1;
+
 const LONG_OFF: u8 = 0;
 const LONG_SIZE: u8 = 1; // 3.11: ob_size
 const LONG_TAG: u8 = 2; // 3.12+: lv_tag
 
 static LIST_OK: AtomicBool = AtomicBool::new(false);
+static DICT_OK: AtomicBool = AtomicBool::new(false);
 static FLOAT_OK: AtomicBool = AtomicBool::new(false);
 static LONG_FORM: AtomicU8 = AtomicU8::new(LONG_OFF);
 /// numpy's ndarray type once it passed its check; null before (or never).
@@ -132,6 +164,68 @@ pub unsafe fn list_items<'a>(list: *mut ffi::PyObject) -> &'a [*mut ffi::PyObjec
     } else {
         std::slice::from_raw_parts(head.ob_item, n)
     }
+}
+
+// ---------- dicts ----------
+
+/// A dict's entry array as it is now: entry `i` of `0..len` in insertion
+/// order, deleted ones holding a null value.
+#[derive(Clone, Copy)]
+pub struct DictEntries {
+    first: *const *mut ffi::PyObject,
+    /// Pointers per entry (2: key, value; 3: hash, key, value).
+    width: usize,
+    len: usize,
+}
+
+impl DictEntries {
+    /// Entries, deleted ones included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Key and value of entry `i < len()` (value null if deleted).
+    ///
+    /// # Safety
+    /// The dict must be unchanged since `dict_entries` returned this.
+    pub unsafe fn get(&self, i: usize) -> (*mut ffi::PyObject, *mut ffi::PyObject) {
+        let e = self.first.add(i * self.width + self.width - 2);
+        (*e, *e.add(1))
+    }
+}
+
+/// The entries of `dict` when dicts are read directly and its table holds
+/// them (not a split instance dict); None otherwise.
+///
+/// # Safety
+/// `dict` must be a live exact dict. The result is valid until the dict is
+/// changed: no Python code may run while it is used.
+pub unsafe fn dict_entries(dict: *mut ffi::PyObject) -> Option<DictEntries> {
+    if !DICT_OK.load(Ordering::Relaxed) {
+        return None;
+    }
+    let head = &*dict.cast::<DictHead>();
+    if !head.ma_values.is_null() || head.ma_keys.is_null() {
+        return None;
+    }
+    let keys = &*head.ma_keys;
+    let width = match keys.dk_kind {
+        DICT_KEYS_UNICODE => 2,
+        DICT_KEYS_GENERAL => 3,
+        _ => return None,
+    };
+    let indices = head
+        .ma_keys
+        .cast::<u8>()
+        .add(std::mem::size_of::<DictKeysHead>());
+    let first = indices
+        .add(1usize << keys.dk_log2_index_bytes)
+        .cast::<*mut ffi::PyObject>();
+    Some(DictEntries {
+        first,
+        width,
+        len: keys.dk_nentries.max(0) as usize,
+    })
 }
 
 // ---------- numbers ----------
@@ -353,6 +447,7 @@ fn check_ndarray(
 /// loads. A layout whose check fails stays off.
 pub fn init(py: Python<'_>) -> PyResult<()> {
     LIST_OK.store(check_list(py)?, Ordering::Relaxed);
+    DICT_OK.store(check_dict(py)?, Ordering::Relaxed);
     FLOAT_OK.store(check_float(py)?, Ordering::Relaxed);
     LONG_FORM.store(check_long(py)?, Ordering::Relaxed);
     Ok(())
@@ -375,6 +470,55 @@ fn check_list(py: Python<'_>) -> PyResult<bool> {
             if *head.ob_item.add(i) != ffi::PyList_GetItem(p, i as isize) {
                 return Ok(false);
             }
+        }
+    }
+    Ok(true)
+}
+
+/// Dicts of str keys and of other keys, with a deleted entry, a large table
+/// and an emptied one: read directly, each must give `PyDict_Next`'s entries
+/// in its order.
+fn check_dict(py: Python<'_>) -> PyResult<bool> {
+    let text = PyDict::new(py);
+    for (i, k) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        text.set_item(k, i)?;
+    }
+    text.del_item("b")?;
+    text.set_item("e", 9)?;
+    let numbers = PyDict::new(py);
+    for i in 0..1000 {
+        numbers.set_item(i * 7, i)?;
+    }
+    numbers.del_item(14)?;
+    let empty = PyDict::new(py);
+    empty.set_item("x", 1)?;
+    empty.del_item("x")?;
+    DICT_OK.store(true, Ordering::Relaxed);
+    for d in [&text, &numbers, &empty] {
+        let p = d.as_ptr();
+        // SAFETY: live exact dicts, unchanged while compared with the C API.
+        let same = unsafe {
+            let Some(entries) = dict_entries(p) else {
+                DICT_OK.store(false, Ordering::Relaxed);
+                return Ok(false);
+            };
+            let mut direct = Vec::new();
+            for i in 0..entries.len() {
+                let (k, v) = entries.get(i);
+                if !v.is_null() {
+                    direct.push((k, v));
+                }
+            }
+            let mut api = Vec::new();
+            let (mut pos, mut k, mut v) = (0, std::ptr::null_mut(), std::ptr::null_mut());
+            while ffi::PyDict_Next(p, &mut pos, &mut k, &mut v) != 0 {
+                api.push((k, v));
+            }
+            direct == api && api.len() == d.len()
+        };
+        if !same {
+            DICT_OK.store(false, Ordering::Relaxed);
+            return Ok(false);
         }
     }
     Ok(true)
@@ -427,13 +571,14 @@ fn check_long(py: Python<'_>) -> PyResult<u8> {
     Ok(form)
 }
 
-/// Which direct readers are on: (lists, ints, floats, numpy), for tests and
-/// the benchmark's report.
-pub fn status() -> (bool, bool, bool, bool) {
+/// Which direct readers are on: (lists, ints, floats, numpy, dicts), for
+/// tests and the benchmark's report.
+pub fn status() -> (bool, bool, bool, bool, bool) {
     (
         LIST_OK.load(Ordering::Relaxed),
         LONG_FORM.load(Ordering::Relaxed) != LONG_OFF,
         FLOAT_OK.load(Ordering::Relaxed),
         ND_STATE.load(Ordering::Relaxed) == ND_OK,
+        DICT_OK.load(Ordering::Relaxed),
     )
 }

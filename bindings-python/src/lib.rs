@@ -27,9 +27,9 @@ fn probe_version() -> &'static str {
 fn noop(_args: &Bound<'_, pyo3::types::PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) {
 }
 
-/// Which object layouts are read directly: (lists, ints, floats, numpy).
+/// Which object layouts are read directly: (lists, ints, floats, numpy, dicts).
 #[pyfunction]
-fn direct_reads() -> (bool, bool, bool, bool) {
+fn direct_reads() -> (bool, bool, bool, bool, bool) {
     layout::status()
 }
 

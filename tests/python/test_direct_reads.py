@@ -40,7 +40,7 @@ def round_trip(tmp_path: Path, ids, logprobs=None) -> dict:
 def test_this_interpreter_gets_the_direct_readers(tmp_path: Path):
     # Recording one numpy column teaches the probe numpy's layout.
     round_trip(tmp_path, np.arange(3))
-    assert direct_reads() == (True, True, True, True)
+    assert direct_reads() == (True, True, True, True, True)
 
 
 INT_CASES = {
