@@ -680,9 +680,14 @@ pub fn lookup_each(
     const GIVE_UP: u32 = 4;
     let (m, l) = (map.as_ptr(), ids.as_ptr());
     // SAFETY: type checks on live objects.
-    if unsafe { ffi::PyDict_CheckExact(m) == 0 || ffi::PyList_Check(l) == 0 } {
+    if unsafe { ffi::PyDict_Check(m) == 0 || ffi::PyList_Check(l) == 0 } {
         return None;
     }
+    // The entry table is read directly for exact dicts only; a subclass is
+    // walked through the API.
+    // SAFETY (both calls): `m` is a live dict, exact when read directly.
+    let exact = unsafe { ffi::PyDict_CheckExact(m) } != 0;
+    let read_entries = || exact.then(|| unsafe { layout::dict_entries(m) }).flatten();
     let nums = layout::numbers();
     let n = if layout::is_direct_list(l) {
         // SAFETY: `l` passed `is_direct_list`.
@@ -694,8 +699,7 @@ pub fn lookup_each(
     // Where the walk stands (an entry index), and the entries read directly
     // (read again after a lookup, which may have run Python code).
     let mut pos = 0usize;
-    // SAFETY: `m` is a live exact dict.
-    let mut entries = unsafe { layout::dict_entries(m) };
+    let mut entries = read_entries();
     let mut misses = 0;
     out.reserve(n);
     for i in 0..n {
@@ -715,8 +719,9 @@ pub fn lookup_each(
             return Some(Err(PyTypeError::new_err("column changed while being read")));
         }
         let value = if misses < GIVE_UP {
-            // SAFETY: `m` is a live exact dict; the entry is used at once,
-            // before any lookup could run Python code.
+            // SAFETY: `m` is a live dict, `entries` read from it since the
+            // last lookup; the entry is used before any lookup could run
+            // Python code.
             match unsafe { peek_entry(m, entries, pos) } {
                 Some((key, value, after)) if key == item => {
                     pos = after;
@@ -735,8 +740,7 @@ pub fn lookup_each(
             // SAFETY: a borrowed item of a live list; the result is borrowed
             // (or null: absent, or an error from comparing odd key types).
             let found = unsafe { ffi::PyDict_GetItemWithError(m, item) };
-            // SAFETY: as above.
-            entries = unsafe { layout::dict_entries(m) };
+            entries = read_entries();
             if found.is_null() {
                 if let Some(err) = PyErr::take(map.py()) {
                     return Some(Err(err));
@@ -765,8 +769,8 @@ pub fn lookup_each(
 /// indices).
 ///
 /// # Safety
-/// `dict` is a live exact dict and `entries` its entries as they are now; no
-/// Python code runs while the result is used.
+/// `dict` is a live dict and `entries` (if any) its entries as they are now;
+/// no Python code runs while the result is used.
 unsafe fn peek_entry(
     dict: *mut ffi::PyObject,
     entries: Option<layout::DictEntries>,

@@ -203,7 +203,8 @@ def test_scheduled_may_be_the_engines_dict(tmp_path: Path):
     assert [(b["prefill_tokens"], b["decode_tokens"]) for b in step["batch"]] == [(4, 0), (3, 0)]
 
 
-@pytest.mark.parametrize("order", ["same", "reversed", "shuffled", "extra keys", "deleted keys", "equal copies"])
+@pytest.mark.parametrize("order", ["same", "reversed", "shuffled", "extra keys", "deleted keys", "equal copies",
+                                   "a dict subclass"])
 def test_dict_lookups_follow_any_order(tmp_path: Path, order: str):
     # The probe walks the dict alongside the ids while they match its order
     # and looks the rest up: every order must give the dict's values.
@@ -220,6 +221,10 @@ def test_dict_lookups_follow_any_order(tmp_path: Path, order: str):
     elif order == "equal copies":
         keys = ["".join(list(b)) for b in batch]  # equal text, other objects
     scheduled = {k: 1 + i for i, k in enumerate(keys)}
+    if order == "a dict subclass":
+        from collections import OrderedDict
+
+        scheduled = OrderedDict(scheduled)
     if order == "deleted keys":
         # Deleted entries stay in the table, empty, between the live ones.
         scheduled = {k: 1 + i for i, k in enumerate(k for b in batch for k in (b + "-gone", b))}
