@@ -127,6 +127,19 @@ def check_tokens_match(out: dict, trace: Trace, k: int) -> int:
     return checked
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_sglang_shm_segments():
+    """SGLang leaves a few `sglang_loads_*` segments (36 KB each) in /dev/shm
+    for every engine it starts; take away the ones this module's engines left,
+    so repeated runs on one machine do not pile them up."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob("sglang_loads_*")) if shm.is_dir() else set()
+    yield
+    if shm.is_dir():
+        for segment in set(shm.glob("sglang_loads_*")) - before:
+            segment.unlink(missing_ok=True)
+
+
 # ===== offline sglang.Engine, both scheduler loops =====
 
 
