@@ -344,24 +344,43 @@ fn is_list_or_tuple(obj: *mut ffi::PyObject) -> bool {
     unsafe { ffi::PyList_Check(obj) != 0 || ffi::PyTuple_Check(obj) != 0 }
 }
 
-/// Items of a list or tuple without new references (the container is held by
-/// the caller, so its items stay alive while we read them).
-pub fn items(seq: *mut ffi::PyObject) -> impl Iterator<Item = *mut ffi::PyObject> {
-    // SAFETY: `seq` is a live list or tuple; *_GetItem return borrowed references.
-    let (n, is_list) = unsafe {
+/// Length of a live list or tuple.
+pub fn seq_len(seq: *mut ffi::PyObject) -> usize {
+    // SAFETY: `seq` is a live list or tuple; the size calls cannot fail.
+    unsafe {
         if ffi::PyList_Check(seq) != 0 {
-            (ffi::PyList_Size(seq), true)
+            ffi::PyList_Size(seq)
         } else {
-            (ffi::PyTuple_Size(seq), false)
+            ffi::PyTuple_Size(seq)
         }
-    };
-    (0..n.max(0)).map(move |i| unsafe {
-        if is_list {
-            ffi::PyList_GetItem(seq, i)
+    }
+    .max(0) as usize
+}
+
+/// Item `i` of a live list or tuple, borrowed (the container is held by the
+/// caller), read now: Python code run since an earlier read (a getattr, a
+/// dropped object) may have shrunk a list, and then this is null. Lists are
+/// read directly when their layout is known.
+pub fn seq_item(seq: *mut ffi::PyObject, i: usize) -> *mut ffi::PyObject {
+    // SAFETY: `seq` is a live list or tuple; *_GetItem return borrowed
+    // references (null when out of range), the direct read a fresh slice.
+    unsafe {
+        if ffi::PyList_Check(seq) == 0 {
+            ffi::PyTuple_GetItem(seq, i as ffi::Py_ssize_t)
+        } else if layout::is_direct_list(seq) {
+            layout::list_items(seq)
+                .get(i)
+                .copied()
+                .unwrap_or(std::ptr::null_mut())
         } else {
-            ffi::PyTuple_GetItem(seq, i)
+            ffi::PyList_GetItem(seq, i as ffi::Py_ssize_t)
         }
-    })
+    }
+}
+
+/// The items of a list or tuple, each read (`seq_item`) when reached.
+pub fn items(seq: *mut ffi::PyObject) -> impl ExactSizeIterator<Item = *mut ffi::PyObject> {
+    (0..seq_len(seq)).map(move |i| seq_item(seq, i))
 }
 
 /// A list of plain numbers, or of lists of them, read straight from memory.
@@ -689,32 +708,15 @@ pub fn lookup_each(
     let exact = unsafe { ffi::PyDict_CheckExact(m) } != 0;
     let read_entries = || exact.then(|| unsafe { layout::dict_entries(m) }).flatten();
     let nums = layout::numbers();
-    let n = if layout::is_direct_list(l) {
-        // SAFETY: `l` passed `is_direct_list`.
-        unsafe { layout::list_items(l) }.len()
-    } else {
-        // SAFETY: `l` is a live list.
-        unsafe { ffi::PyList_Size(l) }.max(0) as usize
-    };
+    // Each id read when reached: a lookup comparing odd key types may run Python code.
+    let ids = items(l);
     // Where the walk stands (an entry index), and the entries read directly
     // (read again after a lookup, which may have run Python code).
     let mut pos = 0usize;
     let mut entries = read_entries();
     let mut misses = 0;
-    out.reserve(n);
-    for i in 0..n {
-        // Read afresh each time (a lookup comparing odd key types may run
-        // Python code); directly when the list's layout is known.
-        let item = if layout::is_direct_list(l) {
-            // SAFETY: `l` passed `is_direct_list`; the slice is used at once.
-            unsafe { layout::list_items(l) }
-                .get(i)
-                .copied()
-                .unwrap_or(std::ptr::null_mut())
-        } else {
-            // SAFETY: a borrowed item of a live list (null when out of range).
-            unsafe { ffi::PyList_GetItem(l, i as ffi::Py_ssize_t) }
-        };
+    out.reserve(ids.len());
+    for item in ids {
         if item.is_null() {
             return Some(Err(PyTypeError::new_err("column changed while being read")));
         }

@@ -22,6 +22,7 @@
 //! calls (`trim`), never inside one, so no key or slot handed out during a
 //! call (a step's batch and runs) goes stale before the call is done.
 
+use crate::convert::{seq_item, seq_len};
 use crate::layout;
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -160,12 +161,7 @@ impl Interner {
             }
             return Ok(());
         }
-        // SAFETY: `list` is a live list held by the caller.
-        let n = if direct {
-            unsafe { layout::list_items(list) }.len()
-        } else {
-            unsafe { ffi::PyList_Size(list) }.max(0) as usize
-        };
+        let n = seq_len(list);
         out.reserve(n);
         slots.reserve(n);
         let mut cache = std::mem::take(&mut self.recent[site as usize]);
@@ -187,19 +183,9 @@ impl Interner {
             slots.extend(cache[..hits].iter().map(|&(_, id)| id.slot));
         }
         for i in hits..n {
-            // SAFETY: borrowed reference to an item of a list the caller holds
-            // (read afresh each time: `key_slow` may drop a string it
-            // remembered, and a dropped object may run Python code).
-            let item = unsafe {
-                if direct {
-                    layout::list_items(list)
-                        .get(i)
-                        .copied()
-                        .unwrap_or(std::ptr::null_mut())
-                } else {
-                    ffi::PyList_GetItem(list, i as isize)
-                }
-            };
+            // Read afresh item by item: `key_slow` may drop a string it
+            // remembered, and a dropped object may run Python code.
+            let item = seq_item(list, i);
             if item.is_null() {
                 self.recent[site as usize] = cache;
                 return Err(PyErr::take(ids.py()).unwrap_or_else(|| {
