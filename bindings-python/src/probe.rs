@@ -737,9 +737,9 @@ impl NativeProbe {
         if sc.has_lp.len() != nr {
             return Err(mismatch("run_has_logprobs", sc.has_lp.len(), nr));
         }
-        let keep_k = usize::try_from(a.top_k)
-            .ok()
-            .map(|k| k.min(self.top_k_cap as usize).min(255) as u8)
+        let keep_k = self
+            .kept_k(a.top_k)
+            .map(|k| k as u8)
             .filter(|_| self.capture != CaptureLevel::Metadata);
         // First output indices: as given, or continued from what this probe
         // recorded; either way each request's count moves on past its run.
@@ -790,6 +790,13 @@ impl NativeProbe {
         Ok(())
     }
 
+    /// Candidates kept per token for a step handing over `top_k` (negative:
+    /// no logprob data): at most the configured cap, and what a run records.
+    fn kept_k(&self, top_k: i64) -> Option<usize> {
+        let k = usize::try_from(top_k).ok()?;
+        Some(k.min(self.top_k_cap as usize).min(u8::MAX as usize))
+    }
+
     /// The token columns of a step whose runs are in place.
     fn fill_tokens(
         &self,
@@ -813,9 +820,7 @@ impl NativeProbe {
                 return Err(mismatch("token_ids", t.ids.len(), n));
             }
         }
-        let given_k = usize::try_from(a.top_k).ok();
-        let keep_k = given_k.map(|k| k.min(self.top_k_cap as usize).min(255));
-        if let (Some(k), Some(keep)) = (given_k, keep_k) {
+        if let (Ok(k), Some(keep)) = (usize::try_from(a.top_k), self.kept_k(a.top_k)) {
             if a.sampled_first || a.logprob_rows.is_some() {
                 return gather_logprobs(t, a, sc, k, keep, n);
             }

@@ -281,8 +281,8 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
     finishes = None
     if reasons.count(None) != len(reasons):
         # Output counts at finish: None lets the probe fill in what it recorded.
-        finishes = [(o.request_id, _FINISH.get(int(r), str(r)), None)
-                    for o, r in zip(outputs, reasons) if r is not None]
+        finishes = [(rid, _FINISH.get(int(r), str(r)), None)
+                    for rid, r in zip(run_ids, reasons) if r is not None]
     # Runs in batch order (the usual step): the probe takes them from the
     # batch and looks no id up twice.
     runs = None if run_ids == batch else run_ids
