@@ -690,6 +690,9 @@ pub fn extend_flags(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> 
 /// directly, ~10 through `PyDict_Next`, against ~20 for hashing into the
 /// table). An entry that does not match is left for a later id and the id is
 /// looked up; after a few misses in a row only lookups are made.
+/// The leading ids that match (usually all of them) are taken first in one
+/// tight pass over both tables (`walk_prefix`), 3.5 ns an id cheaper than the
+/// general loop, which reads each id afresh (256 ids, interleaved A/B).
 pub fn lookup_each(
     map: &Bound<'_, PyAny>,
     ids: &Bound<'_, PyAny>,
@@ -708,15 +711,17 @@ pub fn lookup_each(
     let exact = unsafe { ffi::PyDict_CheckExact(m) } != 0;
     let read_entries = || exact.then(|| unsafe { layout::dict_entries(m) }).flatten();
     let nums = layout::numbers();
-    // Each id read when reached: a lookup comparing odd key types may run Python code.
-    let ids = items(l);
     // Where the walk stands (an entry index), and the entries read directly
     // (read again after a lookup, which may have run Python code).
     let mut pos = 0usize;
     let mut entries = read_entries();
     let mut misses = 0;
-    out.reserve(ids.len());
-    for item in ids {
+    // SAFETY: `l` is a live list and `entries` were just read from `m`; the
+    // prefix walk runs no Python code.
+    let done = unsafe { walk_prefix(l, entries, &mut pos, out) };
+    // Then each id read when reached: a lookup comparing odd key types may
+    // run Python code.
+    for item in (done..seq_len(l)).map(|i| seq_item(l, i)) {
         if item.is_null() {
             return Some(Err(PyTypeError::new_err("column changed while being read")));
         }
@@ -763,6 +768,52 @@ pub fn lookup_each(
         });
     }
     Some(Ok(()))
+}
+
+/// The leading ids that are the dict's keys in entry order, with plain int
+/// values (usually every id): their values written to `out` in one pass over
+/// both tables, nothing kept in memory between items (`pos` moves past the
+/// entries taken). Returns how many ids were taken; the rest are left to the
+/// general loop.
+///
+/// # Safety
+/// `list` is a live list and `entries` (if any) the entries of the dict as
+/// they are now; no Python code runs during the call.
+unsafe fn walk_prefix(
+    list: *mut ffi::PyObject,
+    entries: Option<layout::DictEntries>,
+    pos: &mut usize,
+    out: &mut Vec<u32>,
+) -> usize {
+    let Some(entries) = entries.filter(|_| layout::is_direct_list(list)) else {
+        return 0;
+    };
+    let nums = layout::numbers();
+    let ids = layout::list_items(list);
+    out.reserve(ids.len());
+    let start = out.len();
+    let mut taken = 0;
+    let mut at = *pos;
+    for (&id, slot) in ids.iter().zip(out.spare_capacity_mut()) {
+        while at < entries.len() && entries.get(at).1.is_null() {
+            at += 1; // a deleted entry
+        }
+        if at >= entries.len() {
+            break;
+        }
+        let (key, value) = entries.get(at);
+        match nums.int_value(value).map(u32::from_i64) {
+            Some((v, true)) if key == id => {
+                slot.write(v);
+                taken += 1;
+                at += 1;
+            }
+            _ => break,
+        }
+    }
+    out.set_len(start + taken);
+    *pos = at;
+    taken
 }
 
 /// The first live entry at or after walk position `from`: its key, its value

@@ -204,7 +204,7 @@ def test_scheduled_may_be_the_engines_dict(tmp_path: Path):
 
 
 @pytest.mark.parametrize("order", ["same", "reversed", "shuffled", "extra keys", "deleted keys", "equal copies",
-                                   "a dict subclass"])
+                                   "a dict subclass", "diverging midway", "odd values midway"])
 def test_dict_lookups_follow_any_order(tmp_path: Path, order: str):
     # The probe walks the dict alongside the ids while they match its order
     # and looks the rest up: every order must give the dict's values.
@@ -220,7 +220,14 @@ def test_dict_lookups_follow_any_order(tmp_path: Path, order: str):
         keys = [k for b in batch for k in (b, b + "-other")]
     elif order == "equal copies":
         keys = ["".join(list(b)) for b in batch]  # equal text, other objects
+    elif order == "diverging midway":
+        keys = batch[:25] + batch[25:][::-1]
     scheduled = {k: 1 + i for i, k in enumerate(keys)}
+    if order == "odd values midway":
+        # Values that are not plain ints stop the straight walk; the rest is
+        # still read right.
+        scheduled[batch[10]] = np.int64(11)
+        scheduled[batch[20]] = True
     if order == "a dict subclass":
         from collections import OrderedDict
 
