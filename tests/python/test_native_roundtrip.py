@@ -148,6 +148,31 @@ def test_named_rows_out_of_range_are_refused(tmp_path: Path):
     probe.shutdown(1.0)
 
 
+@pytest.mark.parametrize("bad", [-1, 1 << 32])
+@pytest.mark.parametrize("path", ["copied", "gathered"])
+def test_candidate_ids_out_of_range_are_refused(tmp_path: Path, path: str, bad: int):
+    # Anywhere in a row of a top-5 table, whether the table is copied whole
+    # or its rows are picked per run.
+    probe = NativeProbe(str(tmp_path))
+    ids, lps, ranks = engine_arrays(7)
+    ids[2, 4] = bad
+    reqs = [f"req-{i}" for i in range(N_REQ)]
+    if path == "copied":
+        cols = dict(token_ids=ids[:, 0], logprobs=lps[:, 0], top_ids=ids[:, 1:], top_logprobs=lps[:, 1:])
+    else:
+        cols = dict(token_ids=[[int(x)] for x in ids[:, 0]], top_ids=ids, top_logprobs=lps, sampled_first=True,
+                    logprob_rows={r: i for i, r in enumerate(reqs)})
+    with pytest.raises(ValueError, match="not a valid token id|out of range"):
+        probe.record_step(7, monotonic_ns(), reqs, [0] * N_REQ, [1] * N_REQ, None, None, top_k=K, ranks=ranks,
+                          **cols)
+    ids[2, 4] = 7  # the same call with the value in range is taken
+    assert probe.record_step(8, monotonic_ns(), reqs, [0] * N_REQ, [1] * N_REQ, None, None, top_k=K,
+                             ranks=ranks, **cols)
+    probe.shutdown(10.0)
+    [step] = records(tmp_path, "Step")
+    assert step["tokens"]["top_ids"] == ids[:, 1:].ravel().tolist()
+
+
 def test_output_indices_continue_per_request(tmp_path: Path):
     # run_first_index=None: the probe continues each request from the outputs
     # it recorded; a finish without a count gets that count. An empty token
