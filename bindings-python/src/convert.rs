@@ -206,47 +206,79 @@ unsafe fn copy_typed<S: Src, T: Num>(a: &ArrayView<'_>, out: &mut Vec<T>) -> boo
         let rows_are_slices = inner_stride == size
             && (base as usize).is_multiple_of(std::mem::align_of::<S>())
             && a.strides[..outer].iter().all(|&s| s % size == 0);
-        let mut index = [0isize; MAX_DIMS];
+        let run = |p: *const u8, dst: &mut [std::mem::MaybeUninit<T>]| {
+            convert_run::<S, T>(p, inner_stride, rows_are_slices, dst)
+        };
         let mut w = 0usize;
-        'rows: loop {
+        if outer == 1 {
+            // A table (the usual case past 1-D): rows a fixed stride apart,
+            // stepped by pointer (the odometer below keeps its indices in
+            // memory, and every row would wait on the previous row's store).
             let mut p = base;
-            for (&i, &stride) in index[..outer].iter().zip(a.strides) {
-                p = p.offset(i * stride);
+            for _ in 0..a.shape[0] {
+                ok &= run(p, &mut dst[w..w + inner]);
+                w += inner;
+                p = p.offset(a.strides[0]);
             }
-            if rows_are_slices && inner == 5 {
-                ok &= convert_fixed::<S, T, 5>(p.cast::<S>(), &mut dst[w..w + 5]);
-            } else if rows_are_slices {
-                let src = std::slice::from_raw_parts(p.cast::<S>(), inner);
-                for (d, &x) in dst[w..w + inner].iter_mut().zip(src) {
-                    let (v, good) = x.conv::<T>();
-                    d.write(v);
-                    ok &= good;
+        } else {
+            let mut index = [0isize; MAX_DIMS];
+            'rows: loop {
+                let mut p = base;
+                for (&i, &stride) in index[..outer].iter().zip(a.strides) {
+                    p = p.offset(i * stride);
                 }
-            } else {
-                for d in &mut dst[w..w + inner] {
-                    let (v, good) = p.cast::<S>().read_unaligned().conv::<T>();
-                    d.write(v);
-                    ok &= good;
-                    p = p.offset(inner_stride);
+                ok &= run(p, &mut dst[w..w + inner]);
+                w += inner;
+                let mut d = outer;
+                loop {
+                    if d == 0 {
+                        break 'rows;
+                    }
+                    d -= 1;
+                    index[d] += 1;
+                    if index[d] < a.shape[d] {
+                        break;
+                    }
+                    index[d] = 0;
                 }
-            }
-            w += inner;
-            let mut d = outer;
-            loop {
-                if d == 0 {
-                    break 'rows;
-                }
-                d -= 1;
-                index[d] += 1;
-                if index[d] < a.shape[d] {
-                    break;
-                }
-                index[d] = 0;
             }
         }
     }
     // SAFETY: all `total` slots after `start` were written above.
     out.set_len(start + total);
+    ok
+}
+
+/// Convert one run of `dst.len()` values starting at `p`, `stride` bytes
+/// apart; `slices`: they are adjacent and aligned (read as a slice).
+///
+/// # Safety
+/// `p` and the `dst.len() - 1` strides after it point at readable `S` (aligned when `slices`).
+#[inline(always)]
+unsafe fn convert_run<S: Src, T: Num>(
+    mut p: *const u8,
+    stride: isize,
+    slices: bool,
+    dst: &mut [std::mem::MaybeUninit<T>],
+) -> bool {
+    let mut ok = true;
+    if slices && dst.len() == 5 {
+        ok = convert_fixed::<S, T, 5>(p.cast::<S>(), dst);
+    } else if slices {
+        let src = std::slice::from_raw_parts(p.cast::<S>(), dst.len());
+        for (d, &x) in dst.iter_mut().zip(src) {
+            let (v, good) = x.conv::<T>();
+            d.write(v);
+            ok &= good;
+        }
+    } else {
+        for d in dst {
+            let (v, good) = p.cast::<S>().read_unaligned().conv::<T>();
+            d.write(v);
+            ok &= good;
+            p = p.offset(stride);
+        }
+    }
     ok
 }
 
@@ -600,41 +632,15 @@ unsafe fn gather_typed<S: Src, T: Num>(
     let start = out.len();
     let dst = &mut out.spare_capacity_mut()[..total];
     let (s0, s1) = (a.strides[0], a.strides[1]);
-    let mut ok = true;
     let size = std::mem::size_of::<S>();
-    if s1 == size as isize
+    // Rows of contiguous values (numpy's usual layout) convert as slices.
+    let slices = s1 == size as isize
         && (a.data as usize).is_multiple_of(std::mem::align_of::<S>())
-        && s0 % size as isize == 0
-    {
-        // Rows of contiguous values (numpy's usual layout): each row's slice
-        // converts as a plain loop, of fixed length for top-5.
-        if n == 5 {
-            for (&r, chunk) in rows.iter().zip(dst.chunks_exact_mut(5)) {
-                let p = a.data.offset(r as isize * s0).cast::<S>().add(col);
-                ok &= convert_fixed::<S, T, 5>(p, chunk);
-            }
-        } else {
-            for (&r, chunk) in rows.iter().zip(dst.chunks_exact_mut(n.max(1))) {
-                let p = a.data.offset(r as isize * s0).cast::<S>().add(col);
-                for (d, &x) in chunk.iter_mut().zip(std::slice::from_raw_parts(p, n)) {
-                    let (v, good) = x.conv::<T>();
-                    d.write(v);
-                    ok &= good;
-                }
-            }
-        }
-        // SAFETY: every one of the `total` slots was written above.
-        out.set_len(start + total);
-        return ok;
-    }
+        && s0 % size as isize == 0;
+    let mut ok = true;
     for (&r, chunk) in rows.iter().zip(dst.chunks_exact_mut(n.max(1))) {
-        let mut p = a.data.offset(r as isize * s0 + col as isize * s1);
-        for d in chunk.iter_mut().take(n) {
-            let (v, good) = p.cast::<S>().read_unaligned().conv::<T>();
-            d.write(v);
-            ok &= good;
-            p = p.offset(s1);
-        }
+        let p = a.data.offset(r as isize * s0 + col as isize * s1);
+        ok &= convert_run::<S, T>(p, s1, slices, &mut chunk[..n]);
     }
     // SAFETY: every one of the `total` slots was written above.
     out.set_len(start + total);
