@@ -12,13 +12,17 @@ logprobs) and for the shapes engines really hand over:
 - ``nested``: lists of lists (token ids) and list logprobs;
 - ``lists``: SGLang's flat Python lists;
 
-it times (calling thread's CPU time), per step and per token:
+it times (calling thread's CPU time, the least of 15 runs of 200 calls, the median
+beside it for toktrace), per step and per token:
 
 - ``noop``: a no-op PyO3 call taking the same arguments (the floor);
 - ``toktrace``: ``NativeProbe.record_step`` (builds the record, pushes it into the ring);
 - ``otel``: the OpenTelemetry Python SDK recording the same data as one span
   per step with the token columns as attributes (batch span processor,
-  exporter that discards).
+  exporter that discards) — the cheapest way to hand the SDK this data;
+- ``otel events``: the same span with one event per token instead (request,
+  token id, logprob, rank, top-K ids and logprobs; the span's event limit
+  raised so none is dropped) — the SDK's per-token idiom.
 
 The other shapes give the batch as prefill and decode lists. Output indices
 are left to the probe (``run_first_index=None``), as the adapters do. Also measured: the
@@ -88,9 +92,11 @@ def candidates(cols: dict) -> tuple:
             top_ids.ravel().tolist(), top_lps.ravel().tolist())
 
 
-def per_call(fn, number: int, repeat: int, settle=None) -> float:
-    """Median CPU seconds of the calling thread per call, over `repeat` runs of
-    `number` calls. Thread CPU time, not wall time: on a 2-core machine the
+def per_call(fn, number: int, repeat: int, settle=None) -> tuple[float, float]:
+    """(Least, median) CPU seconds of the calling thread per call, over
+    `repeat` runs of `number` calls. The least is the figure reported: on a
+    shared VM interference only ever adds time (medians of one build moved by
+    2x between runs an hour apart). Thread CPU time, not wall time: on a 2-core machine the
     probe's drain thread and the SDK's export thread compete for cores with the
     calling thread, and what an engine pays is the CPU its own thread spends.
     `settle` runs (untimed) before each run: it lets the background thread
@@ -103,18 +109,20 @@ def per_call(fn, number: int, repeat: int, settle=None) -> float:
         if settle is not None:
             settle()
         times.append(timeit.timeit(fn, number=number, timer=time.thread_time))
-    return statistics.median(times) / number
+    return min(times) / number, statistics.median(times) / number
 
 
 def make_otel():
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
     class Discard(SpanExporter):
         def export(self, spans):
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    # Every token's event kept: the default limit (128 per span) would drop
+    # most of a 256-token step.
+    provider = TracerProvider(span_limits=SpanLimits(max_events=1 << 16))
     provider.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=65536))
     return provider, provider.get_tracer("toktrace-bench")
 
@@ -142,7 +150,7 @@ def parts(probe: NativeProbe, number: int, repeat: int) -> None:
                    {**batch_kw, "token_ids": c["token_ids"], **lp_kw}):
             def call(kw=kw):
                 probe.record_step(1, monotonic_ns(), reqs, run_reqs=None, run_first_index=None, **kw)
-            cells.append(per_call(call, number, repeat, settle=lambda: probe.flush(30.0)) * 1e9 / batch)
+            cells.append(per_call(call, number, repeat, settle=lambda: probe.flush(30.0))[0] * 1e9 / batch)
         print(f"{shape:>7} | {cells[0]:>10.1f} | {cells[1]:>11.1f} | {cells[2]:>16.1f}")
 
 
@@ -166,7 +174,8 @@ def main() -> None:
     print(f"direct reads (lists, ints, floats, numpy, dicts): {direct_reads()} before the first numpy column")
 
     print(f"{'batch':>5} {'shape':>7} | {'noop ns/step':>12} | {'toktrace ns/step':>16} {'ns/token':>9} "
-          f"{'over noop ns/tok':>16} | {'otel ns/step':>12} {'ns/token':>9} {'otel/toktrace':>13}")
+          f"{'median ns/tok':>13} {'over noop ns/tok':>16} | {'otel ns/step':>12} {'ns/token':>9} {'otel/toktrace':>13} | "
+          f"{'events ns/token':>15} {'events/toktrace':>15}")
     for batch in (1, 64, 256):
         reqs = [f"req-{i}" for i in range(batch)]
         zeros = [0] * batch
@@ -222,12 +231,24 @@ def main() -> None:
                     span.set_attribute("top_ids", c_ids)
                     span.set_attribute("top_logprobs", c_lps)
 
-            t_noop = per_call(call_noop, number, repeat)
-            t_probe = per_call(call_probe, number, repeat, settle=lambda: probe.flush(30.0))
-            t_otel = per_call(call_otel, max(20, number // 10), repeat, settle=lambda: provider.force_flush())
+            t_noop, _ = per_call(call_noop, number, repeat)
+            t_probe, t_probe_median = per_call(call_probe, number, repeat, settle=lambda: probe.flush(30.0))
+            def call_otel_events():
+                t_ids, t_lps, c_ids, c_lps = candidates(c)
+                t_rks = np.asarray(rk).ravel().tolist()
+                with tracer.start_as_current_span("step") as span:
+                    span.set_attribute("step", step[0])
+                    for i in range(batch):
+                        span.add_event("token", {
+                            "req_id": reqs[i], "token_id": t_ids[i], "logprob": t_lps[i], "rank": t_rks[i],
+                            "top_ids": c_ids[i * K:(i + 1) * K], "top_logprobs": c_lps[i * K:(i + 1) * K]})
+
+            t_otel, _ = per_call(call_otel, max(20, number // 10), repeat, settle=lambda: provider.force_flush())
+            t_events, _ = per_call(call_otel_events, max(5, number // 40), repeat,
+                                settle=lambda: provider.force_flush())
             print(f"{batch:>5} {shape:>7} | {t_noop*1e9:>12.0f} | {t_probe*1e9:>16.0f} {t_probe*1e9/batch:>9.1f} "
-                  f"{(t_probe-t_noop)*1e9/batch:>16.1f} | {t_otel*1e9:>12.0f} {t_otel*1e9/batch:>9.1f} "
-                  f"{t_otel/t_probe:>13.0f}x")
+                  f"{t_probe_median*1e9/batch:>13.1f} {(t_probe-t_noop)*1e9/batch:>16.1f} | {t_otel*1e9:>12.0f} {t_otel*1e9/batch:>9.1f} "
+                  f"{t_otel/t_probe:>13.0f}x | {t_events*1e9/batch:>15.1f} {t_events/t_probe:>14.0f}x")
             sys.stdout.flush()
     probe.shutdown(30.0)
     provider.shutdown()
@@ -241,7 +262,7 @@ def main() -> None:
     env_backup = {k: os.environ.pop(k) for k in list(os.environ) if k in ("TOKTRACE_DIR", "TLLM_TOKTRACE_DIR")}
     line = 'import os; (os.environ.get("TOKTRACE_DIR") or os.environ.get("TLLM_TOKTRACE_DIR")) and __import__("toktrace._bootstrap")'
     code = compile(line, "toktrace.pth", "exec")
-    t_line = per_call(lambda: exec(code, {}), 100_000, repeat)
+    t_line, _ = per_call(lambda: exec(code, {}), 100_000, repeat)
     os.environ.update(env_backup)
     print(f".pth start-up line, tracing off: {t_line*1e9:.0f} ns per interpreter start")
     starts = []
