@@ -444,13 +444,17 @@ impl NativeProbe {
     /// id to row — the probe picks the rows itself.
     /// Arrays, nested lists and lists are all accepted. `start_ns` is when the
     /// batch was launched (`monotonic_ns()` then); the end is read now unless
-    /// `end_ns` is given.
+    /// `end_ns` is given. Everything after `run_first_index` is keyword-only.
+    // The keywords are declared in the order adapters pass them most: each
+    // keyword is found by comparing names from the first declared on. For
+    // the vLLM adapter's 16 this took the call from 1.04 to 0.92 µs (batch
+    // of 1; passed positionally it is 0.55).
     #[pyo3(signature = (step_id, start_ns, batch_reqs, prefill, decode, run_reqs, run_first_index,
-                        token_ids=None, top_k=-1, logprobs=None, ranks=None, top_ids=None,
-                        top_logprobs=None, run_counts=None, run_has_logprobs=None, cached=None,
-                        waiting=0, running=0, kv_usage=None, preempted=None, finished=None,
-                        texts=None, end_ns=None, sampled_first=false, logprob_rows=None,
-                        scheduled=None, computed=None))]
+                        *, token_ids=None, scheduled=None, computed=None, cached=None, waiting=0,
+                        running=0, kv_usage=None, preempted=None, finished=None, top_k=-1,
+                        top_ids=None, top_logprobs=None, ranks=None, sampled_first=false,
+                        logprob_rows=None, run_has_logprobs=None, logprobs=None, run_counts=None,
+                        texts=None, end_ns=None))]
     #[allow(clippy::too_many_arguments)]
     fn record_step(
         &self,
@@ -462,25 +466,25 @@ impl NativeProbe {
         run_reqs: &Bound<'_, PyAny>,
         run_first_index: &Bound<'_, PyAny>,
         token_ids: Option<Bound<'_, PyAny>>,
-        top_k: i64,
-        logprobs: Option<Bound<'_, PyAny>>,
-        ranks: Option<Bound<'_, PyAny>>,
-        top_ids: Option<Bound<'_, PyAny>>,
-        top_logprobs: Option<Bound<'_, PyAny>>,
-        run_counts: Option<Bound<'_, PyAny>>,
-        run_has_logprobs: Option<Bound<'_, PyAny>>,
+        scheduled: Option<Bound<'_, PyAny>>,
+        computed: Option<Bound<'_, PyAny>>,
         cached: Option<Bound<'_, PyAny>>,
         waiting: u32,
         running: u32,
         kv_usage: Option<f64>,
         preempted: Option<Bound<'_, PyAny>>,
         finished: Option<Bound<'_, PyAny>>,
-        texts: Option<Vec<String>>,
-        end_ns: Option<u64>,
+        top_k: i64,
+        top_ids: Option<Bound<'_, PyAny>>,
+        top_logprobs: Option<Bound<'_, PyAny>>,
+        ranks: Option<Bound<'_, PyAny>>,
         sampled_first: bool,
         logprob_rows: Option<Bound<'_, PyAny>>,
-        scheduled: Option<Bound<'_, PyAny>>,
-        computed: Option<Bound<'_, PyAny>>,
+        run_has_logprobs: Option<Bound<'_, PyAny>>,
+        logprobs: Option<Bound<'_, PyAny>>,
+        run_counts: Option<Bound<'_, PyAny>>,
+        texts: Option<Vec<String>>,
+        end_ns: Option<u64>,
     ) -> PyResult<bool> {
         let end = end_ns.unwrap_or_else(clock::monotonic_ns);
         let probe = self.probe()?;
