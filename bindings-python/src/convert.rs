@@ -193,7 +193,8 @@ unsafe fn copy_typed<S: Src, T: Num>(a: &ArrayView<'_>, out: &mut Vec<T>) -> boo
             ok &= good;
         }
     } else {
-        // Odometer over the outer dimensions; the last is a strided run.
+        // The last dimension is a strided run; the outer ones are stepped
+        // through as table rows (2-D) or by an odometer (more).
         let inner = if ndim == 0 {
             1
         } else {
