@@ -129,15 +129,20 @@ def check_tokens_match(out: dict, trace: Trace, k: int) -> int:
 
 @pytest.fixture(scope="module", autouse=True)
 def _remove_sglang_shm_segments():
-    """SGLang leaves a few `sglang_loads_*` segments (36 KB each) in /dev/shm
-    for every engine it starts; take away the ones this module's engines left,
-    so repeated runs on one machine do not pile them up."""
+    """SGLang leaves a few `sglang_loads_*` segments (36 KB each) and
+    multiprocessing semaphores (`sem.mp-*`, about ten a run) in /dev/shm for
+    the engines it starts; take away the ones that appeared while this module
+    ran, so repeated runs on one machine do not pile them up."""
     shm = Path("/dev/shm")
-    before = set(shm.glob("sglang_loads_*")) if shm.is_dir() else set()
+    patterns = ("sglang_loads_*", "sem.mp-*")
+
+    def present() -> set[Path]:
+        return {p for pattern in patterns for p in shm.glob(pattern)} if shm.is_dir() else set()
+
+    before = present()
     yield
-    if shm.is_dir():
-        for segment in set(shm.glob("sglang_loads_*")) - before:
-            segment.unlink(missing_ok=True)
+    for leftover in present() - before:
+        leftover.unlink(missing_ok=True)
 
 
 # ===== offline sglang.Engine, both scheduler loops =====
