@@ -95,8 +95,8 @@ def candidates(cols: dict) -> tuple:
 def per_call(fn, number: int, repeat: int, settle=None) -> tuple[float, float]:
     """(Least, median) CPU seconds of the calling thread per call, over
     `repeat` runs of `number` calls. The least is the figure reported: on a
-    shared VM interference only ever adds time (medians of one build moved by
-    2x between runs an hour apart). Thread CPU time, not wall time: on a 2-core machine the
+    shared VM interference only ever adds time (medians moved by 2x between
+    runs hours apart, numpy 22.5 -> 41.5-49 ns/token). Thread CPU time, not wall time: on a 2-core machine the
     probe's drain thread and the SDK's export thread compete for cores with the
     calling thread, and what an engine pays is the CPU its own thread spends.
     `settle` runs (untimed) before each run: it lets the background thread
@@ -231,8 +231,6 @@ def main() -> None:
                     span.set_attribute("top_ids", c_ids)
                     span.set_attribute("top_logprobs", c_lps)
 
-            t_noop, _ = per_call(call_noop, number, repeat)
-            t_probe, t_probe_median = per_call(call_probe, number, repeat, settle=lambda: probe.flush(30.0))
             def call_otel_events():
                 t_ids, t_lps, c_ids, c_lps = candidates(c)
                 t_rks = np.asarray(rk).ravel().tolist()
@@ -243,6 +241,8 @@ def main() -> None:
                             "req_id": reqs[i], "token_id": t_ids[i], "logprob": t_lps[i], "rank": t_rks[i],
                             "top_ids": c_ids[i * K:(i + 1) * K], "top_logprobs": c_lps[i * K:(i + 1) * K]})
 
+            t_noop, _ = per_call(call_noop, number, repeat)
+            t_probe, t_probe_median = per_call(call_probe, number, repeat, settle=lambda: probe.flush(30.0))
             t_otel, _ = per_call(call_otel, max(20, number // 10), repeat, settle=lambda: provider.force_flush())
             t_events, _ = per_call(call_otel_events, max(5, number // 40), repeat,
                                 settle=lambda: provider.force_flush())

@@ -3,9 +3,11 @@
 //! Adapters get per-request output objects from the engine (vLLM's
 //! `EngineCoreOutput`s) and need several of their fields as lists. One
 //! `list(map(attrgetter(name), objects))` per field walks the objects once per
-//! field; right after the model's forward pass those objects are out of cache,
-//! and on real vLLM the four walks cost about 12 µs of a 5 ms step. One walk
-//! reading every field of an object while it is in cache costs less.
+//! field; right after the model's forward pass those objects are out of
+//! cache, and on real vLLM the four walks cost about 12 µs of a 5 ms step.
+//! One walk reads every field of an object while it is in cache (a later
+//! instrumented run measured this call at 11.5–12.4 µs a step there: the
+//! first touch after the forward pass pays the misses either way).
 
 use crate::convert::items;
 use pyo3::exceptions::PyTypeError;
@@ -56,7 +58,7 @@ pub fn attr_columns<'py>(
         }
         lists.0.push(list);
     }
-    for (i, p) in (0..n).zip(objects) {
+    for (i, p) in objects.enumerate() {
         if p.is_null() {
             return Err(PyErr::take(py).unwrap_or_else(|| {
                 PyTypeError::new_err("attr_columns: the list changed while being read")
@@ -69,7 +71,7 @@ pub fn attr_columns<'py>(
             let value = item.getattr(name)?;
             // SAFETY: slot `i` of a list we own, empty so far; the call
             // steals the reference (and cannot fail for an index in range).
-            unsafe { ffi::PyList_SetItem(list, i, value.into_ptr()) };
+            unsafe { ffi::PyList_SetItem(list, i as ffi::Py_ssize_t, value.into_ptr()) };
         }
     }
     let lists = std::mem::take(&mut lists.0);

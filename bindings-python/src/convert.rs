@@ -835,18 +835,14 @@ unsafe fn walk_prefix(
     let mut taken = 0;
     let mut at = *pos;
     for (&id, slot) in ids.iter().zip(out.spare_capacity_mut()) {
-        while at < entries.len() && entries.get(at).1.is_null() {
-            at += 1; // a deleted entry
-        }
-        if at >= entries.len() {
+        let Some((key, value, after)) = entries.next_live(at) else {
             break;
-        }
-        let (key, value) = entries.get(at);
+        };
         match nums.int_value(value).map(u32::from_i64) {
             Some((v, true)) if key == id => {
                 slot.write(v);
                 taken += 1;
-                at += 1;
+                at = after;
             }
             _ => break,
         }
@@ -870,10 +866,7 @@ unsafe fn peek_entry(
     from: usize,
 ) -> Option<(*mut ffi::PyObject, *mut ffi::PyObject, usize)> {
     if let Some(entries) = entries {
-        return (from..entries.len()).find_map(|i| {
-            let (key, value) = entries.get(i);
-            (!value.is_null()).then_some((key, value, i + 1))
-        });
+        return entries.next_live(from);
     }
     let mut pos = from as ffi::Py_ssize_t;
     let (mut key, mut value) = (std::ptr::null_mut(), std::ptr::null_mut());

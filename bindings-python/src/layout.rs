@@ -179,11 +179,6 @@ pub struct DictEntries {
 }
 
 impl DictEntries {
-    /// Entries, deleted ones included.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// Key and value of entry `i < len()` (value null if deleted).
     ///
     /// # Safety
@@ -191,6 +186,22 @@ impl DictEntries {
     pub unsafe fn get(&self, i: usize) -> (*mut ffi::PyObject, *mut ffi::PyObject) {
         let e = self.first.add(i * self.width + self.width - 2);
         (*e, *e.add(1))
+    }
+
+    /// The first live entry at or after index `from`: its key, its value and
+    /// the index after it (deleted entries are skipped).
+    ///
+    /// # Safety
+    /// As `get`.
+    #[inline]
+    pub unsafe fn next_live(
+        &self,
+        from: usize,
+    ) -> Option<(*mut ffi::PyObject, *mut ffi::PyObject, usize)> {
+        (from..self.len).find_map(|i| {
+            let (key, value) = self.get(i);
+            (!value.is_null()).then_some((key, value, i + 1))
+        })
     }
 }
 
@@ -503,11 +514,10 @@ fn check_dict(py: Python<'_>) -> PyResult<bool> {
                 return Ok(false);
             };
             let mut direct = Vec::new();
-            for i in 0..entries.len() {
-                let (k, v) = entries.get(i);
-                if !v.is_null() {
-                    direct.push((k, v));
-                }
+            let mut at = 0;
+            while let Some((k, v, after)) = entries.next_live(at) {
+                direct.push((k, v));
+                at = after;
             }
             let mut api = Vec::new();
             let (mut pos, mut k, mut v) = (0, std::ptr::null_mut(), std::ptr::null_mut());

@@ -58,12 +58,9 @@ class Recorder:
         return self.config.capture
 
     def failed(self, what: str, exc: BaseException) -> None:
-        """Count an exception from a native call made directly (an adapter's
-        per-step call skips the wrappers below); warns once, and switches
+        """Count an exception from a native call (the wrappers below, and an
+        adapter's per-step call made directly); warns once, and switches
         tracing off after MAX_ERRORS."""
-        self._fail(what, exc)
-
-    def _fail(self, what: str, exc: BaseException) -> None:
         self.errors += 1
         if not self._warned:
             self._warned = True
@@ -79,7 +76,7 @@ class Recorder:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            self._fail(what, exc)
+            self.failed(what, exc)
             return failed
 
     def step(self, *args: Any, **kwargs: Any) -> bool:
@@ -91,7 +88,7 @@ class Recorder:
         try:
             return self.native.record_step(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            self._fail("record_step", exc)
+            self.failed("record_step", exc)
             return False
 
     def arrivals(self, arrivals: list[tuple]) -> int:
