@@ -418,9 +418,8 @@ impl NativeProbe {
     /// `prefill`, `decode`, optional `cached`. Or, with `prefill` and
     /// `decode` None, `scheduled` (tokens scheduled this step, per entry or
     /// as a dict from request id) and `computed` (tokens computed before
-    /// it): the probe splits them into prefill and
-    /// decode work from the prompt length it was told at arrival and the
-    /// outputs it recorded. Token runs (one per request that
+    /// it): the probe splits them into prefill and decode work from the
+    /// prompt length it was told at arrival and the outputs it recorded. Token runs (one per request that
     /// got tokens this step): `run_reqs`, `run_first_index` (output index of
     /// the run's first token; None continues each request from the outputs
     /// this probe has recorded for it), optional `run_counts` (default: the
