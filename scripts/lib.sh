@@ -27,21 +27,39 @@ stage_end() {
 }
 
 # A virtualenv keyed by the hash of what goes into it: changing a requirement
-# makes a new one, an unchanged one is reused as is.
-#   venv_for NAME REQUIREMENTS_FILE  -> prints the venv path
+# or the interpreter makes a new one, an unchanged one is reused as is.
+#   venv_for NAME REQUIREMENTS_FILE [PYTHON]  -> prints the venv path
 venv_for() {
-    local name="$1" reqs="$2"
+    local name="$1" reqs="$2" py="${3:-python3}"
     local key
-    key="$( (python3 --version; cat "$reqs") | sha256sum | cut -c1-12)"
+    key="$( ("$py" --version; cat "$reqs") | sha256sum | cut -c1-12)"
     local dir="$CACHE/venv-$name-$key"
     if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.complete" ]; then
         rm -rf "$dir"
-        python3 -m venv "$dir" >&2
+        "$py" -m venv "$dir" >&2
         "$dir/bin/pip" install --quiet --upgrade pip >&2
         "$dir/bin/pip" install --quiet -r "$reqs" >&2
         touch "$dir/.complete"
     fi
     echo "$dir"
+}
+
+# The interpreter of CPython 3.MINOR: python3.MINOR on PATH, else the newest
+# pyenv build of it (these machines have 3.11, 3.12 and 3.13 under pyenv).
+#   python_for MINOR  -> prints its path
+python_for() {
+    local minor="$1" found=""
+    found="$(command -v "python3.$minor" 2>/dev/null || true)"
+    if [ -z "$found" ]; then
+        local root
+        root="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"
+        found="$(ls -d "$root"/versions/3."$minor".*/bin/python 2>/dev/null | sort -V | tail -n 1)"
+    fi
+    if [ -z "$found" ] || ! "$found" -c 'import sys; assert sys.version_info[:2] == (3, '"$minor"')' 2>/dev/null; then
+        echo "no CPython 3.$minor found (looked for python3.$minor on PATH and under pyenv)" >&2
+        return 1
+    fi
+    echo "$found"
 }
 
 # Debian's chromium, which the HTML-report test renders pages with.

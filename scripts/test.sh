@@ -18,15 +18,24 @@ cargo test --workspace --locked --release
 # The wheel bundles this very binary instead of building it again.
 export TOKTRACE_PREBUILT_CLI="$CARGO_TARGET_DIR/release/toktrace"
 
-stage "python test environment"
-VENV="$(venv_for test "$REPO/tests/requirements.txt")"
-install_toktrace "$VENV"
-
 stage "chromium (renders the HTML report in a test)"
 ensure_chromium
 
-stage "pytest"
-"$VENV/bin/python" -m pytest -q "$REPO/tests/python"
+# The package tests on every CPython the probe reads objects of directly
+# (its sealed layouts: bindings-python/src/layout.rs), with direct reads on
+# and off: the two paths must give the same records.
+for minor in 11 12 13; do
+    stage "python 3.$minor test environment"
+    PY="$(python_for "$minor")"
+    VENV="$(venv_for "test-py3$minor" "$REPO/tests/requirements.txt" "$PY")"
+    install_toktrace "$VENV"
+
+    stage "pytest (CPython 3.$minor, direct reads)"
+    "$VENV/bin/python" -m pytest -q "$REPO/tests/python"
+
+    stage "pytest (CPython 3.$minor, C API only: TOKTRACE_DIRECT_READS=0)"
+    TOKTRACE_DIRECT_READS=0 "$VENV/bin/python" -m pytest -q "$REPO/tests/python"
+done
 
 stage "vLLM environment"
 VLLM_VENV="$(bash "$REPO/scripts/setup-vllm.sh")"

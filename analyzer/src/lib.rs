@@ -10,6 +10,8 @@
 //! [`frames`] the same as polars DataFrames. [`index`] keeps, next to a large
 //! trace, what it takes to load one request's stretch of time alone.
 
+#![forbid(unsafe_code)]
+
 pub mod analysis;
 pub mod attribution;
 pub mod data;

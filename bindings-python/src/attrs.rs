@@ -47,7 +47,7 @@ pub fn attr_columns<'py>(
     }
     // Each object read when reached: getattr may run Python code that
     // shrinks the list.
-    let objects = items(seq);
+    let objects = items(objects);
     let n = objects.len() as ffi::Py_ssize_t;
     let mut lists = Lists(Vec::with_capacity(names.len()));
     for _ in &names {
@@ -60,9 +60,9 @@ pub fn attr_columns<'py>(
     }
     for (i, p) in objects.enumerate() {
         if p.is_null() {
-            return Err(PyErr::take(py).unwrap_or_else(|| {
-                PyTypeError::new_err("attr_columns: the list changed while being read")
-            }));
+            return Err(PyTypeError::new_err(
+                "attr_columns: the list changed while being read",
+            ));
         }
         // SAFETY: a live borrowed item; the new reference keeps it alive
         // while its attributes are read.

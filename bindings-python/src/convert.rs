@@ -26,9 +26,15 @@ pub trait Num: Copy {
     fn from_f64(v: f64) -> (Self, bool);
     /// A plain int or float object read directly; None when it is neither
     /// (or its layout is not read directly).
-    fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(Self, bool)>;
-    /// Any number object, through the C API when it must.
-    fn from_object(obj: *mut ffi::PyObject) -> Option<Self>;
+    ///
+    /// # Safety
+    /// `obj` must be a live object.
+    unsafe fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(Self, bool)>;
+    /// Any number object, through the C API when it must: that may run the
+    /// object's `__index__` or `__float__`, so the caller holds a strong
+    /// reference, and re-reads anything it borrowed, from containers the
+    /// Python code could change, after the call.
+    fn from_object(obj: &Bound<'_, PyAny>) -> Option<Self>;
 }
 
 impl Num for u32 {
@@ -41,17 +47,17 @@ impl Num for u32 {
         (0, false)
     }
     #[inline(always)]
-    fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(u32, bool)> {
+    unsafe fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(u32, bool)> {
         nums.int_value(obj).map(u32::from_i64)
     }
     #[inline]
-    fn from_object(obj: *mut ffi::PyObject) -> Option<u32> {
-        if let Some((v, ok)) = Self::direct(layout::numbers(), obj) {
+    fn from_object(obj: &Bound<'_, PyAny>) -> Option<u32> {
+        // SAFETY: `obj` is held.
+        if let Some((v, ok)) = unsafe { Self::direct(layout::numbers(), obj.as_ptr()) } {
             return ok.then_some(v);
         }
-        // SAFETY: `obj` is a live object borrowed from a container we hold; the
-        // call only reads it. -1 with an error set means "not an int": clear it.
-        let v = unsafe { ffi::PyLong_AsLongLong(obj) };
+        // SAFETY: a held object. -1 with an error set means "not an int": clear it.
+        let v = unsafe { ffi::PyLong_AsLongLong(obj.as_ptr()) };
         if v == -1 && unsafe { !ffi::PyErr_Occurred().is_null() } {
             unsafe { ffi::PyErr_Clear() };
             return None;
@@ -70,19 +76,20 @@ impl Num for f32 {
         (v as f32, true)
     }
     #[inline(always)]
-    fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(f32, bool)> {
+    unsafe fn direct(nums: Numbers, obj: *mut ffi::PyObject) -> Option<(f32, bool)> {
         match nums.float_value(obj) {
             Some(v) => Some(f32::from_f64(v)),
             None => nums.int_value(obj).map(f32::from_i64),
         }
     }
     #[inline]
-    fn from_object(obj: *mut ffi::PyObject) -> Option<f32> {
-        if let Some((v, _)) = Self::direct(layout::numbers(), obj) {
+    fn from_object(obj: &Bound<'_, PyAny>) -> Option<f32> {
+        // SAFETY: `obj` is held.
+        if let Some((v, _)) = unsafe { Self::direct(layout::numbers(), obj.as_ptr()) } {
             return Some(v);
         }
         // SAFETY: as above; PyFloat_AsDouble also accepts ints and numpy scalars.
-        let v = unsafe { ffi::PyFloat_AsDouble(obj) };
+        let v = unsafe { ffi::PyFloat_AsDouble(obj.as_ptr()) };
         if v == -1.0 && unsafe { !ffi::PyErr_Occurred().is_null() } {
             unsafe { ffi::PyErr_Clear() };
             return None;
@@ -376,58 +383,88 @@ fn from_buffer<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> Option<PyRes
     }
 }
 
-fn is_list_or_tuple(obj: *mut ffi::PyObject) -> bool {
-    // SAFETY: type checks on a live object.
-    unsafe { ffi::PyList_Check(obj) != 0 || ffi::PyTuple_Check(obj) != 0 }
+fn is_list_or_tuple(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: type checks on a held object.
+    unsafe { ffi::PyList_Check(obj.as_ptr()) != 0 || ffi::PyTuple_Check(obj.as_ptr()) != 0 }
 }
 
-/// Length of a live list or tuple.
-pub fn seq_len(seq: *mut ffi::PyObject) -> usize {
-    // SAFETY: `seq` is a live list or tuple; the size calls cannot fail.
+/// Length of a list or tuple (0 for anything else).
+pub fn seq_len(seq: &Bound<'_, PyAny>) -> usize {
+    let seq = seq.as_ptr();
+    // SAFETY: type checks and sizes of a held object; the size calls cannot
+    // fail on the type checked.
     unsafe {
         if ffi::PyList_Check(seq) != 0 {
             ffi::PyList_Size(seq)
-        } else {
+        } else if ffi::PyTuple_Check(seq) != 0 {
             ffi::PyTuple_Size(seq)
+        } else {
+            0
         }
     }
     .max(0) as usize
 }
 
-/// Item `i` of a live list or tuple, borrowed (the container is held by the
-/// caller), read now: Python code run since an earlier read (a getattr, a
-/// dropped object) may have shrunk a list, and then this is null. Lists are
-/// read directly when their layout is known.
-pub fn seq_item(seq: *mut ffi::PyObject, i: usize) -> *mut ffi::PyObject {
-    // SAFETY: `seq` is a live list or tuple; *_GetItem return borrowed
-    // references (null when out of range), the direct read a fresh slice.
+/// Item `i` of a list or tuple, borrowed from it, read now: Python code run
+/// since an earlier read (a getattr, a dropped object) may have shrunk a
+/// list, and then this is null. Lists are read directly when their layout is
+/// known. The item stays alive only while no Python code runs: take a strong
+/// reference before anything that may run some.
+pub fn seq_item(seq: &Bound<'_, PyAny>, i: usize) -> *mut ffi::PyObject {
+    let seq = seq.as_ptr();
+    // SAFETY: `seq` is held; *_GetItem return borrowed references (null when
+    // out of range or not of their type, with an IndexError or SystemError
+    // set, cleared here: null says it), the direct read a fresh slice.
     unsafe {
-        if ffi::PyList_Check(seq) == 0 {
+        let item = if ffi::PyList_Check(seq) == 0 {
             ffi::PyTuple_GetItem(seq, i as ffi::Py_ssize_t)
         } else if layout::is_direct_list(seq) {
-            layout::list_items(seq)
+            return layout::list_items(seq)
                 .get(i)
                 .copied()
-                .unwrap_or(std::ptr::null_mut())
+                .unwrap_or(std::ptr::null_mut());
         } else {
             ffi::PyList_GetItem(seq, i as ffi::Py_ssize_t)
+        };
+        if item.is_null() {
+            ffi::PyErr_Clear();
         }
+        item
     }
 }
 
 /// The items of a list or tuple, each read (`seq_item`) when reached.
-pub fn items(seq: *mut ffi::PyObject) -> impl ExactSizeIterator<Item = *mut ffi::PyObject> {
+pub fn items<'a>(
+    seq: &'a Bound<'_, PyAny>,
+) -> impl ExactSizeIterator<Item = *mut ffi::PyObject> + 'a {
     (0..seq_len(seq)).map(move |i| seq_item(seq, i))
+}
+
+/// A strong reference to a borrowed item (see [`seq_item`]); an error when
+/// it is null: the container changed while it was read.
+fn hold<'py>(py: Python<'py>, item: *mut ffi::PyObject) -> PyResult<Bound<'py, PyAny>> {
+    if item.is_null() {
+        return Err(PyTypeError::new_err("column changed while being read"));
+    }
+    // SAFETY: a non-null item borrowed from a container the caller holds, with
+    // no Python code run since it was read.
+    Ok(unsafe { Bound::from_borrowed_ptr(py, item) })
 }
 
 /// A list of plain numbers, or of lists of them, read straight from memory.
 /// None when an item is anything else (the caller then starts over on the
 /// API path): nothing here can run Python code, so the list cannot change
 /// while it is read.
-fn from_list_direct<T: Num>(list: *mut ffi::PyObject, out: &mut Vec<T>) -> Option<PyResult<()>> {
+///
+/// # Safety
+/// `list` is a live object that passed `is_direct_list`.
+unsafe fn from_list_direct<T: Num>(
+    list: *mut ffi::PyObject,
+    out: &mut Vec<T>,
+) -> Option<PyResult<()>> {
     let nums = layout::numbers();
-    // SAFETY: `list` passed `is_direct_list`; nothing below runs Python code,
-    // so the item slices stay valid while they are read.
+    // SAFETY: nothing below runs Python code, so the item slices stay valid
+    // while they are read.
     unsafe {
         let items = layout::list_items(list);
         // Flat numbers first, written straight into the spare capacity.
@@ -485,21 +522,19 @@ fn from_list_direct<T: Num>(list: *mut ffi::PyObject, out: &mut Vec<T>) -> Optio
     }
 }
 
+/// The API path for lists and tuples, one level of nesting flattened. Each
+/// item is held while it is read: an `__index__` may change the containers.
 fn from_sequence<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<()> {
-    let seq = obj.as_ptr();
-    for item in items(seq) {
-        if item.is_null() {
-            return Err(PyTypeError::new_err("column changed while being read"));
-        }
-        if is_list_or_tuple(item) {
-            for inner in items(item) {
-                if inner.is_null() {
-                    return Err(PyTypeError::new_err("column changed while being read"));
-                }
-                out.push(T::from_object(inner).ok_or_else(bad_value)?);
+    let py = obj.py();
+    for item in items(obj) {
+        let item = hold(py, item)?;
+        if is_list_or_tuple(&item) {
+            for inner in items(&item) {
+                let inner = hold(py, inner)?;
+                out.push(T::from_object(&inner).ok_or_else(bad_value)?);
             }
         } else {
-            out.push(T::from_object(item).ok_or_else(bad_value)?);
+            out.push(T::from_object(&item).ok_or_else(bad_value)?);
         }
     }
     Ok(())
@@ -507,14 +542,16 @@ fn from_sequence<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<(
 
 fn extend<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<()> {
     let p = obj.as_ptr();
-    if layout::is_direct_list(p) {
+    // SAFETY: `obj` is held.
+    if unsafe { layout::is_direct_list(p) } {
         let start = out.len();
-        if let Some(r) = from_list_direct(p, out) {
+        // SAFETY: `p` passed `is_direct_list` just above.
+        if let Some(r) = unsafe { from_list_direct(p, out) } {
             return r;
         }
         out.truncate(start);
     }
-    if is_list_or_tuple(p) {
+    if is_list_or_tuple(obj) {
         return from_sequence(obj, out);
     }
     if let Some(array) = layout::ndarray(obj) {
@@ -531,12 +568,12 @@ fn extend<T: Num>(obj: &Bound<'_, PyAny>, out: &mut Vec<T>) -> PyResult<()> {
     // Anything iterable (array-likes without a usable buffer, generators).
     for item in obj.try_iter()? {
         let item = item?;
-        if is_list_or_tuple(item.as_ptr()) {
+        if is_list_or_tuple(&item) {
             from_sequence(&item, out)?;
         } else if let Some(r) = from_buffer(&item, out) {
             r?;
         } else {
-            out.push(T::from_object(item.as_ptr()).ok_or_else(bad_value)?);
+            out.push(T::from_object(&item).ok_or_else(bad_value)?);
         }
     }
     Ok(())
@@ -678,48 +715,94 @@ unsafe fn convert_fixed<S: Src, T: Num, const N: usize>(
 /// ids handed over one list per run); false, leaving `out` alone, otherwise.
 pub fn inner_lengths(obj: &Bound<'_, PyAny>, n: usize, out: &mut Vec<u32>) -> bool {
     let p = obj.as_ptr();
-    if !layout::is_direct_list(p) {
-        return false;
+    // SAFETY: `obj` is held.
+    if unsafe { layout::is_direct_list(p) } {
+        // SAFETY: `p` passed `is_direct_list`; nothing here runs Python code,
+        // so its items stay alive.
+        let items = unsafe { layout::list_items(p) };
+        if items.len() != n || !items.iter().all(|&i| unsafe { layout::is_direct_list(i) }) {
+            return false;
+        }
+        out.extend(
+            items
+                .iter()
+                // SAFETY: each item passed `is_direct_list` just above.
+                .map(|&i| unsafe { layout::list_items(i) }.len() as u32),
+        );
+        return true;
     }
-    // SAFETY: `p` passed `is_direct_list`; nothing here runs Python code.
-    let items = unsafe { layout::list_items(p) };
-    if items.len() != n || !items.iter().all(|&i| layout::is_direct_list(i)) {
-        return false;
+    // The same through the API. SAFETY: type checks and sizes of a held
+    // list and of items just read from it; none of these calls runs Python
+    // code, so the items stay alive.
+    unsafe {
+        if ffi::PyList_CheckExact(p) == 0 || seq_len(obj) != n {
+            return false;
+        }
+        let start = out.len();
+        for item in items(obj) {
+            if item.is_null() || ffi::PyList_CheckExact(item) == 0 {
+                out.truncate(start);
+                return false;
+            }
+            out.push(ffi::PyList_Size(item).max(0) as u32);
+        }
     }
-    out.extend(
-        items
-            .iter()
-            // SAFETY: each item passed `is_direct_list` just above.
-            .map(|&i| unsafe { layout::list_items(i) }.len() as u32),
-    );
     true
 }
 
-/// Append one flag (0 or 1) per item: a list item is unset when it is None,
-/// False or 0 and set otherwise (so a list of the engine's per-run logprob
-/// objects, None where a request asked for none, works as it is); an array or
-/// other column is read as numbers.
+/// Append one flag (0 or 1) per item: an item of a list or tuple is unset
+/// when it is None, False or 0 and set otherwise (so a list of the engine's
+/// per-run logprob objects, None where a request asked for none, works as it
+/// is); an array or other column is read as numbers.
 pub fn extend_flags(obj: &Bound<'_, PyAny>, out: &mut Vec<u32>) -> PyResult<()> {
     let p = obj.as_ptr();
-    if !layout::is_direct_list(p) {
+    let nums = layout::numbers();
+    // SAFETY: `obj` is held.
+    if unsafe { layout::is_direct_list(p) } {
+        // SAFETY: `p` passed `is_direct_list`; `flag_unset` runs no Python
+        // code, so the items stay as they are while read.
+        unsafe {
+            out.extend(
+                layout::list_items(p)
+                    .iter()
+                    .map(|&item| u32::from(!flag_unset(nums, item))),
+            );
+        }
+    } else if is_list_or_tuple(obj) {
+        for item in items(obj) {
+            if item.is_null() {
+                return Err(PyTypeError::new_err("column changed while being read"));
+            }
+            // SAFETY: an item just read from a held list or tuple.
+            out.push(u32::from(!unsafe { flag_unset(nums, item) }));
+        }
+    } else {
         let start = out.len();
         extend_u32(obj, out)?;
         for v in &mut out[start..] {
             *v = u32::from(*v != 0);
         }
-        return Ok(());
-    }
-    let nums = layout::numbers();
-    // SAFETY: `p` passed `is_direct_list`; nothing here runs Python code; the
-    // None and False singletons are statics.
-    unsafe {
-        let (none, no) = (ffi::Py_None(), ffi::Py_False());
-        out.extend(layout::list_items(p).iter().map(|&item| {
-            let unset = item == none || item == no || nums.int_value(item) == Some(0);
-            u32::from(!unset)
-        }));
     }
     Ok(())
+}
+
+/// Whether a flag item means "no": None, False or an int equal to 0. Only
+/// exact types are asked, so no Python code runs.
+///
+/// # Safety
+/// `item` must be a live object.
+#[inline]
+unsafe fn flag_unset(nums: Numbers, item: *mut ffi::PyObject) -> bool {
+    if item == ffi::Py_None() || item == ffi::Py_False() {
+        return true;
+    }
+    if !std::ptr::eq(ffi::Py_TYPE(item), std::ptr::addr_of_mut!(ffi::PyLong_Type)) {
+        return false;
+    }
+    match nums.int_value(item) {
+        Some(v) => v == 0,
+        None => ffi::PyObject_IsTrue(item) == 0,
+    }
 }
 
 /// For each id in the list `ids`, its value in the dict `map` (an engine's
@@ -742,6 +825,7 @@ pub fn lookup_each(
 ) -> Option<PyResult<()>> {
     /// Misses in a row after which the walk stops.
     const GIVE_UP: u32 = 4;
+    let py = map.py();
     let (m, l) = (map.as_ptr(), ids.as_ptr());
     // SAFETY: type checks on live objects.
     if unsafe { ffi::PyDict_Check(m) == 0 || ffi::PyList_Check(l) == 0 } {
@@ -763,7 +847,8 @@ pub fn lookup_each(
     let done = unsafe { walk_prefix(l, entries, &mut pos, out) };
     // Then each id read when reached: a lookup comparing odd key types may
     // run Python code.
-    for item in (done..seq_len(l)).map(|i| seq_item(l, i)) {
+    for i in done..seq_len(ids) {
+        let item = seq_item(ids, i);
         if item.is_null() {
             return Some(Err(PyTypeError::new_err("column changed while being read")));
         }
@@ -786,12 +871,18 @@ pub fn lookup_each(
             std::ptr::null_mut()
         };
         let value = if value.is_null() {
-            // SAFETY: a borrowed item of a live list; the result is borrowed
-            // (or null: absent, or an error from comparing odd key types).
-            let found = unsafe { ffi::PyDict_GetItemWithError(m, item) };
+            // The lookup may compare keys with `__eq__`, which may drop the
+            // item from the list: it is held meanwhile.
+            let item = match hold(py, item) {
+                Ok(item) => item,
+                Err(e) => return Some(Err(e)),
+            };
+            // SAFETY: a held key and a live dict; the result is borrowed (or
+            // null: absent, or an error from comparing odd key types).
+            let found = unsafe { ffi::PyDict_GetItemWithError(m, item.as_ptr()) };
             entries = read_entries();
             if found.is_null() {
-                if let Some(err) = PyErr::take(map.py()) {
+                if let Some(err) = PyErr::take(py) {
                     return Some(Err(err));
                 }
                 out.push(u32::MAX);
@@ -801,9 +892,12 @@ pub fn lookup_each(
         } else {
             value
         };
-        out.push(match nums.int_value(value).map(u32::from_i64) {
+        // SAFETY: `value` is borrowed from the dict and no Python code ran
+        // since it was read.
+        out.push(match unsafe { nums.int_value(value) }.map(u32::from_i64) {
             Some((v, true)) => v,
-            _ => match u32::from_object(value) {
+            // Held: its `__index__` may change the dict.
+            _ => match hold(py, value).ok().and_then(|v| u32::from_object(&v)) {
                 Some(v) => v,
                 None => return Some(Err(bad_value())),
             },

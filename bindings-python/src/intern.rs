@@ -151,7 +151,8 @@ impl Interner {
         new: &mut Vec<(u32, String)>,
     ) -> PyResult<()> {
         let list = ids.as_ptr();
-        let direct = layout::is_direct_list(list);
+        // SAFETY: `ids` is held.
+        let direct = unsafe { layout::is_direct_list(list) };
         // SAFETY: type check on a live object.
         if !direct && unsafe { ffi::PyList_Check(list) } == 0 {
             for item in ids.try_iter()? {
@@ -161,7 +162,7 @@ impl Interner {
             }
             return Ok(());
         }
-        let n = seq_len(list);
+        let n = seq_len(ids);
         out.reserve(n);
         slots.reserve(n);
         let mut cache = std::mem::take(&mut self.recent[site as usize]);
@@ -185,12 +186,12 @@ impl Interner {
         for i in hits..n {
             // Read afresh item by item: `key_slow` may drop a string it
             // remembered, and a dropped object may run Python code.
-            let item = seq_item(list, i);
+            let item = seq_item(ids, i);
             if item.is_null() {
                 self.recent[site as usize] = cache;
-                return Err(PyErr::take(ids.py()).unwrap_or_else(|| {
-                    PyTypeError::new_err("request id list changed while being read")
-                }));
+                return Err(PyTypeError::new_err(
+                    "request id list changed while being read",
+                ));
             }
             let addr = item as usize;
             let id = match cache.get(i) {

@@ -1,26 +1,152 @@
-//! Object layouts read directly, each checked once against the C API.
+//! Object layouts read directly, sealed per CPython version.
 //!
 //! Through the limited (abi3) C API every list item, int and float is an
 //! exported function call (`PyList_GetItem`, `PyLong_AsLongLong`, …), a dict
 //! is walked one `PyDict_Next` call per entry, and a numpy array is a buffer
 //! export that allocates its format string: together most of a step's cost
-//! at batch 256. The layouts behind them are old and stable — CPython's
-//! list, float, int and dict headers in the 3.11–3.14 GIL builds
-//! an abi3-py311 wheel loads into, numpy's ndarray and dtype headers since
-//! numpy 1.7 — so this module reads them directly, the way a profiler reads
-//! an interpreter's memory. Each layout is used only after a check on sample
-//! objects shows that the direct read gives exactly what the C API gives; one
-//! that fails its check (a debug build, a future version) is never read
-//! directly and everything falls back to the API. All the layout facts live
-//! here and nowhere else.
+//! at batch 256. This module reads those objects straight from memory, the
+//! way a profiler reads an interpreter's — but only where that is known to be
+//! safe, as py-spy answers an interpreter it has no layout for with
+//! "unsupported":
+//!
+//! 1. **Sealed versions.** [`SEALED`] holds, for each CPython minor version
+//!    CI tests (3.11, 3.12, 3.13), what its headers define for the objects
+//!    read here. Any other version, a free-threaded build (whose safety
+//!    argument differs: a borrowed slice is safe to hold only because no
+//!    other thread runs Python code under the GIL), or
+//!    `TOKTRACE_DIRECT_READS=0` takes the C-API path everywhere, with the
+//!    same results.
+//! 2. **Sizes before pointers.** On a sealed version each type's
+//!    `__basicsize__` and `__itemsize__` must equal the sealed ones before any
+//!    of its fields is read, so no check follows a pointer from an offset
+//!    that is not known to be right.
+//! 3. **Then values.** Each layout is used only after a direct read of sample
+//!    objects gives exactly what the C API gives.
+//!
+//! numpy's ndarray header (stable since numpy 1.7) is learned the same way,
+//! once numpy is loaded, and only when the CPython layouts are read directly.
+//! All the layout facts live here and nowhere else; [`report`] says which
+//! path runs and why (`toktrace._native.direct_reads()`, the trace's process
+//! record).
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyType};
 use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
+use std::sync::OnceLock;
 
-/// `PyListObject`: the variable-size header, then the item array.
+// ---------- the sealed versions ----------
+
+/// A type's `__basicsize__` and `__itemsize__`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Size {
+    basic: isize,
+    item: isize,
+}
+
+/// How an `int` keeps its digit count and sign in the word after its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LongForm {
+    /// `ob_size`: the signed digit count (3.11).
+    SignedSize,
+    /// `lv_tag`: the digit count shifted left by 3, the sign in the low two
+    /// bits (0 positive, 1 zero, 2 negative; 3.12 on).
+    Tag,
+}
+
+/// What one CPython minor version's headers define, in a release GIL build,
+/// for the objects read directly. The heads below ([`ListHead`],
+/// [`FloatHead`], [`LongHead`], [`DictHead`], [`DictKeysHead`]) are the same in
+/// every version sealed so far; a version whose heads differ gets heads of
+/// its own beside these, not a patch to them.
+#[derive(Debug)]
+pub struct Sealed {
+    /// The minor version: 3.`minor`.
+    minor: u32,
+    list: Size,
+    float: Size,
+    int: Size,
+    dict: Size,
+    long_form: LongForm,
+}
+
+/// The versions read directly (the ones CI runs the package tests on).
+/// Sources: `Include/cpython/listobject.h`, `floatobject.h`,
+/// `longintrepr.h`, `dictobject.h` and `Objects/dict-common.h`
+/// (`Include/internal/pycore_dict.h` from 3.12) of each release; the sizes
+/// are what `type.__basicsize__` / `__itemsize__` print on 3.11.7, 3.12.1 and
+/// 3.13.0.
+static SEALED: [Sealed; 3] = [
+    Sealed {
+        minor: 11,
+        list: Size { basic: 40, item: 0 },
+        float: Size { basic: 24, item: 0 },
+        int: Size { basic: 24, item: 4 },
+        dict: Size { basic: 48, item: 0 },
+        long_form: LongForm::SignedSize,
+    },
+    Sealed {
+        minor: 12,
+        list: Size { basic: 40, item: 0 },
+        float: Size { basic: 24, item: 0 },
+        int: Size { basic: 24, item: 4 },
+        dict: Size { basic: 48, item: 0 },
+        long_form: LongForm::Tag,
+    },
+    Sealed {
+        minor: 13,
+        list: Size { basic: 40, item: 0 },
+        float: Size { basic: 24, item: 0 },
+        int: Size { basic: 24, item: 4 },
+        dict: Size { basic: 48, item: 0 },
+        long_form: LongForm::Tag,
+    },
+];
+
+/// The environment switch: `0`, `off`, `false` or `no` turns direct reads off.
+pub const SWITCH: &str = "TOKTRACE_DIRECT_READS";
+
+/// The sealed layout for this interpreter, or why there is none. Pure, so
+/// every branch is tested without the interpreter it names.
+///
+/// `version` is `Py_Version` (`0xMMmmppxx`), `free_threaded` whether the
+/// build or the running interpreter has the GIL off, `switch` the value of
+/// [`SWITCH`].
+fn choose(
+    version: u32,
+    free_threaded: bool,
+    switch: Option<&str>,
+) -> Result<&'static Sealed, String> {
+    if let Some(v) = switch {
+        if matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        ) {
+            return Err(format!("{SWITCH}={v}"));
+        }
+    }
+    let (major, minor) = (version >> 24, (version >> 16) & 0xff);
+    if free_threaded {
+        return Err(format!(
+            "CPython {major}.{minor} runs free-threaded (the GIL is off): objects may change while read"
+        ));
+    }
+    let sealed: Vec<String> = SEALED.iter().map(|s| format!("3.{}", s.minor)).collect();
+    SEALED
+        .iter()
+        .find(|s| major == 3 && s.minor == minor)
+        .ok_or_else(|| {
+            format!(
+                "CPython {major}.{minor} has no sealed layout (sealed: {})",
+                sealed.join(", ")
+            )
+        })
+}
+
+// ---------- object heads ----------
+
+/// `PyListObject` up to its item array (`allocated` follows, not read).
 #[repr(C)]
 struct ListHead {
     ob_base: ffi::PyVarObject,
@@ -34,14 +160,14 @@ struct FloatHead {
     ob_fval: f64,
 }
 
-/// `PyLongObject` up to its first digits. The word after the object header
-/// is `ob_size` (signed digit count) up to 3.11 and `lv_tag` (digit count
-/// shifted left by 3, sign in the low bits) from 3.12.
+/// `PyLongObject` up to its digits: the object header and the word that is
+/// `ob_size` or `lv_tag` ([`LongForm`]). The digits (30 bits in each `u32`)
+/// follow; an int holds only as many as it needs, so they are read through
+/// a pointer, one by one, never as part of this struct.
 #[repr(C)]
 struct LongHead {
     ob_base: ffi::PyObject,
     size_or_tag: isize,
-    digits: [u32; 2],
 }
 
 /// numpy's `PyArrayObject_fields`, up to the dtype.
@@ -68,8 +194,8 @@ struct DescrHead {
     type_num: c_int,
 }
 
-/// `PyDictObject` (3.11 on; `ma_version_tag` is a watcher tag from 3.13,
-/// the same size). Fields not read stay for their place in the layout.
+/// `PyDictObject` (`ma_version_tag` is a watcher tag from 3.13, the same
+/// size). Fields not read stay for their place in the layout.
 #[repr(C)]
 #[allow(dead_code)]
 struct DictHead {
@@ -81,7 +207,8 @@ struct DictHead {
 }
 
 /// `PyDictKeysObject` up to its index table (`dk_indices`), which the entry
-/// array follows. The 3.11 compact form, unchanged in the GIL builds since.
+/// array follows: the compact form of 3.11, unchanged in the GIL builds
+/// since (3.13's `dk_mutex` exists only in free-threaded builds).
 #[repr(C)]
 #[allow(dead_code)]
 struct DictKeysHead {
@@ -94,13 +221,26 @@ struct DictKeysHead {
     dk_nentries: isize,
 }
 
+// No head reads past what its type's `__basicsize__` promises.
+const _: () = {
+    let s = &SEALED;
+    let mut i = 0;
+    while i < s.len() {
+        assert!(std::mem::size_of::<ListHead>() as isize <= s[i].list.basic);
+        assert!(std::mem::size_of::<FloatHead>() as isize <= s[i].float.basic);
+        assert!(std::mem::size_of::<LongHead>() as isize <= s[i].int.basic);
+        assert!(std::mem::size_of::<DictHead>() as isize <= s[i].dict.basic);
+        i += 1;
+    }
+};
+
 /// `dk_kind`: entries are (hash, key, value) / (key, value) / split away.
 const DICT_KEYS_GENERAL: u8 = 0;
 const DICT_KEYS_UNICODE: u8 = 1;
 
 const LONG_OFF: u8 = 0;
-const LONG_SIZE: u8 = 1; // 3.11: ob_size
-const LONG_TAG: u8 = 2; // 3.12+: lv_tag
+const LONG_SIZE: u8 = 1;
+const LONG_TAG: u8 = 2;
 
 static LIST_OK: AtomicBool = AtomicBool::new(false);
 static DICT_OK: AtomicBool = AtomicBool::new(false);
@@ -112,6 +252,15 @@ const ND_UNTRIED: u8 = 0;
 const ND_OK: u8 = 1;
 const ND_FAILED: u8 = 2;
 static ND_STATE: AtomicU8 = AtomicU8::new(ND_UNTRIED);
+/// The interpreter's verdict and what each check found, set once at load.
+static VERDICT: OnceLock<Verdict> = OnceLock::new();
+
+/// What `init` decided: the sealed layout in force (None: the C-API path)
+/// and why, with any reader a check turned off.
+struct Verdict {
+    sealed: Option<&'static Sealed>,
+    why: String,
+}
 
 /// Element kinds of a directly readable array.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -140,14 +289,13 @@ pub struct ArrayView<'a> {
 // ---------- lists ----------
 
 /// True when `obj` is exactly a `list` and lists are read directly.
+///
+/// # Safety
+/// `obj` must be a live object.
 #[inline]
-pub fn is_direct_list(obj: *mut ffi::PyObject) -> bool {
-    // SAFETY: reading the type pointer of a live object.
+pub unsafe fn is_direct_list(obj: *mut ffi::PyObject) -> bool {
     LIST_OK.load(Ordering::Relaxed)
-        && std::ptr::eq(
-            unsafe { ffi::Py_TYPE(obj) },
-            std::ptr::addr_of_mut!(ffi::PyList_Type),
-        )
+        && std::ptr::eq(ffi::Py_TYPE(obj), std::ptr::addr_of_mut!(ffi::PyList_Type))
 }
 
 /// The items of a list checked with `is_direct_list`, as they are now.
@@ -206,7 +354,7 @@ impl DictEntries {
 }
 
 /// The entries of `dict` when dicts are read directly and its table holds
-/// them (not a split instance dict); None otherwise.
+/// them (not a split instance dict) in the form known here; None otherwise.
 ///
 /// # Safety
 /// `dict` must be a live exact dict. The result is valid until the dict is
@@ -225,18 +373,24 @@ pub unsafe fn dict_entries(dict: *mut ffi::PyObject) -> Option<DictEntries> {
         DICT_KEYS_GENERAL => 3,
         _ => return None,
     };
+    // A table that does not hold together (index bytes per slot 1, 2, 4 or
+    // 8; no more entries than slots) is not read, whatever made it so.
+    let (log2_size, log2_index) = (keys.dk_log2_size, keys.dk_log2_index_bytes);
+    let len = usize::try_from(keys.dk_nentries).ok()?;
+    if log2_size >= 48
+        || !(log2_size..=log2_size + 3).contains(&log2_index)
+        || len > 1usize << log2_size
+    {
+        return None;
+    }
     let indices = head
         .ma_keys
         .cast::<u8>()
         .add(std::mem::size_of::<DictKeysHead>());
     let first = indices
-        .add(1usize << keys.dk_log2_index_bytes)
+        .add(1usize << log2_index)
         .cast::<*mut ffi::PyObject>();
-    Some(DictEntries {
-        first,
-        width,
-        len: keys.dk_nentries.max(0) as usize,
-    })
+    Some(DictEntries { first, width, len })
 }
 
 // ---------- numbers ----------
@@ -260,44 +414,49 @@ pub fn numbers() -> Numbers {
 impl Numbers {
     /// The value of an exact `int` that fits in 60 bits; None for anything
     /// else (the caller then asks the C API).
+    ///
+    /// # Safety
+    /// `obj` must be a live object.
     #[inline(always)]
-    pub fn int_value(self, obj: *mut ffi::PyObject) -> Option<i64> {
-        // SAFETY: the type pointer of a live object; the header is read only for exact ints.
-        unsafe {
-            if self.long_form == LONG_OFF
-                || !std::ptr::eq(ffi::Py_TYPE(obj), std::ptr::addr_of_mut!(ffi::PyLong_Type))
-            {
-                return None;
-            }
-            let head = &*obj.cast::<LongHead>();
-            let (ndigits, negative) = if self.long_form == LONG_TAG {
-                let tag = head.size_or_tag as usize;
-                (tag >> 3, tag & 3 == 2)
-            } else {
-                (head.size_or_tag.unsigned_abs(), head.size_or_tag < 0)
-            };
-            let magnitude = match ndigits {
-                0 => 0,
-                1 => i64::from(head.digits[0]),
-                2 => i64::from(head.digits[0]) | (i64::from(head.digits[1]) << 30),
-                _ => return None,
-            };
-            Some(if negative { -magnitude } else { magnitude })
+    pub unsafe fn int_value(self, obj: *mut ffi::PyObject) -> Option<i64> {
+        if self.long_form == LONG_OFF
+            || !std::ptr::eq(ffi::Py_TYPE(obj), std::ptr::addr_of_mut!(ffi::PyLong_Type))
+        {
+            return None;
         }
+        let size_or_tag = (*obj.cast::<LongHead>()).size_or_tag;
+        let (ndigits, negative) = if self.long_form == LONG_TAG {
+            let tag = size_or_tag as usize;
+            (tag >> 3, tag & 3 == 2)
+        } else {
+            (size_or_tag.unsigned_abs(), size_or_tag < 0)
+        };
+        // The digits follow the head; an int holds `ndigits` of them (one for 0).
+        let digits = obj
+            .cast::<u8>()
+            .add(std::mem::size_of::<LongHead>())
+            .cast::<u32>();
+        let magnitude = match ndigits {
+            0 => 0,
+            1 => i64::from(*digits),
+            2 => i64::from(*digits) | (i64::from(*digits.add(1)) << 30),
+            _ => return None,
+        };
+        Some(if negative { -magnitude } else { magnitude })
     }
 
     /// The value of an exact `float`; None for anything else.
+    ///
+    /// # Safety
+    /// `obj` must be a live object.
     #[inline(always)]
-    pub fn float_value(self, obj: *mut ffi::PyObject) -> Option<f64> {
-        // SAFETY: as above; the header is read only for exact floats.
-        unsafe {
-            if self.float_ok
-                && std::ptr::eq(ffi::Py_TYPE(obj), std::ptr::addr_of_mut!(ffi::PyFloat_Type))
-            {
-                Some((*obj.cast::<FloatHead>()).ob_fval)
-            } else {
-                None
-            }
+    pub unsafe fn float_value(self, obj: *mut ffi::PyObject) -> Option<f64> {
+        if self.float_ok
+            && std::ptr::eq(ffi::Py_TYPE(obj), std::ptr::addr_of_mut!(ffi::PyFloat_Type))
+        {
+            Some((*obj.cast::<FloatHead>()).ob_fval)
+        } else {
+            None
         }
     }
 }
@@ -320,7 +479,7 @@ pub fn ndarray<'a>(obj: &'a Bound<'_, PyAny>) -> Option<ArrayView<'a>> {
 }
 
 /// # Safety
-/// `obj` must be a live numpy array whose layout was checked.
+/// `obj` must be a live numpy array whose type's size was checked.
 unsafe fn array_view<'a>(obj: *mut ffi::PyObject) -> Option<ArrayView<'a>> {
     let head = &*obj.cast::<ArrayHead>();
     let ndim = usize::try_from(head.nd).ok()?;
@@ -378,6 +537,10 @@ pub fn learn_ndarray(py: Python<'_>) {
     if ND_STATE.load(Ordering::Relaxed) != ND_UNTRIED {
         return;
     }
+    if VERDICT.get().and_then(|v| v.sealed).is_none() {
+        ND_STATE.store(ND_FAILED, Ordering::Relaxed);
+        return;
+    }
     let Ok(modules) = py.import("sys").and_then(|s| s.getattr("modules")) else {
         return;
     };
@@ -398,18 +561,25 @@ pub fn learn_ndarray(py: Python<'_>) {
     ND_STATE.store(state, Ordering::Relaxed);
 }
 
-/// The ndarray type when a direct read of sample arrays (several dtypes, a
-/// strided 2-D slice, a 0-d array) agrees with their buffer exports.
+/// The ndarray type when its objects and dtypes are large enough to hold
+/// the heads read here, and a direct read of sample arrays (several dtypes,
+/// a strided 2-D slice, a 0-d array) agrees with their array interface.
 fn check_ndarray(
     py: Python<'_>,
     np: &Bound<'_, PyAny>,
 ) -> PyResult<Option<*mut ffi::PyTypeObject>> {
-    let ndarray = np.getattr("ndarray")?;
+    let ndarray = np.getattr("ndarray")?.downcast_into::<PyType>()?;
+    let dtype = np.getattr("dtype")?.downcast_into::<PyType>()?;
+    if basic_size(&ndarray)?.basic < std::mem::size_of::<ArrayHead>() as isize
+        || basic_size(&dtype)?.basic < std::mem::size_of::<DescrHead>() as isize
+    {
+        return Ok(None);
+    }
     let base = np
         .call_method1("arange", (24,))?
         .call_method1("reshape", (4, 6))?;
     let mut samples = Vec::new();
-    for (dtype, want) in [
+    for (name, want) in [
         ("int64", Elem::I64),
         ("int32", Elem::I32),
         ("uint32", Elem::U32),
@@ -418,17 +588,21 @@ fn check_ndarray(
         ("int16", Elem::I16),
         ("uint8", Elem::U8),
     ] {
-        let a = base.call_method1("astype", (dtype,))?;
+        let a = base.call_method1("astype", (name,))?;
         let sliced = a.get_item((py.Ellipsis(), pyo3::types::PySlice::new(py, 1, 6, 2)))?;
         samples.push((a.clone(), want));
         samples.push((sliced, want));
         samples.push((a.get_item((1, 2))?.call_method0("__array__")?, want));
     }
     for (obj, want) in &samples {
-        if !std::ptr::eq(obj.get_type().as_type_ptr(), ndarray.as_ptr().cast()) {
+        // Exactly ndarray, with a dtype object of exactly numpy's dtype
+        // class or a subclass (numpy 2 makes one per kind): checked before
+        // the array's head is read.
+        if !obj.get_type().is(&ndarray) || !obj.getattr("dtype")?.is_instance(&dtype)? {
             return Ok(None);
         }
-        // SAFETY: a live object of the type under test; read only to compare.
+        // SAFETY: a live object of the type under test, whose size holds
+        // the head; read only to compare.
         let direct = unsafe { array_view(obj.as_ptr()) };
         let Some(direct) = direct else {
             return Ok(None);
@@ -449,26 +623,119 @@ fn check_ndarray(
             return Ok(None);
         }
     }
-    Ok(Some(ndarray.as_ptr().cast()))
+    Ok(Some(ndarray.as_type_ptr()))
 }
 
 // ---------- start-up checks ----------
 
-/// Check the CPython layouts on sample objects; called once when the module
-/// loads. A layout whose check fails stays off.
+/// A type's sizes as Python reports them.
+fn basic_size(t: &Bound<'_, PyType>) -> PyResult<Size> {
+    Ok(Size {
+        basic: t.getattr("__basicsize__")?.extract()?,
+        item: t.getattr("__itemsize__")?.extract()?,
+    })
+}
+
+/// Whether this interpreter runs without the GIL, by its build (`t` in
+/// `sys.abiflags`, set by `Py_GIL_DISABLED`) or at run time
+/// (`sys._is_gil_enabled()`, 3.13 on). Asked through `sys` so that a test can
+/// stand in for a free-threaded interpreter.
+fn free_threaded(py: Python<'_>) -> PyResult<bool> {
+    let sys = py.import("sys")?;
+    let abiflags: String = sys
+        .getattr("abiflags")
+        .and_then(|f| f.extract())
+        .unwrap_or_default();
+    if abiflags.contains('t') {
+        return Ok(true);
+    }
+    match sys.getattr("_is_gil_enabled") {
+        Ok(f) => Ok(!f.call0()?.is_truthy()?),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Decide once, when the module loads, which objects are read directly:
+/// the interpreter's sealed layout ([`choose`]), then each type's sizes, then
+/// its sample check. Never fails on what it finds: anything unexpected
+/// leaves the C-API path, and [`report`] says why.
 pub fn init(py: Python<'_>) -> PyResult<()> {
-    LIST_OK.store(check_list(py)?, Ordering::Relaxed);
-    DICT_OK.store(check_dict(py)?, Ordering::Relaxed);
-    FLOAT_OK.store(check_float(py)?, Ordering::Relaxed);
-    LONG_FORM.store(check_long(py)?, Ordering::Relaxed);
+    // SAFETY: reading an exported constant (3.11 on, in the stable ABI).
+    let version = unsafe { ffi::Py_Version } as u32;
+    let switch = std::env::var(SWITCH).ok();
+    let verdict = match free_threaded(py).map(|ft| choose(version, ft, switch.as_deref())) {
+        Ok(Ok(sealed)) => {
+            let mut off = Vec::new();
+            let mut reader = |name: &str, size: Size, check: &dyn Fn() -> PyResult<bool>| {
+                if !sized(py, name, size, &mut off)? {
+                    return PyResult::Ok(false);
+                }
+                let agrees = check()?;
+                if !agrees {
+                    off.push(format!(
+                        "{name}: a direct read of samples disagreed with the C API"
+                    ));
+                }
+                Ok(agrees)
+            };
+            LIST_OK.store(
+                reader("list", sealed.list, &|| check_list(py))?,
+                Ordering::Relaxed,
+            );
+            DICT_OK.store(
+                reader("dict", sealed.dict, &|| check_dict(py))?,
+                Ordering::Relaxed,
+            );
+            FLOAT_OK.store(
+                reader("float", sealed.float, &|| check_float(py))?,
+                Ordering::Relaxed,
+            );
+            reader("int", sealed.int, &|| check_long(py, sealed.long_form))?;
+            let mut why = format!("CPython 3.{} layout (sealed)", sealed.minor);
+            if !off.is_empty() {
+                why.push_str("; off: ");
+                why.push_str(&off.join("; "));
+            }
+            Verdict {
+                sealed: Some(sealed),
+                why,
+            }
+        }
+        Ok(Err(why)) => Verdict { sealed: None, why },
+        Err(e) => Verdict {
+            sealed: None,
+            why: format!("the interpreter's build could not be told: {e}"),
+        },
+    };
+    let _ = VERDICT.set(verdict);
     Ok(())
 }
 
+/// True when builtin type `name` has the sealed sizes; otherwise false, with
+/// what differs added to `off`.
+fn sized(py: Python<'_>, name: &str, want: Size, off: &mut Vec<String>) -> PyResult<bool> {
+    let t = py
+        .import("builtins")?
+        .getattr(name)?
+        .downcast_into::<PyType>()?;
+    let got = basic_size(&t)?;
+    if got != want {
+        off.push(format!(
+            "{name} is {}+{} bytes, the sealed layout says {}+{}",
+            got.basic, got.item, want.basic, want.item
+        ));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// A list read directly must give `PyList_Size` and `PyList_GetItem`'s answers.
 fn check_list(py: Python<'_>) -> PyResult<bool> {
     let list = PyList::new(py, ["a", "b", "c"])?;
     list.append(4)?;
     let p = list.as_ptr();
-    // SAFETY: `p` is a live exact list; compared against the C API's answers.
+    // SAFETY: `p` is a live exact list whose type has the sealed size (checked
+    // before this is called); compared against the C API's answers.
     unsafe {
         if !std::ptr::eq(ffi::Py_TYPE(p), std::ptr::addr_of_mut!(ffi::PyList_Type)) {
             return Ok(false);
@@ -507,7 +774,8 @@ fn check_dict(py: Python<'_>) -> PyResult<bool> {
     DICT_OK.store(true, Ordering::Relaxed);
     for d in [&text, &numbers, &empty] {
         let p = d.as_ptr();
-        // SAFETY: live exact dicts, unchanged while compared with the C API.
+        // SAFETY: live exact dicts whose type has the sealed size, unchanged
+        // while compared with the C API.
         let same = unsafe {
             let Some(entries) = dict_entries(p) else {
                 DICT_OK.store(false, Ordering::Relaxed);
@@ -534,10 +802,11 @@ fn check_dict(py: Python<'_>) -> PyResult<bool> {
     Ok(true)
 }
 
+/// Floats read directly must hold the values they were made from, bit for bit.
 fn check_float(py: Python<'_>) -> PyResult<bool> {
     for v in [0.0f64, -1.5, 3.25e-7, 1e300] {
         let obj = v.into_pyobject(py)?;
-        // SAFETY: a live exact float; compared with the value it was made from.
+        // SAFETY: a live exact float whose type has the sealed size.
         let direct = unsafe { (*obj.as_ptr().cast::<FloatHead>()).ob_fval };
         if direct.to_bits() != v.to_bits() {
             return Ok(false);
@@ -546,14 +815,17 @@ fn check_float(py: Python<'_>) -> PyResult<bool> {
     Ok(true)
 }
 
-fn check_long(py: Python<'_>) -> PyResult<u8> {
-    // SAFETY: reading an exported constant.
-    let form = if unsafe { ffi::Py_Version } >= 0x030C_0000 {
-        LONG_TAG
-    } else {
-        LONG_SIZE
-    };
-    LONG_FORM.store(form, Ordering::Relaxed);
+/// Ints across the digit borders read in the sealed form must hold the
+/// values they were made from, and one past two digits must be left to the
+/// API. Leaves the form in force when they do.
+fn check_long(py: Python<'_>, form: LongForm) -> PyResult<bool> {
+    LONG_FORM.store(
+        match form {
+            LongForm::SignedSize => LONG_SIZE,
+            LongForm::Tag => LONG_TAG,
+        },
+        Ordering::Relaxed,
+    );
     let samples: [i64; 10] = [
         0,
         1,
@@ -566,29 +838,114 @@ fn check_long(py: Python<'_>) -> PyResult<u8> {
         -1,
         -(1 << 40) - 9,
     ];
+    let off = || {
+        LONG_FORM.store(LONG_OFF, Ordering::Relaxed);
+        Ok(false)
+    };
     for v in samples {
         let obj = v.into_pyobject(py)?;
-        if numbers().int_value(obj.as_ptr()) != Some(v) {
-            LONG_FORM.store(LONG_OFF, Ordering::Relaxed);
-            return Ok(LONG_OFF);
+        // SAFETY: a live object.
+        if unsafe { numbers().int_value(obj.as_ptr()) } != Some(v) {
+            return off();
         }
     }
     // Beyond two digits the API is asked.
     let big = (1i64 << 61).into_pyobject(py)?;
-    if numbers().int_value(big.as_ptr()).is_some() {
-        return Ok(LONG_OFF);
+    // SAFETY: a live object.
+    if unsafe { numbers().int_value(big.as_ptr()) }.is_some() {
+        return off();
     }
-    Ok(form)
+    Ok(true)
 }
 
-/// Which direct readers are on: (lists, ints, floats, numpy, dicts), for
-/// tests and the benchmark's report.
-pub fn status() -> (bool, bool, bool, bool, bool) {
-    (
-        LIST_OK.load(Ordering::Relaxed),
-        LONG_FORM.load(Ordering::Relaxed) != LONG_OFF,
-        FLOAT_OK.load(Ordering::Relaxed),
-        ND_STATE.load(Ordering::Relaxed) == ND_OK,
-        DICT_OK.load(Ordering::Relaxed),
-    )
+/// Which path runs and why, for `direct_reads()` and the process record.
+pub struct Report {
+    /// `"direct"` when the interpreter's layout is sealed, else `"c-api"`.
+    pub path: &'static str,
+    /// Why: the sealed layout and any reader a check turned off, or why
+    /// there is none.
+    pub why: String,
+    pub lists: bool,
+    pub ints: bool,
+    pub floats: bool,
+    /// Learned once numpy is loaded and an array came through the buffer path.
+    pub numpy: bool,
+    pub dicts: bool,
+}
+
+/// What [`init`] decided, with the readers in force now.
+pub fn report() -> Report {
+    let (path, why) = match VERDICT.get() {
+        Some(Verdict {
+            sealed: Some(_),
+            why,
+        }) => ("direct", why.clone()),
+        Some(Verdict { sealed: None, why }) => ("c-api", why.clone()),
+        None => ("c-api", "not decided yet".to_owned()),
+    };
+    Report {
+        path,
+        why,
+        lists: LIST_OK.load(Ordering::Relaxed),
+        ints: LONG_FORM.load(Ordering::Relaxed) != LONG_OFF,
+        floats: FLOAT_OK.load(Ordering::Relaxed),
+        numpy: ND_STATE.load(Ordering::Relaxed) == ND_OK,
+        dicts: DICT_OK.load(Ordering::Relaxed),
+    }
+}
+
+/// One line for the trace's process record: the path and why.
+pub fn describe() -> String {
+    let r = report();
+    format!("{}: {}", r.path, r.why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V3_11: u32 = 0x030B_07F0;
+    const V3_12: u32 = 0x030C_01F0;
+    const V3_13: u32 = 0x030D_00F0;
+
+    #[test]
+    fn each_tested_version_has_its_own_layout() {
+        for (v, minor, form) in [
+            (V3_11, 11, LongForm::SignedSize),
+            (V3_12, 12, LongForm::Tag),
+            (V3_13, 13, LongForm::Tag),
+        ] {
+            let sealed = choose(v, false, None).expect("sealed");
+            assert_eq!((sealed.minor, sealed.long_form), (minor, form));
+        }
+    }
+
+    #[test]
+    fn versions_not_sealed_take_the_c_api() {
+        for v in [0x030A_0DF0, 0x030E_00F0, 0x0400_00F0, 0x020B_0000] {
+            let why = choose(v, false, None).expect_err("not sealed");
+            assert!(why.contains("no sealed layout"), "{why}");
+            assert!(why.contains("3.11, 3.12, 3.13"), "{why}");
+        }
+        assert!(choose(0x030E_00F0, false, None)
+            .expect_err("3.14")
+            .contains("CPython 3.14"));
+    }
+
+    #[test]
+    fn free_threaded_builds_never_read_directly() {
+        let why = choose(V3_13, true, None).expect_err("free-threaded");
+        assert!(why.contains("free-threaded"), "{why}");
+    }
+
+    #[test]
+    fn the_switch_turns_direct_reads_off() {
+        for off in ["0", "off", "FALSE", " no "] {
+            let why = choose(V3_12, false, Some(off)).expect_err("switched off");
+            assert!(why.starts_with(SWITCH), "{why}");
+        }
+        for on in ["1", "", "yes"] {
+            assert!(choose(V3_12, false, Some(on)).is_ok(), "{on:?}");
+        }
+    }
 }

@@ -27,10 +27,22 @@ fn probe_version() -> &'static str {
 fn noop(_args: &Bound<'_, pyo3::types::PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) {
 }
 
-/// Which object layouts are read directly: (lists, ints, floats, numpy, dicts).
+/// Which path reads the engines' objects, and why: a dict with `path`
+/// ("direct" or "c-api"), `why`, and whether each reader is on (`lists`,
+/// `ints`, `floats`, `dicts`, `numpy`; numpy's is learned on the first
+/// array that comes through the buffer path).
 #[pyfunction]
-fn direct_reads() -> (bool, bool, bool, bool, bool) {
-    layout::status()
+fn direct_reads(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let r = layout::report();
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("path", r.path)?;
+    d.set_item("why", r.why)?;
+    d.set_item("lists", r.lists)?;
+    d.set_item("ints", r.ints)?;
+    d.set_item("floats", r.floats)?;
+    d.set_item("dicts", r.dicts)?;
+    d.set_item("numpy", r.numpy)?;
+    Ok(d)
 }
 
 #[pymodule]

@@ -261,7 +261,7 @@ impl NativeProbe {
             top_k_cap: self.top_k_cap,
             role: role.unwrap_or_else(|| self.config.writer.role.clone()),
             rank,
-            extra: extra.unwrap_or_default(),
+            extra: with_direct_reads(extra.unwrap_or_default()),
         }))
     }
 
@@ -1083,6 +1083,15 @@ fn select_rows(
 #[pyfunction]
 pub fn monotonic_ns() -> u64 {
     clock::monotonic_ns()
+}
+
+/// The process record's extra fields, with which path reads the engine's
+/// objects and why (`direct_reads`) unless the caller said already.
+fn with_direct_reads(mut extra: Vec<(String, String)>) -> Vec<(String, String)> {
+    if !extra.iter().any(|(k, _)| k == "direct_reads") {
+        extra.push(("direct_reads".to_owned(), crate::layout::describe()));
+    }
+    extra
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! - [`html`]: a self-contained report with inline SVG charts ([`svg`]);
 //! - [`otlp`]: one OpenTelemetry span per request, sent to a collector.
 
+#![forbid(unsafe_code)]
+
 pub mod html;
 pub mod otlp;
 pub mod perfetto;

@@ -205,6 +205,9 @@ fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
                 "engine": info.map(|i| i.engine.clone()),
                 "engine_version": info.map(|i| i.engine_version.clone()),
                 "model": info.and_then(|i| i.model_name.clone()),
+                // What the process recorded about itself: engine settings,
+                // which path read the engine's objects (`direct_reads`), ….
+                "extra": info.map(|i| i.extra.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()),
                 "start_unix_ns": h.map(|h| h.process_start_unix_ns),
                 "segments": c.segments,
                 "steps": c.steps,
@@ -242,6 +245,9 @@ fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
             n("requests"),
             n("dropped_records"),
         );
+        if let Some(reads) = p["extra"]["direct_reads"].as_str() {
+            println!("    objects read by {reads}");
+        }
     }
     if !warnings.is_empty() {
         println!("{} read warning(s), see stderr", warnings.len());

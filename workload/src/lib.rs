@@ -23,6 +23,7 @@
 //!
 //! The binary `toktrace-workload` is a command-line front for [`generate`].
 
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod law;
