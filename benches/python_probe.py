@@ -32,14 +32,20 @@ With ``--parts``, instead: at batch 256, per shape, the step with its batch
 only, then with token ids, then with top-5 logprobs too — what each part
 costs, by leaving the rest out.
 
-Usage: python benches/python_probe.py [--quick] [--parts]
+With ``--json PATH``, the rows are also written there as JSON (with the
+interpreter and which path read the objects): ``scripts/extended.sh
+python-probe`` keeps them as result files.
+
+Usage: python benches/python_probe.py [--quick] [--parts] [--json PATH]
 Needs: the toktrace wheel, numpy, opentelemetry-sdk (tests/requirements.txt).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import shutil
 import statistics
 import sys
@@ -158,6 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     ap.add_argument("--parts", action="store_true", help="split the cost of a 256-request step by part")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args()
     repeat = 3 if args.quick else 15
     root = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -171,7 +178,9 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         return
     provider, tracer = make_otel()
-    print(f"direct reads (lists, ints, floats, numpy, dicts): {direct_reads()} before the first numpy column")
+    reads = direct_reads()
+    print(f"objects read by: {reads['path']} ({reads['why']})")
+    rows = []
 
     print(f"{'batch':>5} {'shape':>7} | {'noop ns/step':>12} | {'toktrace ns/step':>16} {'ns/token':>9} "
           f"{'median ns/tok':>13} {'over noop ns/tok':>16} | {'otel ns/step':>12} {'ns/token':>9} {'otel/toktrace':>13} | "
@@ -250,6 +259,11 @@ def main() -> None:
                   f"{t_probe_median*1e9/batch:>13.1f} {(t_probe-t_noop)*1e9/batch:>16.1f} | {t_otel*1e9:>12.0f} {t_otel*1e9/batch:>9.1f} "
                   f"{t_otel/t_probe:>13.0f}x | {t_events*1e9/batch:>15.1f} {t_events/t_probe:>14.0f}x")
             sys.stdout.flush()
+            rows.append({"batch": batch, "shape": shape, "noop_ns_per_step": t_noop * 1e9,
+                         "toktrace_ns_per_token": t_probe * 1e9 / batch,
+                         "toktrace_median_ns_per_token": t_probe_median * 1e9 / batch,
+                         "otel_attributes_ns_per_token": t_otel * 1e9 / batch,
+                         "otel_events_ns_per_token": t_events * 1e9 / batch})
     probe.shutdown(30.0)
     provider.shutdown()
     # The trace is ~1 GB on tmpfs, i.e. memory: never leave it behind.
@@ -271,6 +285,11 @@ def main() -> None:
         os.spawnv(os.P_WAIT, sys.executable, [sys.executable, "-c", "pass"])
         starts.append(time.perf_counter() - t0)
     print(f"(for scale: a whole `python -c pass` start here takes {statistics.median(starts)*1e3:.1f} ms)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"python": platform.python_version(), "objects_read_by": direct_reads(),
+                       "quick": args.quick, "runs": repeat, "rows": rows,
+                       "pth_line_ns": t_line * 1e9}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,19 @@ def layout_for(version: str, layouts: list[tuple[Version, Version, str]]) -> str
     return None
 
 
+# The last patch of a minor line: a range ending here holds every patch release.
+ANY_PATCH = 9999
+
+
+def ranges_text(layouts: list[tuple[Version, Version, str]]) -> str:
+    """The supported ranges as a user reads them: '0.26.0–0.32.x, 0.34.x'."""
+
+    def text(v: Version) -> str:
+        return f"{v[0]}.{v[1]}.{'x' if v[2] >= ANY_PATCH else v[2]}"
+
+    return ", ".join(text(a) if a == b else f"{text(a)}–{text(b)}" for a, b, _ in layouts)
+
+
 def cost_report(cost: list[int]) -> dict[str, float]:
     """An adapter's [self ns, steps, step ns] counters as per-step figures."""
     self_ns, steps, step_ns = cost

@@ -37,9 +37,6 @@ def apply(sglang: ModuleType) -> None:
     version = engine_version(sglang)
     module = layout_for(version)
     if module is None:
-        supported = ", ".join(
-            ".".join(map(str, a)) if a == b else f"{'.'.join(map(str, a))}–{'.'.join(map(str, b))}"
-            for a, b, _ in LAYOUTS
-        )
-        raise AdapterError(f"SGLang {version} is not a version this toktrace knows (supported: {supported})")
+        raise AdapterError(
+            f"SGLang {version} is not a version this toktrace knows (supported: {C.ranges_text(LAYOUTS)})")
     importlib.import_module(module).install(version)

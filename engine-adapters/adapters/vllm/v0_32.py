@@ -1,4 +1,16 @@
-"""vLLM 0.32 (V1 engine): every hook point and object field toktrace reads.
+"""vLLM 0.26–0.32 (V1 engine): every hook point and object field toktrace reads.
+
+Written against 0.32 and proven on every release from 0.26.0 (the
+compatibility table says how). What differs inside the line is a shim below,
+named by the release that changed it:
+
+- before 0.32 the OpenAI server drops the ``traceparent`` header before the
+  engine sees it unless vLLM's own OpenTelemetry export is on
+  (``GenerateBaseServing._get_trace_headers``): ``_patch_serving_before_0_32``
+  keeps it for the request's task.
+- the waiting count is vLLM's own (``Scheduler.get_request_counts()``, the
+  figure behind ``vllm:num_requests_waiting``): ``waiting`` plus
+  ``skipped_waiting`` up to 0.30, plus ``kv_holding_waiting`` from 0.31.
 
 Engine-core process (where the scheduler lives):
 - ``Scheduler.__init__``: process info (model, special tokens, rank).
@@ -35,6 +47,7 @@ and ``cu_num_generated_tokens`` (row offsets under speculative decoding);
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import itertools
 import sys
@@ -72,6 +85,8 @@ def install(version: str) -> None:
     hooks.when_imported("vllm.v1.core.sched.scheduler", _checked(_patch_scheduler))
     hooks.when_imported("vllm.v1.engine.output_processor", _checked(_patch_output_processor))
     hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_async_llm))
+    if (C.parse_version(version) or (0, 0, 0)) < (0, 32, 0):
+        hooks.when_imported("vllm.entrypoints.generate.base.serving", _checked(_patch_serving_before_0_32))
 
 
 def _checked(patcher):
@@ -114,7 +129,7 @@ def _patch_scheduler(mod) -> None:
     C.require(mod, "Scheduler", where="vllm.v1.core.sched.scheduler")
     S = mod.Scheduler
     C.require(S, "__init__", "schedule", "update_from_output", "add_request", "finish_requests",
-              where="vllm Scheduler")
+              "get_request_counts", where="vllm Scheduler")
     # The batch composition reads these per running request (see _before_update).
     output_mod = sys.modules.get("vllm.v1.core.sched.output")
     fields = getattr(getattr(output_mod, "CachedRequestData", None), "__dataclass_fields__", {})
@@ -211,7 +226,10 @@ def _wrap_schedule(orig):
             st = _state(self)
             kv = self.kv_cache_manager.usage
             preempted = list(out.preempted_req_ids) if out.preempted_req_ids else None
-            st.pending[id(out)] = (next(st.steps), t0, len(self.waiting), len(self.running), kv, preempted)
+            # vLLM's own counts (its waiting includes requests set aside in
+            # other queues; see the module's notes).
+            running, waiting = self.get_request_counts()
+            st.pending[id(out)] = (next(st.steps), t0, waiting, running, kv, preempted)
             if len(st.pending) > MAX_PENDING:
                 st.pending.pop(next(iter(st.pending)))
             _cost[0] += time.monotonic_ns() - t0
@@ -384,6 +402,32 @@ def _wrap_op_init(orig):
 # traceparent by request id, between AsyncLLM.add_request and OutputProcessor.add_request.
 _traceparents: dict[str, str] = {}
 MAX_TRACEPARENTS = 4096
+# Before 0.32: the traceparent of the HTTP request the current task serves
+# (vLLM passes the engine None unless its own tracing is on).
+_serving_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "toktrace_serving_traceparent", default=None)
+
+
+def _patch_serving_before_0_32(mod) -> None:
+    """``GenerateBaseServing._get_trace_headers(headers)`` returns None unless
+    vLLM's OpenTelemetry export is on, so ``AsyncLLM.add_request`` never sees
+    the header; what it returns is left as it is, and the header is kept for
+    the task serving the request (the same task then calls ``add_request``)."""
+    C.require(mod, "GenerateBaseServing", where="vllm.entrypoints.generate.base.serving")
+    G = mod.GenerateBaseServing
+    C.require(G, "_get_trace_headers", where="vllm GenerateBaseServing")
+
+    def make(orig):
+        async def _get_trace_headers(self, headers: Any, *args: Any, **kwargs: Any):
+            try:
+                _serving_traceparent.set(C.traceparent(headers))
+            except Exception as exc:  # noqa: BLE001
+                _guard.failed("GenerateBaseServing._get_trace_headers", exc)
+            return await orig(self, headers, *args, **kwargs)
+
+        return _get_trace_headers
+
+    C.patch(G, "_get_trace_headers", make)
 
 
 def _patch_async_llm(mod) -> None:
@@ -398,7 +442,7 @@ def _patch_async_llm(mod) -> None:
         async def add_request(self, *args: Any, **kwargs: Any):
             try:
                 bound = sig.bind_partial(self, *args, **kwargs).arguments
-                tp = C.traceparent(bound.get("trace_headers"))
+                tp = C.traceparent(bound.get("trace_headers")) or _serving_traceparent.get()
                 if tp is not None:
                     _traceparents[str(bound["request_id"])] = tp
                     if len(_traceparents) > MAX_TRACEPARENTS:
@@ -428,7 +472,7 @@ def _wrap_op_add_request(orig):
                     request.request_id,
                     external,
                     tp or kept,
-                    len(request.prompt_token_ids or ()),
+                    0 if request.prompt_token_ids is None else len(request.prompt_token_ids),
                     *_params(request.sampling_params),
                     C.unix_to_mono_ns(getattr(request, "arrival_time", None)),
                 )])

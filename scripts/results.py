@@ -1,0 +1,128 @@
+"""Tables for the docs, made from Tier 2's result files (never typed).
+
+`scripts/extended.sh SUITE` leaves one dated JSON file per item under
+`results/SUITE/ITEM/`. Each Markdown file of the docs may hold generated
+blocks:
+
+    <!-- results:SUITE -->
+    (the table: rewritten by this script)
+    <!-- /results:SUITE -->
+
+Usage:
+    python3 scripts/results.py SUITE      print SUITE's table (newest result per item)
+    python3 scripts/results.py --write    rewrite every block in README.md and docs/
+    python3 scripts/results.py --check    exit 1 if a block is not what --write would make
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+
+def newest(suite: str) -> list[dict]:
+    """The newest result of each item of `suite`, in item-name order."""
+    out = []
+    for item_dir in sorted((RESULTS / suite).glob("*")):
+        files = sorted(item_dir.glob("*.json"))
+        if files:
+            out.append(json.loads(files[-1].read_text()))
+    return out
+
+
+def provenance(r: dict) -> str:
+    return f"{r['started'][:10]}, `{r['commit'][:7]}`"
+
+
+def python_probe(results: list[dict]) -> str:
+    shapes = ("vllm", "numpy", "nested", "lists")
+    lines = [
+        "| CPython | objects read | " + " | ".join(f"{s} ns/token" for s in shapes)
+        + " | OTel events / toktrace (vllm) | run |",
+        "|---|---|" + "---:|" * len(shapes) + "---:|---|",
+    ]
+    for r in results:
+        d = r["data"]
+        if r["outcome"] != "pass" or "rows" not in d:
+            lines.append(f"| {r['item']} | failed | " + " | ".join("" for _ in shapes) + f" | | {provenance(r)} |")
+            continue
+        at256 = {row["shape"]: row for row in d["rows"] if row["batch"] == 256}
+        cells = [f"{at256[s]['toktrace_ns_per_token']:.1f}" if s in at256 else "" for s in shapes]
+        vllm = at256.get("vllm")
+        ratio = f"{vllm['otel_events_ns_per_token'] / vllm['toktrace_ns_per_token']:.0f}×" if vllm else ""
+        lines.append(f"| {d['python']} | {d['objects_read_by']['path']} | " + " | ".join(cells)
+                     + f" | {ratio} | {provenance(r)} |")
+    lines.append("")
+    lines.append("Batch 256, top-5 logprobs, calling thread's CPU time, least of 15 runs of 200 calls "
+                 "(`scripts/extended.sh python-probe`).")
+    return "\n".join(lines) + "\n"
+
+
+def compat(results: list[dict]) -> str:
+    """One row per release: traced or not, how it was proven, when."""
+    lines = ["| release | traced | proven by | tests | run |", "|---|---|---|---:|---|"]
+    for r in sorted(results, key=lambda r: tuple(int(x) for x in r["item"].split(".") if x.isdigit())):
+        d = r["data"]
+        verdict = "yes" if r["outcome"] == "pass" else "**no**"
+        failed = [t["name"].rsplit("::", 1)[-1] for t in d.get("tests", []) if t["outcome"] == "failed"]
+        tests = f"{d.get('passed', 0)} passed" + (f", {len(failed)} failed ({', '.join(failed)})" if failed else "")
+        lines.append(f"| {r['item']} | {verdict} | {d.get('proof', '')} | {tests} | {provenance(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES: dict[str, Callable[[list[dict]], str]] = {
+    "python-probe": python_probe,
+    "compat-vllm": compat,
+}
+
+
+def table(suite: str) -> str:
+    if suite not in TABLES:
+        raise SystemExit(f"results: no table for suite '{suite}' (known: {', '.join(sorted(TABLES))})")
+    results = newest(suite)
+    if not results:
+        return f"No results yet: run `scripts/extended.sh {suite}`.\n"
+    return TABLES[suite](results)
+
+
+def docs() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def rewrite(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + table(m.group(2)) + m.group(4), text)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] in ("--write", "--check"):
+        stale = []
+        for path in docs():
+            if not path.exists():
+                continue
+            text = path.read_text()
+            new = rewrite(text)
+            if new != text:
+                stale.append(path.relative_to(REPO))
+                if argv[0] == "--write":
+                    path.write_text(new)
+        if argv[0] == "--check" and stale:
+            print("results: generated tables out of date in " + ", ".join(map(str, stale))
+                  + " (run python3 scripts/results.py --write)", file=sys.stderr)
+            return 1
+        return 0
+    sys.stdout.write(table(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
