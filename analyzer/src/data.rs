@@ -11,7 +11,8 @@
 //! unix nanoseconds for display.
 
 use probe_core::event::{
-    ClockAnchor, DropCounts, FinishReason, ProcessInfo, SamplingParams, SegmentsRemoved,
+    AdapterErrors, ClockAnchor, DropCounts, FinishReason, ProcessInfo, SamplingParams,
+    SegmentsRemoved,
 };
 use std::path::PathBuf;
 
@@ -44,6 +45,8 @@ pub struct Process {
     pub drops: DropCounts,
     /// Segments deleted by the disk budget.
     pub removed: Option<SegmentsRemoved>,
+    /// Exceptions the adapter caught in its hooks (the latest, cumulative).
+    pub adapter_errors: Option<AdapterErrors>,
     /// Steps recorded.
     pub steps: u64,
     /// Tokens sampled in those steps.

@@ -406,6 +406,7 @@ fn index_segment(
                     | Record::Process(_)
                     | Record::Drops(_)
                     | Record::SegmentsRemoved(_)
+                    | Record::AdapterErrors(_)
                     | Record::Arrival(_)
             )
         })

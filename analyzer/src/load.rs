@@ -420,6 +420,15 @@ impl<'o> ProcessFolder<'o> {
                 }
             }
             Record::SegmentsRemoved(s) => self.process.removed = Some(s),
+            Record::AdapterErrors(e) => {
+                let newer = match &self.process.adapter_errors {
+                    Some(known) => e.total() >= known.total(),
+                    None => true,
+                };
+                if newer {
+                    self.process.adapter_errors = Some(e);
+                }
+            }
         }
     }
 
@@ -638,6 +647,15 @@ impl<'o> ProcessFolder<'o> {
     /// Close the process: its summary row, and its frontend requests if it
     /// recorded no steps.
     fn finish(mut self, data: &mut TraceData) -> (Process, Option<Vec<FrontendRequest>>) {
+        if let Some(errors) = self
+            .process
+            .adapter_errors
+            .as_ref()
+            .filter(|e| e.total() > 0)
+        {
+            data.warnings
+                .push(adapter_errors_warning(&self.process.name, errors));
+        }
         // A window starts mid-trace: requests that arrived before it are
         // expected to lack their arrival here.
         if self.orphans > 0 && self.options.plan.is_none() {
@@ -712,4 +730,27 @@ mod tests {
             .collect();
         assert_eq!(hits.first(), Some(&1));
     }
+}
+
+/// The read warning for a process whose adapter caught errors in its hooks.
+fn adapter_errors_warning(process: &str, errors: &probe_core::event::AdapterErrors) -> String {
+    let hooks: Vec<String> = errors
+        .hooks
+        .iter()
+        .map(|h| format!("{} ×{}", h.hook, h.count))
+        .collect();
+    let first = errors
+        .hooks
+        .first()
+        .map_or(String::new(), |h| format!("; first: {}", h.first_error));
+    format!(
+        "{process}: the adapter caught {} error(s) in its hooks ({}{first}){}; what those hooks would have recorded may be missing",
+        errors.total(),
+        hooks.join(", "),
+        if errors.disabled {
+            "; it switched tracing off after them"
+        } else {
+            ""
+        }
+    )
 }

@@ -178,6 +178,10 @@ pub struct ProcessRow {
     pub dropped_records: u64,
     pub dropped_tokens: u64,
     pub segments_removed: u32,
+    /// Exceptions the adapter caught in its hooks (the engine went on each time).
+    pub adapter_errors: u64,
+    /// The adapter switched tracing off after too many errors.
+    pub adapter_disabled: bool,
 }
 
 /// What an export carries about the trace (Parquet key-value metadata).
@@ -471,6 +475,8 @@ impl Analysis {
                 dropped_records: p.drops.records(),
                 dropped_tokens: p.drops.tokens,
                 segments_removed: p.removed.as_ref().map_or(0, |r| r.before),
+                adapter_errors: p.adapter_errors.as_ref().map_or(0, |e| e.total()),
+                adapter_disabled: p.adapter_errors.as_ref().is_some_and(|e| e.disabled),
             })
             .collect();
         let start = d.steps.iter().map(|s| s.start_ns).min();

@@ -11,8 +11,8 @@ use crate::convert::{
 };
 use crate::intern::{Interner, Site};
 use probe_core::event::{
-    BatchEntry, CaptureLevel, EmitBatch, FinishReason, ProcessInfo, Record, RequestArrival,
-    RequestFinish, SamplingParams, SpecialTokens, Step, TokenRun,
+    AdapterErrors, BatchEntry, CaptureLevel, EmitBatch, FinishReason, HookErrors, ProcessInfo,
+    Record, RequestArrival, RequestFinish, SamplingParams, SpecialTokens, Step, TokenRun,
 };
 use probe_core::{clock, FsyncPolicy, Probe, ProbeConfig};
 use pyo3::exceptions::PyValueError;
@@ -262,6 +262,27 @@ impl NativeProbe {
             role: role.unwrap_or_else(|| self.config.writer.role.clone()),
             rank,
             extra: with_direct_reads(extra.unwrap_or_default()),
+        }))
+    }
+
+    /// Record the errors the adapter caught in its hooks so far, cumulative:
+    /// `(hook, count, first_error)` per hook, and whether it switched tracing
+    /// off after them. Later segments repeat the latest.
+    fn record_adapter_errors(
+        &self,
+        hooks: Vec<(String, u64, String)>,
+        disabled: bool,
+    ) -> PyResult<bool> {
+        self.record(Record::AdapterErrors(AdapterErrors {
+            hooks: hooks
+                .into_iter()
+                .map(|(hook, count, first_error)| HookErrors {
+                    hook,
+                    count,
+                    first_error,
+                })
+                .collect(),
+            disabled,
         }))
     }
 

@@ -40,8 +40,10 @@ def patch(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
 
 
 class Guard:
-    """Counts and reports (once) exceptions raised by tracing code, so that
-    the wrapped engine call always proceeds as if toktrace were absent."""
+    """Catches what an adapter's hook raised, so that the wrapped engine call
+    always proceeds as if toktrace were absent: the error is handed to the
+    process's recorder, which counts it by hook in the trace, warns once and
+    switches tracing off after too many (``toktrace.probe.Recorder.failed``)."""
 
     def __init__(self, engine: str) -> None:
         self.engine = engine
@@ -49,10 +51,18 @@ class Guard:
 
     def failed(self, where: str, exc: BaseException) -> None:
         self.errors += 1
-        if self.errors == 1:
+        try:
+            from toktrace.probe import get_recorder
+
+            rec = get_recorder()
+        except Exception:  # noqa: BLE001
+            rec = None
+        if rec is not None:
+            rec.failed(f"{self.engine} {where}", exc)
+        elif self.errors == 1:
             print(
-                f"toktrace: {self.engine} adapter error in {where}: {type(exc).__name__}: {exc} "
-                "(tracing continues; further errors counted)",
+                f"toktrace: {self.engine} {where} failed: {type(exc).__name__}: {exc} "
+                "(the engine goes on; further errors counted)",
                 file=sys.stderr,
                 flush=True,
             )

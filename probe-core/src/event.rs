@@ -42,6 +42,8 @@ pub enum Record {
     Drops(DropCounts),
     /// Older segments deleted to honour the disk budget (cumulative).
     SegmentsRemoved(SegmentsRemoved),
+    /// Exceptions the adapter caught in its hooks, by hook (cumulative).
+    AdapterErrors(AdapterErrors),
 }
 
 impl Record {
@@ -65,6 +67,7 @@ impl Record {
             Record::Emit(_) => "emit",
             Record::Drops(_) => "drops",
             Record::SegmentsRemoved(_) => "segments_removed",
+            Record::AdapterErrors(_) => "adapter_errors",
         }
     }
 
@@ -83,7 +86,8 @@ impl Record {
             Record::Header(_)
             | Record::Process(_)
             | Record::Drops(_)
-            | Record::SegmentsRemoved(_) => None,
+            | Record::SegmentsRemoved(_)
+            | Record::AdapterErrors(_) => None,
         }
     }
 }
@@ -576,6 +580,38 @@ impl DropCounts {
     pub fn records(&self) -> u64 {
         self.ring_full + self.too_big + self.write_failed
     }
+}
+
+/// Exceptions an adapter caught in its own code since the process started —
+/// each time the engine went on as if toktrace were absent. Cumulative, and
+/// repeated in every new segment like [`DropCounts`], so the last one read is
+/// the total. A trace with errors may miss what the failing hooks would have
+/// recorded: readers report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AdapterErrors {
+    /// One entry per hook that raised, in the order they first did.
+    pub hooks: Vec<HookErrors>,
+    /// Set when the adapter switched tracing off after too many errors; the
+    /// trace ends there for this process.
+    pub disabled: bool,
+}
+
+impl AdapterErrors {
+    /// All errors, every hook.
+    pub fn total(&self) -> u64 {
+        self.hooks.iter().map(|h| h.count).sum()
+    }
+}
+
+/// How often one hook raised, and its first error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HookErrors {
+    /// Where: "Scheduler.schedule", "record_step", ….
+    pub hook: String,
+    /// How many times.
+    pub count: u64,
+    /// The first error, as "Type: message".
+    pub first_error: String,
 }
 
 /// Segments deleted by the disk budget, cumulative since the process started

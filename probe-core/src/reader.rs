@@ -13,7 +13,7 @@
 //!
 //! No input makes it panic: `tests/fuzz_reader.rs` feeds it arbitrary bytes.
 
-use crate::event::{ClockAnchor, DropCounts, ProcessInfo, Record, SegmentHeader};
+use crate::event::{AdapterErrors, ClockAnchor, DropCounts, ProcessInfo, Record, SegmentHeader};
 use crate::frame::{self, FRAME_HEADER_LEN, MAX_FRAME_LEN, PREAMBLE_LEN};
 use crate::writer::parse_segment_file_name;
 use crate::FORMAT_VERSION;
@@ -403,6 +403,17 @@ impl ProcessTrace {
         self.records()
             .fold(DropCounts::default(), |acc, r| match r {
                 Record::Drops(d) if d.records() >= acc.records() => *d,
+                _ => acc,
+            })
+    }
+
+    /// Errors the adapter caught in its hooks (the largest cumulative record
+    /// seen), if it reported any.
+    pub fn adapter_errors(&self) -> Option<&AdapterErrors> {
+        self.records()
+            .fold(None, |acc: Option<&AdapterErrors>, r| match (r, acc) {
+                (Record::AdapterErrors(e), Some(a)) if e.total() < a.total() => Some(a),
+                (Record::AdapterErrors(e), _) => Some(e),
                 _ => acc,
             })
     }

@@ -13,7 +13,7 @@
 
 use crate::clock;
 use crate::event::{
-    DropCounts, ProcessInfo, Record, RequestArrival, SegmentHeader, SegmentsRemoved,
+    AdapterErrors, DropCounts, ProcessInfo, Record, RequestArrival, SegmentHeader, SegmentsRemoved,
 };
 use crate::frame;
 use crate::FORMAT_VERSION;
@@ -168,6 +168,7 @@ pub struct SegmentWriter {
     in_flight: BTreeMap<u32, RequestArrival>,
     drops: DropCounts,
     removed: SegmentsRemoved,
+    adapter_errors: Option<AdapterErrors>,
     batch: Vec<u8>,
     marks: Vec<FrameMark>,
 }
@@ -201,6 +202,7 @@ impl SegmentWriter {
             in_flight: BTreeMap::new(),
             drops: DropCounts::default(),
             removed: SegmentsRemoved::default(),
+            adapter_errors: None,
             batch: Vec::with_capacity(1 << 20),
             marks: Vec::new(),
         }
@@ -279,6 +281,7 @@ impl SegmentWriter {
                 self.in_flight.remove(&f.req);
             }
             Record::Drops(d) => self.drops = *d,
+            Record::AdapterErrors(e) => self.adapter_errors = Some(e.clone()),
             _ => {}
         }
     }
@@ -421,6 +424,9 @@ impl SegmentWriter {
         }
         if self.removed.before > 0 {
             repeated.push(Record::SegmentsRemoved(self.removed.clone()));
+        }
+        if let Some(e) = &self.adapter_errors {
+            repeated.push(Record::AdapterErrors(e.clone()));
         }
         repeated.extend(self.in_flight.values().cloned().map(Record::Arrival));
         for r in &repeated {

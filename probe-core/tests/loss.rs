@@ -73,6 +73,15 @@ fn the_disk_budget_removes_old_segments_and_later_ones_stand_alone() {
     for r in 0..4 {
         probe.record(synth::arrival(r));
     }
+    let errors = probe_core::event::AdapterErrors {
+        hooks: vec![probe_core::event::HookErrors {
+            hook: "record_step".into(),
+            count: 1,
+            first_error: "ValueError: bad".into(),
+        }],
+        disabled: false,
+    };
+    probe.record(Record::AdapterErrors(errors.clone()));
     probe.record(Record::Finish(probe_core::event::RequestFinish {
         req: 1,
         time_ns: 5,
@@ -110,6 +119,7 @@ fn the_disk_budget_removes_old_segments_and_later_ones_stand_alone() {
         removed_before >= Some(first_kept),
         "removal recorded in-band"
     );
+    assert_eq!(p.adapter_errors(), Some(&errors), "outlives its segment");
     for seg in &p.segments {
         let kinds: Vec<&Record> = seg.records.iter().map(|r| &r.record).collect();
         assert!(matches!(kinds[0], Record::Header(_)));
@@ -120,6 +130,10 @@ fn the_disk_budget_removes_old_segments_and_later_ones_stand_alone() {
         assert!(
             matches!(kinds[2], Record::SegmentsRemoved(_)),
             "removal repeated"
+        );
+        assert!(
+            matches!(kinds[3], Record::AdapterErrors(e) if *e == errors),
+            "adapter errors repeated"
         );
         let arrivals: Vec<u32> = kinds
             .iter()

@@ -76,6 +76,14 @@ fn every_kind() -> Vec<Record> {
             before: 2,
             bytes: 1234,
         }),
+        Record::AdapterErrors(AdapterErrors {
+            hooks: vec![HookErrors {
+                hook: "vllm Scheduler.schedule".into(),
+                count: 3,
+                first_error: "KeyError: 'req-9'".into(),
+            }],
+            disabled: true,
+        }),
     ]
 }
 

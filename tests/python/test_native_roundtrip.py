@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import records
+from conftest import cli_json, records
 from toktrace._native import NativeProbe, monotonic_ns
 from toktrace.probe import Recorder
 from toktrace.config import Config
@@ -387,3 +387,42 @@ def test_past_the_request_cap_every_key_stays_consistent(tmp_path: Path):
         for run in s["tokens"]["runs"]:
             assert run["first_index"] == seen.get(run["req"], 0)
             seen[run["req"]] = run["first_index"] + run["count"]
+
+
+def test_errors_in_tracing_code_are_counted_by_hook_in_the_trace(tmp_path: Path, capsys):
+    # What an adapter's hook raised (through its Guard) and what a native call
+    # refused are counted by where they happened, in the trace itself; past
+    # the limit tracing stops, and the trace says so.
+    from toktrace.adapters._common import Guard
+    from toktrace.probe import MAX_ERRORS
+    import toktrace.probe as probe_mod
+
+    rec = Recorder(Config(dir=str(tmp_path)))
+    old = probe_mod._recorder, probe_mod._resolved
+    probe_mod._recorder, probe_mod._resolved = rec, True
+    try:
+        assert rec.step(0, monotonic_ns(), ["a"], [3], [0], [], []) is True
+        guard = Guard("vllm")
+        guard.failed("Scheduler.schedule", KeyError("req-9"))
+        guard.failed("Scheduler.schedule", KeyError("req-10"))
+        rec.step(1, monotonic_ns(), ["a", "b"], [1], [0, 0], [], [])  # mismatched columns
+        rec.flush()
+        info = cli_json("info", str(tmp_path))
+        [p] = info["processes"]
+        assert p["adapter_errors"] == {"total": 3, "disabled": False, "hooks": [
+            {"hook": "vllm Scheduler.schedule", "count": 2, "first_error": "KeyError: 'req-9'"},
+            {"hook": "record_step", "count": 1, "first_error": p["adapter_errors"]["hooks"][1]["first_error"]}]}
+        assert "ValueError" in p["adapter_errors"]["hooks"][1]["first_error"]
+        for _ in range(MAX_ERRORS):
+            guard.failed("OutputProcessor.process_outputs", TypeError("bad"))
+        assert not rec.enabled
+        assert rec.step(2, monotonic_ns(), ["a"], [0], [1], [], []) is False
+    finally:
+        probe_mod._recorder, probe_mod._resolved = old
+    rec.shutdown()
+    err = capsys.readouterr().err
+    assert err.count("failed:") == 1 and err.count("tracing is off for this process") == 1
+    summary = cli_json("summary", str(tmp_path))
+    [row] = summary["processes"]
+    assert row["adapter_errors"] == 3 + MAX_ERRORS and row["adapter_disabled"] is True
+    assert any("switched tracing off" in w and "vllm Scheduler.schedule ×2" in w for w in summary["warnings"])

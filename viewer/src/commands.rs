@@ -217,6 +217,13 @@ fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
                 "emitted_tokens": c.emitted_tokens,
                 "dropped_records": drops.records(),
                 "dropped_tokens": drops.tokens,
+                "adapter_errors": p.adapter_errors().map(|e| json!({
+                    "total": e.total(),
+                    "disabled": e.disabled,
+                    "hooks": e.hooks.iter().map(|h| json!({
+                        "hook": h.hook, "count": h.count, "first_error": h.first_error,
+                    })).collect::<Vec<_>>(),
+                })),
             })
         })
         .collect();
@@ -247,6 +254,14 @@ fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
         );
         if let Some(reads) = p["extra"]["direct_reads"].as_str() {
             println!("    objects read by {reads}");
+        }
+        if let Some(total) = p["adapter_errors"]["total"].as_u64() {
+            let off = if p["adapter_errors"]["disabled"].as_bool() == Some(true) {
+                ", then switched tracing off"
+            } else {
+                ""
+            };
+            println!("    adapter errors: {total} caught in its hooks{off} (see --json)");
         }
     }
     if !warnings.is_empty() {

@@ -4,8 +4,11 @@
 first time it is asked (None when tracing is off or the configuration is bad).
 The native probe starts its drain thread on the first record. The recorder:
 
-- never raises into the engine: every call catches, counts (``errors``) and
-  warns once, and after repeated failures the recorder turns itself off;
+- never raises into the engine: every call catches, counts (``errors``, by
+  where it happened) and warns once; the counts go into the trace as they
+  move (``record_adapter_errors``: in-band, like drops, so every reader
+  reports them), and after ``MAX_ERRORS`` the recorder turns itself off and
+  says so there too;
 - follows forks: a forked child resets the native probe and starts its own
   writer and directory on its next record (threads do not survive fork);
 - flushes at exit (``atexit``) and on SIGTERM (chaining to the handler that
@@ -23,7 +26,8 @@ from typing import Any
 
 from toktrace import config as _config
 
-MAX_ERRORS = 100  # past this many failed calls the recorder stops trying
+MAX_ERRORS = 100  # past this many errors in tracing code the recorder stops trying
+MAX_ERROR_TEXT = 500  # characters kept of each hook's first error
 
 _lock = threading.Lock()
 _recorder: "Recorder | None" = None
@@ -50,6 +54,8 @@ class Recorder:
             fsync=cfg.fsync,
         )
         self.errors = 0
+        # where -> [count, first error]: what the trace's error record holds.
+        self._errors_by_hook: dict[str, list] = {}
         self.enabled = True
         self._warned = False
 
@@ -58,16 +64,29 @@ class Recorder:
         return self.config.capture
 
     def failed(self, what: str, exc: BaseException) -> None:
-        """Count an exception from a native call (the wrappers below, and an
-        adapter's per-step call made directly); warns once, and switches
-        tracing off after MAX_ERRORS."""
+        """Count an exception caught in tracing code — a native call (the
+        wrappers below, an adapter's per-step call made directly) or an
+        adapter's hook (``Guard``) — by `what`; warn once; write the counts
+        into the trace; switch tracing off after MAX_ERRORS."""
         self.errors += 1
+        entry = self._errors_by_hook.get(what)
+        if entry is None:
+            entry = self._errors_by_hook[what] = [0, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]]
+        entry[0] += 1
         if not self._warned:
             self._warned = True
-            print(f"toktrace: {what} failed: {type(exc).__name__}: {exc} (further errors counted)",
-                  file=sys.stderr, flush=True)
-        if self.errors >= MAX_ERRORS:
+            print(f"toktrace: {what} failed: {type(exc).__name__}: {exc} (the engine goes on; further errors "
+                  "counted in the trace)", file=sys.stderr, flush=True)
+        if self.errors >= MAX_ERRORS and self.enabled:
             self.enabled = False
+            print(f"toktrace: {self.errors} errors in tracing code: tracing is off for this process "
+                  "(the engine goes on untraced)", file=sys.stderr, flush=True)
+        try:
+            self.native.record_adapter_errors(
+                [(hook, count, first) for hook, (count, first) in self._errors_by_hook.items()],
+                not self.enabled)
+        except Exception:  # noqa: BLE001 - the error record is best effort
+            pass
 
     def _call(self, what: str, fn: Any, failed: Any, *args: Any, **kwargs: Any) -> Any:
         """Call into the native probe; an exception is counted, never raised."""
