@@ -84,7 +84,7 @@ if ! git diff --quiet HEAD -- bindings-python engine-adapters probe-core "script
 fi
 
 # The newest result of an item, if any.
-newest_result() { ls "$RESULTS/$suite/$1"/*.json 2>/dev/null | sort | tail -n 1; }
+newest_result() { { ls "$RESULTS/$suite/$1"/*.json 2>/dev/null || true; } | sort | tail -n 1; }
 
 machine_json() {
     python3 - <<'PY'
