@@ -394,6 +394,12 @@ impl NativeProbe {
             self.interner.lock().map_err(poisoned)?.forget(known);
             recorded += usize::from(ok);
         }
+        // A request's trace ends here: have it written now rather than at the
+        // drain's next idle tick, so an engine killed right after its last
+        // request (SGLang's shutdown SIGKILLs its scheduler) keeps it.
+        if recorded > 0 {
+            self.probe()?.wake();
+        }
         Ok(recorded)
     }
 

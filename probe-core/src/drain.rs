@@ -146,6 +146,14 @@ impl Probe {
         self.shared.drops()
     }
 
+    /// Have the drain write what is queued now instead of at its next idle
+    /// tick; returns at once.
+    pub fn wake(&self) {
+        if let Some((handle, _)) = &self.drain {
+            handle.thread().unpark();
+        }
+    }
+
     /// Wait until everything recorded before the call has been handed to the
     /// kernel, at most `timeout`, without stopping the drain. Returns whether
     /// it got there in time.

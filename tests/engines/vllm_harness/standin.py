@@ -316,6 +316,11 @@ class StandinWorker(WorkerBase):
             "step": step,
             "scheduled": dict(so.num_scheduled_tokens),
             "new": [nr.req_id for nr in so.scheduled_new_reqs],
+            # Tokens already computed before the step: for a new (or, on V2,
+            # resumed) request, its prefix-cache hits.
+            "computed": {**{r: c for r, c in zip(so.scheduled_cached_reqs.req_ids,
+                                                 so.scheduled_cached_reqs.num_computed_tokens)},
+                         **{nr.req_id: nr.num_computed_tokens for nr in so.scheduled_new_reqs}},
             "cached": list(so.scheduled_cached_reqs.req_ids),
             "preempted": sorted(so.preempted_req_ids or ()),
             "finished": sorted(so.finished_req_ids),
