@@ -45,6 +45,18 @@ install_toktrace "$VLLM_VENV"
 stage "pytest on real vLLM"
 "$VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm.py"
 
+# The first release of the vLLM layout line (0.26-0.32 share one layout):
+# the scenarios that check every token, step and finish against vLLM's own
+# output, and `vllm serve` (a shim of its own before 0.32). The rest of the
+# line runs in Tier 2: scripts/extended.sh compat-vllm.
+stage "vLLM 0.26.0 environment"
+OLD_VLLM_VENV="$(bash "$REPO/scripts/setup-vllm.sh" --version 0.26.0)"
+"$OLD_VLLM_VENV/bin/python" -m pytest --version >/dev/null 2>&1 || "$OLD_VLLM_VENV/bin/pip" install --quiet "pytest==9.2.0"
+install_toktrace "$OLD_VLLM_VENV"
+
+stage "pytest on real vLLM 0.26.0 (engine core spawned)"
+"$OLD_VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm.py" -k "not fork"
+
 stage "SGLang environment"
 SGLANG_VENV="$(bash "$REPO/scripts/setup-sglang.sh")"
 install_toktrace "$SGLANG_VENV"

@@ -656,6 +656,18 @@ impl<'o> ProcessFolder<'o> {
             data.warnings
                 .push(adapter_errors_warning(&self.process.name, errors));
         }
+        if let Some(info) = &self.process.info {
+            if info
+                .extra
+                .iter()
+                .any(|(k, v)| k == "engine_version_tested" && v == "no")
+            {
+                data.warnings.push(format!(
+                    "{}: engine version not tested: {} {} was traced with the newest layout because TOKTRACE_ALLOW_UNTESTED=1; its hook points checked out, but a change of meaning would not show",
+                    self.process.name, info.engine, info.engine_version
+                ));
+            }
+        }
         // A window starts mid-trace: requests that arrived before it are
         // expected to lack their arrival here.
         if self.orphans > 0 && self.options.plan.is_none() {

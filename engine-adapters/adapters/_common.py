@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -184,3 +185,130 @@ def cost_report(cost: list[int]) -> dict[str, float]:
     self_ns, steps, step_ns = cost
     return {"steps": steps, "self_us_per_step": self_ns / max(steps, 1) / 1e3,
             "step_us": step_ns / max(steps, 1) / 1e3, "fraction": self_ns / max(step_ns, 1)}
+
+
+# ----- what a layout relies on, checked without starting the engine -----
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One object a layout relies on: ``owner`` (a dotted path inside
+    ``module``) with the attributes it reads or patches (``attrs``), the
+    fields it reads of its instances (``fields``: dataclass, msgspec or
+    annotated), and for each listed method the parameters it must take."""
+
+    module: str
+    owner: str
+    attrs: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    params: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class PointCheck:
+    """One line of a structural check: where, ``ok`` / ``missing`` /
+    ``signature changed``, and what differs."""
+
+    where: str
+    status: str
+    detail: str = ""
+
+
+def _fields_of(cls: Any) -> set[str] | None:
+    for attr in ("__dataclass_fields__", "__struct_fields__"):
+        found = getattr(cls, attr, None)
+        if found is not None:
+            return set(found)
+    names: set[str] = set()
+    for klass in getattr(cls, "__mro__", ()):
+        names.update(getattr(klass, "__annotations__", {}) or {})
+    return names or None
+
+
+def check_points(points: list[HookPoint]) -> list[PointCheck]:
+    """Import each point's module and check what the layout relies on is
+    there, in the shape it expects. Imports the engine's modules (never
+    starts it); never raises."""
+    import importlib
+    import inspect
+
+    out: list[PointCheck] = []
+    for p in points:
+        base = f"{p.module}.{p.owner}"
+        try:
+            obj: Any = importlib.import_module(p.module)
+            for part in p.owner.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # noqa: BLE001 - an import may fail any way
+            out.append(PointCheck(base, "missing", f"{type(exc).__name__}: {exc}"))
+            continue
+        for attr in p.attrs:
+            out.append(PointCheck(f"{base}.{attr}", "ok" if hasattr(obj, attr) else "missing"))
+        if p.fields:
+            have = _fields_of(obj)
+            for field in p.fields:
+                ok = have is not None and field in have
+                out.append(PointCheck(f"{base}.{field}", "ok" if ok else "missing",
+                                      "" if ok else "not a field of it"))
+        for method, wanted in p.params:
+            where = f"{base}.{method}"
+            fn = getattr(obj, method, None)
+            if fn is None:
+                out.append(PointCheck(where, "missing"))
+                continue
+            try:
+                params = inspect.signature(fn).parameters
+            except (TypeError, ValueError) as exc:
+                out.append(PointCheck(where, "signature changed", f"no signature: {exc}"))
+                continue
+            takes_any = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+            lacking = [w for w in wanted if w not in params and not takes_any]
+            out.append(PointCheck(where, "signature changed" if lacking else "ok",
+                                  f"takes no {', '.join(lacking)}" if lacking else ""))
+    return out
+
+
+ALLOW_UNTESTED = "TOKTRACE_ALLOW_UNTESTED"
+
+
+def choose_layout(engine: str, version: str, layouts: list[tuple[Version, Version, str]]) -> tuple[str, bool]:
+    """The layout module for `version` and whether the release was tested.
+
+    A release in the table is tested. A newer release than every range is
+    traced with the newest layout only when ``TOKTRACE_ALLOW_UNTESTED=1``
+    and every hook point that layout relies on passes the structural check
+    (which cannot see a change of meaning, hence the opt-in). Anything else
+    raises AdapterError naming what differs."""
+    import importlib
+
+    module = layout_for(version, layouts)
+    if module is not None:
+        return module, True
+    known = f"supported: {ranges_text(layouts)}"
+    key = parse_version(version)
+    newest_first, newest_last, newest = max(layouts, key=lambda r: r[1])
+    if key is None or key <= newest_last:
+        raise AdapterError(f"{engine} {version} is not a version this toktrace knows ({known})")
+    if os.environ.get(ALLOW_UNTESTED, "").strip() != "1":
+        raise AdapterError(f"{engine} {version} is newer than every version this toktrace knows ({known}); "
+                           f"{ALLOW_UNTESTED}=1 traces it with the newest layout if its hook points check out")
+    failed = [c for c in check_points(importlib.import_module(newest).hook_points(version)) if c.status != "ok"]
+    if failed:
+        shown = "; ".join(f"{c.where}: {c.status}" + (f" ({c.detail})" if c.detail else "") for c in failed[:5])
+        raise AdapterError(f"{engine} {version} is not a tested version and differs from the newest layout "
+                           f"({ranges_text([(newest_first, newest_last, newest)])}): {shown}")
+    return newest, False
+
+
+# engine -> what activation decided, for the process record and `toktrace doctor`.
+verdicts: dict[str, dict[str, str]] = {}
+
+
+def note_verdict(engine: str, version: str, module: str, tested: bool) -> None:
+    """Remember how the engine is traced; a tested=False release also says so
+    on stderr, once."""
+    verdicts[engine] = {"layout": module.rsplit(".", 1)[-1], "engine_version_tested": "yes" if tested else "no"}
+    if not tested:
+        print(f"toktrace: {engine} {version}: engine version not tested; traced with the layout "
+              f"{module.rsplit('.', 1)[-1]} because {ALLOW_UNTESTED}=1 and its hook points check out",
+              file=sys.stderr, flush=True)

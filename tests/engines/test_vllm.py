@@ -368,3 +368,84 @@ def test_process_info_names_model_and_special_tokens(mixed):
         assert special["eos"] == [model["eos_token_id"]]
         assert special["pad"] == model["pad_token_id"]
         assert [model["bos_token_id"], "<s>"] in special["all"]
+
+
+# ===== releases: what `toktrace doctor` says, and releases toktrace does not know =====
+
+FAKE_RELEASE = HERE / "fake_release"
+
+
+def test_doctor_says_this_release_is_traced_and_every_hook_point_is_there(tmp_path):
+    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
+    env["TOKTRACE_DIR"] = str(tmp_path / "trace")
+    proc = subprocess.run([str(Path(sys.executable).parent / "toktrace"), "doctor", "--json"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    [vllm] = report["engines"]
+    assert vllm["version"] == installed_vllm() and vllm["traced"] and vllm["tested"]
+    assert vllm["hook_points"] and all(c["status"] == "ok" for c in vllm["hook_points"])
+    assert report["pth"]["processed"] and report["toktrace_dir"]["writable"]
+
+
+def as_release(version: str, drop: str | None = None, allow: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a process in which the real vLLM reports `version`
+    (and lacks `drop`, module:Class.attr), with tracing on."""
+    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(FAKE_RELEASE), env.get("PYTHONPATH")])),
+               TOKTRACE_TEST_VLLM_VERSION=version, **extra)
+    if drop:
+        env["TOKTRACE_TEST_DROP"] = drop
+    if allow:
+        env["TOKTRACE_ALLOW_UNTESTED"] = "1"
+    return env
+
+
+ACTIVATION = ("import vllm, json; from toktrace import activate; from toktrace.adapters import _common as C; "
+              "print(json.dumps([vllm.__version__, activate.applied(), C.verdicts]))")
+
+
+@pytest.mark.parametrize("case", ["refused by default", "allowed and intact", "allowed, an attribute gone"])
+def test_a_release_newer_than_the_table_is_traced_only_when_allowed_and_intact(tmp_path, case):
+    env = as_release("0.99.0", allow=case != "refused by default",
+                     # What 0.34 removed (the scheduler builds the row index itself there).
+                     drop="vllm.v1.outputs:ModelRunnerOutput.__dataclass_fields__.req_id_to_index"
+                     if "gone" in case else None,
+                     TOKTRACE_DIR=str(tmp_path / "trace"))
+    proc = subprocess.run([sys.executable, "-c", ACTIVATION], env=env, capture_output=True, text=True,
+                          timeout=600, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version, applied, verdicts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert version == "0.99.0"
+    notes = [l for l in proc.stderr.splitlines() if l.startswith("toktrace:")]
+    assert len(notes) == 1, notes
+    if case == "allowed and intact":
+        assert applied == {"vllm": "ok"}
+        assert verdicts["vllm"] == {"layout": "v0_32", "engine_version_tested": "no"}
+        assert "engine version not tested" in notes[0]
+    else:
+        assert applied == {"vllm": "failed"} and "vllm" not in verdicts
+        assert "0.99.0" in notes[0] and "runs untraced" in notes[0]
+        if "gone" in case:
+            assert "ModelRunnerOutput.req_id_to_index: missing" in notes[0], notes[0]
+        else:
+            assert "TOKTRACE_ALLOW_UNTESTED=1" in notes[0], notes[0]
+
+
+def test_an_allowed_untested_release_is_traced_and_marked_so(tmp_path):
+    trace_dir = tmp_path / "trace"
+    out = tmp_path / "out.json"
+    env = as_release("0.99.0", allow=True, TOKTRACE_DIR=str(trace_dir))
+    proc = subprocess.run([sys.executable, str(SCENARIOS), "mixed", str(out), "--method", "spawn"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "engine version not tested" in proc.stderr
+    trace = Trace(trace_dir)
+    assert check_tokens_match(json.loads(out.read_text()), trace) > 0
+    for p in trace.engine + trace.frontend:
+        info = next(r["Process"] for r in trace.processes[p] if "Process" in r)
+        assert info["engine_version"] == "0.99.0"
+        assert dict(info["extra"])["engine_version_tested"] == "no"
+    summary = subprocess.run([toktrace_cli(), "summary", str(trace_dir), "--json"], capture_output=True,
+                             text=True, timeout=300)
+    assert any("engine version not tested" in w for w in json.loads(summary.stdout)["warnings"])

@@ -191,6 +191,7 @@ def test_cached_tokens_are_the_schedulers_prefix_hits(run) -> None:
     for a request it (re)sends in full (``scheduled_new_reqs``), and nothing
     for the running ones."""
     out, trace, _, _ = run
+    assert trace.steps, "no step was traced"
     scheduled = {st["step"]: st for st in out["standin"]["steps"] if st["scheduled"]}
     for s in trace.steps:
         st = scheduled[s["step_id"]]
@@ -204,6 +205,7 @@ def test_async_scheduling_overlaps_steps(run) -> None:
     """With two batches in flight, step N+1 is launched before step N's
     output is taken; synchronously never."""
     out, trace, _, _ = run
+    assert len(trace.steps) > 10, "too few steps traced to tell"
     pairs = list(zip(trace.steps, trace.steps[1:]))
     overlapping = sum(1 for a, b in pairs if b["start_ns"] < a["end_ns"])
     if out["async_scheduling"]:

@@ -68,3 +68,50 @@ def test_patch_is_idempotent_and_require_names_what_is_missing():
     with pytest.raises(AdapterError) as err:
         require(Engine, "step", "schedule", "update", where="Engine")
     assert "schedule, update" in str(err.value)
+
+
+def test_the_structural_check_tells_ok_missing_and_changed_signatures(monkeypatch):
+    import dataclasses
+    import sys as _sys
+
+    from toktrace.adapters import _common as C
+
+    mod = types.ModuleType("fake_engine_mod")
+
+    @dataclasses.dataclass
+    class Output:
+        request_id: str
+        tokens: list
+
+    class Sched:
+        def schedule(self) -> None: ...
+        def add(self, request_id, trace_headers=None) -> None: ...
+        def add_any(self, **kwargs) -> None: ...
+
+    mod.Output, mod.Sched = Output, Sched
+    monkeypatch.setitem(_sys.modules, "fake_engine_mod", mod)
+    got = {c.where.removeprefix("fake_engine_mod."): c.status for c in C.check_points([
+        C.HookPoint("fake_engine_mod", "Sched", attrs=("schedule", "gone"),
+                    params=(("add", ("request_id", "trace_headers", "priority")),
+                            ("add_any", ("request_id",)))),
+        C.HookPoint("fake_engine_mod", "Output", fields=("request_id", "logprobs")),
+        C.HookPoint("fake_engine_mod", "Missing"),
+        C.HookPoint("no_such_engine_module", "X"),
+    ])}
+    assert got == {"Sched.schedule": "ok", "Sched.gone": "missing", "Sched.add": "signature changed",
+                   "Sched.add_any": "ok", "Output.request_id": "ok", "Output.logprobs": "missing",
+                   "Missing": "missing", "no_such_engine_module.X": "missing"}
+
+
+def test_versions_past_the_table_need_the_opt_in(monkeypatch):
+    from toktrace.adapters import _common as C
+
+    layouts = [((0, 26, 0), (0, 32, C.ANY_PATCH), "toktrace.adapters.vllm.v0_32")]
+    assert C.choose_layout("vLLM", "0.29.0", layouts) == ("toktrace.adapters.vllm.v0_32", True)
+    monkeypatch.delenv("TOKTRACE_ALLOW_UNTESTED", raising=False)
+    for old in ("0.25.1", "garbage"):
+        with pytest.raises(AdapterError, match="not a version this toktrace knows"):
+            C.choose_layout("vLLM", old, layouts)
+    with pytest.raises(AdapterError, match="TOKTRACE_ALLOW_UNTESTED=1"):
+        C.choose_layout("vLLM", "0.35.0", layouts)
+    assert C.ranges_text(layouts) == "0.26.0–0.32.x"

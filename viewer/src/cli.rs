@@ -20,6 +20,9 @@ use toktrace_analyzer::select::TimeSpec;
 /// internal id or the W3C trace id. Add --json for stable JSON (documented in
 /// the README).
 ///
+/// Before deploying, `toktrace doctor` (run through the Python package, in the
+/// server's environment) says whether the installed engine will be traced.
+///
 /// Exit codes: 0 success; 1 the trace could not be read (missing, not a trace,
 /// unsupported format version) or the output could not be written; 2 bad
 /// command line; 3 no request (or more than one) answers to the given ID.

@@ -252,6 +252,17 @@ fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {
             n("requests"),
             n("dropped_records"),
         );
+        if let Some(layout) = p["extra"]["layout"].as_str() {
+            let untested = p["extra"]["engine_version_tested"].as_str() == Some("no");
+            println!(
+                "    adapter layout {layout}{}",
+                if untested {
+                    " — engine version not tested (TOKTRACE_ALLOW_UNTESTED=1)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(reads) = p["extra"]["direct_reads"].as_str() {
             println!("    objects read by {reads}");
         }

@@ -1,4 +1,5 @@
-"""The ``toktrace`` console command: runs the CLI binary shipped in the wheel.
+"""The ``toktrace`` console command: runs the CLI binary shipped in the wheel
+(``toktrace doctor``, which imports the engine, runs here in Python).
 
 The analyzer and viewer are a separate Rust executable, so none of them is
 ever loaded into an engine process; this module only finds and executes it.
@@ -25,6 +26,12 @@ def binary() -> str | None:
 
 
 def main() -> None:
+    # `doctor` imports the engine, so it runs here in Python; everything
+    # else is the Rust CLI.
+    if sys.argv[1:2] == ["doctor"]:
+        from toktrace.doctor import main as doctor
+
+        raise SystemExit(doctor(sys.argv[2:]))
     path = binary()
     if path is None:
         print(

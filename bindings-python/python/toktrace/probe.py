@@ -123,7 +123,17 @@ class Recorder:
         return self._call("record_emits", self.native.record_emits, False, req_ids, first_index, counts)
 
     def process(self, **info: Any) -> bool:
-        """What the adapter knows of the process; see ``NativeProbe.record_process``."""
+        """What the adapter knows of the process; see ``NativeProbe.record_process``.
+        How activation traces the engine (its layout, whether the release was
+        tested) is added to the record's extra fields."""
+        try:
+            from toktrace.adapters._common import verdicts
+
+            verdict = verdicts.get(str(info.get("engine")))
+            if verdict:
+                info["extra"] = [*(info.get("extra") or []), *verdict.items()]
+        except Exception:  # noqa: BLE001 - the record goes out without it
+            pass
         return self._call("record_process", self.native.record_process, False, **info)
 
     def flush(self, timeout_s: float = 2.0) -> bool:

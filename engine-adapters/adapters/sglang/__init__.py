@@ -35,8 +35,6 @@ def apply(sglang: ModuleType) -> None:
     from toktrace.activate import engine_version
 
     version = engine_version(sglang)
-    module = layout_for(version)
-    if module is None:
-        raise AdapterError(
-            f"SGLang {version} is not a version this toktrace knows (supported: {C.ranges_text(LAYOUTS)})")
+    module, tested = C.choose_layout("SGLang", version, LAYOUTS)
     importlib.import_module(module).install(version)
+    C.note_verdict("sglang", version, module, tested)

@@ -79,6 +79,26 @@ def cost() -> dict[str, float]:
     return C.cost_report(_cost)
 
 
+def hook_points(version: str) -> list[C.HookPoint]:
+    """Everything this layout patches or reads, for the structural check
+    (``toktrace doctor``, and releases not tested)."""
+    return [
+        C.HookPoint("sglang.srt.managers.scheduler", "Scheduler",
+                    attrs=("__init__", "run_batch", "process_batch_result", "_add_request_to_queue",
+                           "_release_aborted_request", "event_loop_normal", "event_loop_overlap")),
+        C.HookPoint("sglang.srt.runtime_context", "get_parallel"),
+        C.HookPoint("sglang.srt.managers.schedule_batch", "ScheduleBatch", attrs=("retract_decode",)),
+        C.HookPoint("sglang.srt.managers.schedule_batch", "Req"),
+        C.HookPoint("sglang.srt.managers.schedule_batch", "ReqLogprob",
+                    fields=("top_logprobs_num", "output_token_logprobs_val", "output_top_logprobs_val",
+                            "output_top_logprobs_idx")),
+        C.HookPoint("sglang.srt.managers.scheduler_components.output_streamer", "SchedulerOutputStreamer",
+                    attrs=("stream_output",)),
+        C.HookPoint("sglang.srt.managers.tokenizer_manager", "TokenizerManager",
+                    attrs=("__init__", "_init_req_state", "_handle_batch_output")),
+    ]
+
+
 def install(version: str) -> None:
     """Register the patches (applied as SGLang imports the modules)."""
     global _version

@@ -61,3 +61,4 @@ def apply(tensorrt_llm: ModuleType) -> None:
             f"TensorRT-LLM {version} is not a version this toktrace knows (supported: {supported()})"
         )
     importlib.import_module(module).install(version)
+    C.note_verdict("tensorrt_llm", version, module, True)

@@ -38,8 +38,6 @@ def apply(vllm: ModuleType) -> None:
     from toktrace.activate import engine_version
 
     version = engine_version(vllm)
-    module = layout_for(version)
-    if module is None:
-        raise AdapterError(
-            f"vLLM {version} is not a version this toktrace knows (supported: {C.ranges_text(LAYOUTS)})")
+    module, tested = C.choose_layout("vLLM", version, LAYOUTS)
     importlib.import_module(module).install(version)
+    C.note_verdict("vllm", version, module, tested)

@@ -78,6 +78,41 @@ def cost() -> dict[str, float]:
 MAX_PENDING = 64
 
 
+def _before_0_32(version: str) -> bool:
+    return (C.parse_version(version) or (0, 0, 0)) < (0, 32, 0)
+
+
+def hook_points(version: str) -> list[C.HookPoint]:
+    """Everything this layout patches or reads, for the structural check
+    (``toktrace doctor``, and releases not tested)."""
+    points = [
+        C.HookPoint("vllm.v1.core.sched.scheduler", "Scheduler",
+                    attrs=("__init__", "schedule", "update_from_output", "add_request", "finish_requests",
+                           "get_request_counts")),
+        C.HookPoint("vllm.v1.core.sched.output", "SchedulerOutput",
+                    fields=("num_scheduled_tokens", "scheduled_new_reqs", "scheduled_cached_reqs",
+                            "preempted_req_ids")),
+        C.HookPoint("vllm.v1.core.sched.output", "NewRequestData", fields=("req_id", "num_computed_tokens")),
+        C.HookPoint("vllm.v1.core.sched.output", "CachedRequestData", fields=("req_ids", "num_computed_tokens")),
+        C.HookPoint("vllm.v1.outputs", "ModelRunnerOutput", fields=("req_id_to_index", "logprobs")),
+        C.HookPoint("vllm.v1.outputs", "LogprobsLists",
+                    fields=("logprob_token_ids", "logprobs", "sampled_token_ranks")),
+        C.HookPoint("vllm.v1.engine", "EngineCoreOutput",
+                    fields=("request_id", "new_token_ids", "new_logprobs", "finish_reason")),
+        C.HookPoint("vllm.v1.engine.output_processor", "OutputProcessor",
+                    attrs=("__init__", "add_request", "process_outputs")),
+        C.HookPoint("vllm.v1.engine.async_llm", "AsyncLLM",
+                    params=(("add_request", ("request_id", "trace_headers")),)),
+    ]
+    if _before_0_32(version):
+        points += [
+            C.HookPoint("vllm.entrypoints.generate.base.serving", "GenerateBaseServing",
+                        attrs=("_get_trace_headers",)),
+            C.HookPoint("vllm.v1.engine.async_llm", "AsyncLLM", params=(("generate", ("request_id",)),)),
+        ]
+    return points
+
+
 def install(version: str) -> None:
     """Check the layout and register the patches (applied as vLLM imports the modules)."""
     global _version
@@ -87,7 +122,7 @@ def install(version: str) -> None:
     hooks.when_imported("vllm.v1.core.sched.scheduler", _checked(_patch_scheduler))
     hooks.when_imported("vllm.v1.engine.output_processor", _checked(_patch_output_processor))
     hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_async_llm))
-    if (C.parse_version(version) or (0, 0, 0)) < (0, 32, 0):
+    if _before_0_32(version):
         hooks.when_imported("vllm.entrypoints.generate.base.serving", _checked(_patch_serving_before_0_32))
         hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_generate_before_0_32))
 
