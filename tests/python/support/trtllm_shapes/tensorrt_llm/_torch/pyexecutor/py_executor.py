@@ -231,7 +231,7 @@ class FakeModelEngine:
         stats = resource_manager.kv.get_kv_cache_stats()
         ex.fake_launches.append(dict(
             launch=launch, iteration=ex.fake_iteration, t_ns=time.monotonic_ns(), rows=rows,
-            kv=1 - stats.free_num_blocks / stats.max_num_blocks, waiting=ex.fake_waiting(),
+            kv=1 - stats.free_num_blocks / stats.max_num_blocks, waiting=ex.fake_waiting_at_launch,
             running=len(ex.active_requests),
             paused=[r.py_request_id for r in ex.fake_paused_now]))
         self.iter_counter += 1
@@ -343,6 +343,12 @@ class PyExecutor:
 
     # ----- scaffolding -----
 
+    def _fake_note_waiting(self) -> None:
+        """The queue length as the step is launched, read right after the
+        adapter reads it: clients enqueue from another thread, so a read at
+        the forward pass could count a request that came in meanwhile."""
+        self.fake_waiting_at_launch = self.fake_waiting()
+
     def fake_waiting(self) -> int:
         if LAYOUT == "2026":
             return len(self.waiting_queue) + self.executor_request_queue.get_request_queue_size()
@@ -445,6 +451,7 @@ class PyExecutor:
     if LAYOUT == "2026":
         def _forward_step(self, scheduled_requests: Any, new_tensors_device: Any = None,
                           num_accepted_tokens_device: Any = None) -> dict | None:
+            self._fake_note_waiting()
             try:
                 return self.model_engine.forward(scheduled_requests, self.resource_manager, new_tensors_device)
             except Exception as e:  # noqa: BLE001 - as PyExecutor does
@@ -452,6 +459,7 @@ class PyExecutor:
                 return None
     else:
         def _forward_step(self, scheduled_requests: Any, new_tensors_device: Any = None) -> dict | None:
+            self._fake_note_waiting()
             try:
                 return self.model_engine.forward(scheduled_requests, self.resource_manager, new_tensors_device)
             except Exception as e:  # noqa: BLE001
