@@ -657,58 +657,65 @@ fn free_threaded(py: Python<'_>) -> PyResult<bool> {
 
 /// Decide once, when the module loads, which objects are read directly:
 /// the interpreter's sealed layout ([`choose`]), then each type's sizes, then
-/// its sample check. Never fails on what it finds: anything unexpected
-/// leaves the C-API path, and [`report`] says why.
-pub fn init(py: Python<'_>) -> PyResult<()> {
+/// its sample check. Never fails: anything unexpected, an exception from a
+/// check included, leaves the C-API path, and [`report`] says why.
+pub fn init(py: Python<'_>) {
+    let verdict = decide(py).unwrap_or_else(|e| {
+        for flag in [&LIST_OK, &DICT_OK, &FLOAT_OK] {
+            flag.store(false, Ordering::Relaxed);
+        }
+        LONG_FORM.store(LONG_OFF, Ordering::Relaxed);
+        Verdict {
+            sealed: None,
+            why: format!("a start-up check failed: {e}"),
+        }
+    });
+    let _ = VERDICT.set(verdict);
+}
+
+fn decide(py: Python<'_>) -> PyResult<Verdict> {
     // SAFETY: reading an exported constant (3.11 on, in the stable ABI).
     let version = unsafe { ffi::Py_Version } as u32;
     let switch = std::env::var(SWITCH).ok();
-    let verdict = match free_threaded(py).map(|ft| choose(version, ft, switch.as_deref())) {
-        Ok(Ok(sealed)) => {
-            let mut off = Vec::new();
-            let mut reader = |name: &str, size: Size, check: &dyn Fn() -> PyResult<bool>| {
-                if !sized(py, name, size, &mut off)? {
-                    return PyResult::Ok(false);
-                }
-                let agrees = check()?;
-                if !agrees {
-                    off.push(format!(
-                        "{name}: a direct read of samples disagreed with the C API"
-                    ));
-                }
-                Ok(agrees)
-            };
-            LIST_OK.store(
-                reader("list", sealed.list, &|| check_list(py))?,
-                Ordering::Relaxed,
-            );
-            DICT_OK.store(
-                reader("dict", sealed.dict, &|| check_dict(py))?,
-                Ordering::Relaxed,
-            );
-            FLOAT_OK.store(
-                reader("float", sealed.float, &|| check_float(py))?,
-                Ordering::Relaxed,
-            );
-            reader("int", sealed.int, &|| check_long(py, sealed.long_form))?;
-            let mut why = format!("CPython 3.{} layout (sealed)", sealed.minor);
-            if !off.is_empty() {
-                why.push_str("; off: ");
-                why.push_str(&off.join("; "));
-            }
-            Verdict {
-                sealed: Some(sealed),
-                why,
-            }
-        }
-        Ok(Err(why)) => Verdict { sealed: None, why },
-        Err(e) => Verdict {
-            sealed: None,
-            why: format!("the interpreter's build could not be told: {e}"),
-        },
+    let sealed = match choose(version, free_threaded(py)?, switch.as_deref()) {
+        Ok(sealed) => sealed,
+        Err(why) => return Ok(Verdict { sealed: None, why }),
     };
-    let _ = VERDICT.set(verdict);
-    Ok(())
+    let mut off = Vec::new();
+    let mut reader = |name: &str, size: Size, check: &dyn Fn() -> PyResult<bool>| {
+        if !sized(py, name, size, &mut off)? {
+            return PyResult::Ok(false);
+        }
+        let agrees = check()?;
+        if !agrees {
+            off.push(format!(
+                "{name}: a direct read of samples disagreed with the C API"
+            ));
+        }
+        Ok(agrees)
+    };
+    LIST_OK.store(
+        reader("list", sealed.list, &|| check_list(py))?,
+        Ordering::Relaxed,
+    );
+    DICT_OK.store(
+        reader("dict", sealed.dict, &|| check_dict(py))?,
+        Ordering::Relaxed,
+    );
+    FLOAT_OK.store(
+        reader("float", sealed.float, &|| check_float(py))?,
+        Ordering::Relaxed,
+    );
+    reader("int", sealed.int, &|| check_long(py, sealed.long_form))?;
+    let mut why = format!("CPython 3.{} layout (sealed)", sealed.minor);
+    if !off.is_empty() {
+        why.push_str("; off: ");
+        why.push_str(&off.join("; "));
+    }
+    Ok(Verdict {
+        sealed: Some(sealed),
+        why,
+    })
 }
 
 /// True when builtin type `name` has the sealed sizes; otherwise false, with

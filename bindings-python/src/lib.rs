@@ -47,7 +47,7 @@ fn direct_reads(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    layout::init(m.py())?;
+    layout::init(m.py());
     m.add_class::<probe::NativeProbe>()?;
     m.add_function(wrap_pyfunction!(probe_version, m)?)?;
     m.add_function(wrap_pyfunction!(probe::monotonic_ns, m)?)?;

@@ -111,6 +111,8 @@ STAND_INS = {
     "switched off": ("", {"TOKTRACE_DIRECT_READS": "0"}),
     "GIL off at run time": ("import sys; sys._is_gil_enabled = lambda: False\n", {}),
     "free-threaded build": ("import sys; sys.abiflags = 't'\n", {}),
+    # A start-up check that raises leaves the C API too; the module still loads.
+    "a check that raises": ("import sys; sys._is_gil_enabled = lambda: 1 / 0\n", {}),
 }
 
 
@@ -133,7 +135,8 @@ def test_every_other_path_is_the_c_api_with_the_same_records(tmp_path: Path, nam
     assert report["path"] == "c-api"
     assert not any(report[r] for r in READERS)
     expected_why = {"switched off": "TOKTRACE_DIRECT_READS=0", "GIL off at run time": "free-threaded",
-                    "free-threaded build": "free-threaded"}[name]
+                    "free-threaded build": "free-threaded",
+                    "a check that raises": "a start-up check failed: ZeroDivisionError"}[name]
     assert expected_why in report["why"]
     assert len(want) == 6 + 40 + 5
     assert got == want
