@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
 # A cached virtualenv with real SGLang running on the CPU (PyPI `sglang`).
 #
-# Usage: scripts/setup-sglang.sh [--regen-requirements]
+# Usage: scripts/setup-sglang.sh [--version X.Y.Z] [--regen-requirements]
 #   stdout: the venv path (nothing else); progress goes to stderr.
+#   --version: the sglang release (default 0.5.23); its pins live in
+#   fixtures/sglang-cpu/X.Y.Z.txt, made on first use. torch is the release
+#   the wheel pins (==), else 2.14.1.
 #
 # The venv lives at "${TOKTRACE_CACHE:-$HOME/.cache/toktrace}/venv-sglang-<key>",
-# <key> = short hash of the python version, the pins below and
-# fixtures/sglang-cpu-requirements.txt. A venv is only reused when it carries
+# <key> = short hash of the python version, the pins below and the release's
+# requirements file. A venv is only reused when it carries
 # `.complete` (written last, after `import sglang` worked), so a half-built one
 # is thrown away and rebuilt.
 #
 # How it installs (see fixtures/SGLANG_NOTES.md):
-#   1. `pip install -r fixtures/sglang-cpu-requirements.txt`: every package
+#   1. `pip install -r fixtures/sglang-cpu/X.Y.Z.txt`: every package
 #      pinned, torch==2.14.1 from PyPI included, without the GPU kernel
 #      packages of the SKIP list below.
-#   2. `pip install --no-deps sglang==0.5.23`.
+#   2. `pip install --no-deps sglang==X.Y.Z`.
 #   3. `python -c 'import sglang; ...'`, with the test-only sgl_kernel
 #      stand-in (tests/engines/sgl_kernel_stub) on PYTHONPATH.
 #
 # There is no CPU build of `sgl_kernel` on the registries; the stand-in is
 # test scaffolding, never installed into the venv: tests put it on PYTHONPATH.
 #
-# --regen-requirements rewrites fixtures/sglang-cpu-requirements.txt from the
+# --regen-requirements rewrites the requirements file from the
 # `Requires-Dist` lines of the sglang wheel (markers evaluated for this
 # python/platform, extras ignored, the skip list left out), resolved by pip
 # without installing (`--dry-run --report`), then builds the venv from it.
@@ -30,11 +33,11 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${TOKTRACE_CACHE:-$HOME/.cache/toktrace}"
 PY="${TOKTRACE_PYTHON:-python3}"
-REQS="$REPO/fixtures/sglang-cpu-requirements.txt"
 STUB="$REPO/tests/engines/sgl_kernel_stub"
 
-SGLANG_PIN="sglang==0.5.23"
-TORCH_PIN="torch==2.14.1"
+VERSION="0.5.23"
+# torch when the wheel pins none with ==.
+DEFAULT_TORCH="torch==2.14.1"
 PIP_PIN="pip==26.3"
 # What the tests and fixtures import besides sglang.
 FIXTURE_REQS=(tokenizers transformers safetensors numpy requests pytest==9.2.0)
@@ -55,20 +58,29 @@ SKIP=(
     "sgl-flash-mla: CUDA MLA kernels"
     "tilelang: GPU kernel compiler"
     "torch-memory-saver: CUDA memory release (GPU only)"
-    "torchaudio: multimodal; pins a torch release other than torch==2.14.1"
-    "torchcodec: multimodal; pins a torch release other than torch==2.14.1"
+    "torchaudio: multimodal; pins a torch release of its own"
+    "torchcodec: multimodal; pins a torch release of its own"
 )
 
 log() { echo "setup-sglang: $*" >&2; }
 
 regen=0
-for arg in "$@"; do
-    case "$arg" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         --regen-requirements) regen=1 ;;
-        -h|--help) sed -n '2,28p' "$0" >&2; exit 0 ;;
-        *) log "unknown argument: $arg"; exit 2 ;;
+        --version) VERSION="${2:?--version needs a release, e.g. 0.5.20}"; shift ;;
+        --version=*) VERSION="${1#--version=}" ;;
+        -h|--help) sed -n '2,32p' "$0" >&2; exit 0 ;;
+        *) log "unknown argument: $1"; exit 2 ;;
     esac
+    shift
 done
+if ! [[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+(\.post[0-9]+)?$ ]]; then
+    log "not a release number: $VERSION"
+    exit 2
+fi
+SGLANG_PIN="sglang==$VERSION"
+REQS="$REPO/fixtures/sglang-cpu/$VERSION.txt"
 
 mkdir -p "$CACHE"
 
@@ -77,6 +89,18 @@ regen_requirements() {
     tmp="$(mktemp -d)"
     log "downloading $SGLANG_PIN (wheel metadata only is used)"
     "$PY" -m pip download --quiet --no-deps --only-binary :all: -d "$tmp/wheel" "$SGLANG_PIN" >&2
+    TORCH_PIN="$("$PY" - "$tmp/wheel" <<'EOF'
+import glob, re, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    text = z.read(meta).decode()
+pins = re.findall(r"^Requires-Dist: torch\s*\(?==\s*([0-9][^+;,\s)]*)", text, re.M)
+print(f"torch=={pins[0]}" if pins else "")
+EOF
+)"
+    TORCH_PIN="${TORCH_PIN:-$DEFAULT_TORCH}"
+    SKIP+=("torch: installed as $TORCH_PIN from PyPI, beside the rest")
     local skip_file="$tmp/skip.txt"
     printf '%s\n' "${SKIP[@]}" > "$skip_file"
     "$PY" - "$tmp/wheel" "$skip_file" > "$tmp/top.txt" <<'EOF'
@@ -134,8 +158,11 @@ EOF
 }
 
 if [ "$regen" = 1 ] || [ ! -f "$REQS" ]; then
+    mkdir -p "$(dirname "$REQS")"
     regen_requirements
 fi
+TORCH_PIN="$(grep -m1 '^torch==' "$REQS" || true)"
+[ -n "$TORCH_PIN" ] || { log "$REQS pins no torch"; exit 1; }
 
 key="$( ("$PY" --version; echo "$PIP_PIN"; echo "$SGLANG_PIN"; echo "$TORCH_PIN"; cat "$REQS") | sha256sum | cut -c1-12)"
 VENV="$CACHE/venv-sglang-$key"
@@ -166,7 +193,7 @@ log "installing $SGLANG_PIN --no-deps"
 # `pip check` reports the skipped GPU packages as missing requirements of
 # sglang: expected, filtered out.
 "$VENV/bin/python" -m pip check 2>&1 \
-    | grep -v -E '^sglang 0\.5\.23 requires ' \
+    | grep -v -E '^sglang [0-9.]+(post[0-9]+)? requires ' \
     | sed 's/^/setup-sglang: pip check: /' >&2 || true
 version="$(verify)"
 log "sglang $version importable; built in $(( $(date +%s) - t0 )) s, $(du -sh "$VENV" | cut -f1)"
