@@ -57,6 +57,16 @@ install_toktrace "$OLD_VLLM_VENV"
 stage "pytest on real vLLM 0.26.0 (engine core spawned)"
 "$OLD_VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm.py" -k "not fork"
 
+# The newest vLLM release has no CPU wheel: its real Scheduler, engine-core
+# step and output processor run with a stand-in model runner
+# (tests/engines/vllm_harness), async scheduling on and off.
+stage "vLLM 0.34.0 harness environment (the real GPU wheel, a stand-in model runner)"
+HARNESS_VENV="$(bash "$REPO/scripts/setup-vllm-gpu-wheel.sh" --version 0.34.0)"
+install_toktrace "$HARNESS_VENV"
+
+stage "pytest: vLLM 0.34.0 in the scheduler-level harness"
+"$HARNESS_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm_harness.py"
+
 stage "SGLang environment"
 SGLANG_VENV="$(bash "$REPO/scripts/setup-sglang.sh")"
 install_toktrace "$SGLANG_VENV"

@@ -26,7 +26,7 @@ def test_builtin_table_names_the_three_engines():
 
 
 def test_vllm_releases_map_to_their_layout():
-    for v in ("0.26.0", "0.27.1", "0.29.0", "0.32.0", "0.32.1+cpu"):
+    for v in ("0.26.0", "0.27.1", "0.29.0", "0.32.0", "0.32.1+cpu", "0.33.0", "0.34.0"):
         assert vllm_layout_for(v) == "toktrace.adapters.vllm.v0_32", v
     for v in ("0.25.1", "0.24.0", "0.99.1", "garbage"):
         assert vllm_layout_for(v) is None, v
@@ -35,7 +35,7 @@ def test_vllm_releases_map_to_their_layout():
 def test_unknown_vllm_version_is_refused_with_the_supported_list():
     with pytest.raises(AdapterError) as err:
         vllm_apply(fake_engine("vllm", "0.99.1"))
-    assert "0.99.1" in str(err.value) and "0.26.0–0.32.x" in str(err.value)
+    assert "0.99.1" in str(err.value) and "0.26.0–0.34.x" in str(err.value)
 
 
 def test_unknown_vllm_version_warns_once_through_activation(capsys, monkeypatch):

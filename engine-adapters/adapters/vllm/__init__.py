@@ -19,12 +19,12 @@ from types import ModuleType
 from toktrace.adapters import _common as C
 from toktrace.adapters._common import AdapterError
 
-# (first, last) release, both included -> layout module. 0.26 through 0.32
-# share the V1 scheduler internals the adapter reads (releases before 0.26
-# differ more: finish_requests returned tuples, 0.24 listed only the current
-# call's preemptions).
+# (first, last) release, both included -> layout module. 0.26 through 0.34
+# share the V1 scheduler internals the adapter reads, up to shims named in
+# the layout (releases before 0.26 differ more: finish_requests returned
+# tuples, 0.24 listed only the current call's preemptions).
 LAYOUTS: list[tuple[C.Version, C.Version, str]] = [
-    ((0, 26, 0), (0, 32, C.ANY_PATCH), "toktrace.adapters.vllm.v0_32"),
+    ((0, 26, 0), (0, 34, C.ANY_PATCH), "toktrace.adapters.vllm.v0_32"),
 ]
 
 

@@ -1,7 +1,8 @@
-"""vLLM 0.26–0.32 (V1 engine): every hook point and object field toktrace reads.
+"""vLLM 0.26–0.34 (V1 engine): every hook point and object field toktrace reads.
 
 Written against 0.32 and proven on every release from 0.26.0 (the
-compatibility table says how). What differs inside the line is a shim below,
+compatibility table says how: a real CPU run up to 0.32, the scheduler-level
+harness on 0.33 and 0.34). What differs inside the line is a shim below,
 named by the release that changed it:
 
 - before 0.32 the OpenAI server drops the ``traceparent`` header before the
@@ -12,7 +13,12 @@ named by the release that changed it:
   generator itself runs later, in the response's task, which does not see it).
 - the waiting count is vLLM's own (``Scheduler.get_request_counts()``, the
   figure behind ``vllm:num_requests_waiting``): ``waiting`` plus
-  ``skipped_waiting`` up to 0.30, plus ``kv_holding_waiting`` from 0.31.
+  ``skipped_waiting`` up to 0.30, plus ``kv_holding_waiting`` from 0.31, plus
+  ``async_kv_waiting`` from 0.34.
+- from 0.34 ``ModelRunnerOutput`` has no ``req_id_to_index``: the logprob
+  rows are found through ``req_ids`` (``_from_0_34``). 0.34 also re-sends a
+  resumed request in full, as a new one: its prefix-cache hits at resume go
+  into the cached column, as vLLM counts them.
 
 Engine-core process (where the scheduler lives):
 - ``Scheduler.__init__``: process info (model, special tokens, rank).
@@ -82,6 +88,15 @@ def _before_0_32(version: str) -> bool:
     return (C.parse_version(version) or (0, 0, 0)) < (0, 32, 0)
 
 
+def _from_0_34(version: str) -> bool:
+    return (C.parse_version(version) or (0, 0, 0)) >= (0, 34, 0)
+
+
+# Set by install(): whether this release's ModelRunnerOutput names its rows
+# by req_ids only (0.34 on).
+_rows_from_req_ids = False
+
+
 def hook_points(version: str) -> list[C.HookPoint]:
     """Everything this layout patches or reads, for the structural check
     (``toktrace doctor``, and releases not tested)."""
@@ -94,7 +109,8 @@ def hook_points(version: str) -> list[C.HookPoint]:
                             "preempted_req_ids")),
         C.HookPoint("vllm.v1.core.sched.output", "NewRequestData", fields=("req_id", "num_computed_tokens")),
         C.HookPoint("vllm.v1.core.sched.output", "CachedRequestData", fields=("req_ids", "num_computed_tokens")),
-        C.HookPoint("vllm.v1.outputs", "ModelRunnerOutput", fields=("req_id_to_index", "logprobs")),
+        C.HookPoint("vllm.v1.outputs", "ModelRunnerOutput",
+                    fields=("req_ids" if _from_0_34(version) else "req_id_to_index", "logprobs")),
         C.HookPoint("vllm.v1.outputs", "LogprobsLists",
                     fields=("logprob_token_ids", "logprobs", "sampled_token_ranks")),
         C.HookPoint("vllm.v1.engine", "EngineCoreOutput",
@@ -115,8 +131,9 @@ def hook_points(version: str) -> list[C.HookPoint]:
 
 def install(version: str) -> None:
     """Check the layout and register the patches (applied as vLLM imports the modules)."""
-    global _version
+    global _version, _rows_from_req_ids
     _version = version
+    _rows_from_req_ids = _from_0_34(version)
     from toktrace import hooks
 
     hooks.when_imported("vllm.v1.core.sched.scheduler", _checked(_patch_scheduler))
@@ -142,12 +159,22 @@ def _checked(patcher):
 # ===== engine core =====
 
 
+# How many later updates a finished request may still ride along in: under
+# async scheduling the next batch is launched before this one's outputs are
+# seen (two in flight; a batch queue may hold a few more).
+RIDE_ALONG_STEPS = 4
+
+
 class _SchedState:
     """Per-scheduler bookkeeping between schedule() and update_from_output()."""
 
     def __init__(self) -> None:
         self.steps = itertools.count()
         self.pending: dict[int, tuple] = {}
+        # Requests finished lately -> updates seen since: a batch launched
+        # before their finish was seen still lists them (vLLM discards what
+        # it computes for them), and the trace leaves them out of that batch.
+        self.finished_lately: dict[str, int] = {}
 
 
 def _state(sched: Any) -> _SchedState:
@@ -278,12 +305,13 @@ def _wrap_schedule(orig):
     return schedule
 
 
-def _before_update(so: Any) -> tuple | None:
+def _before_update(so: Any, st: _SchedState) -> tuple | None:
     """Batch composition, from the SchedulerOutput's own lists: the running
     requests (``scheduled_cached_reqs``) then the new ones, each with the
     tokens computed before the step and the tokens scheduled now. The probe
     splits those into prefill and decode work (it knows each prompt's length
     and the outputs it recorded), so no loop here runs per request.
+    Requests that finished after this batch was launched are left out.
     """
     nst = so.num_scheduled_tokens
     if not nst:
@@ -299,8 +327,28 @@ def _before_update(so: Any) -> tuple | None:
         cached = [0] * len(cr.req_ids) + new_computed
     if len(batch) != len(nst):
         raise C.AdapterError(f"{len(nst)} requests scheduled, {len(batch)} listed")
+    if st.finished_lately:
+        batch, computed, cached = _without_riders(st, nst, batch, computed, cached)
+        if not batch:
+            return None
     # The probe looks each batch id up in the scheduled-tokens dict itself.
     return batch, nst, computed, cached
+
+
+def _without_riders(st: _SchedState, nst: dict, batch: list, computed: list, cached: list | None) -> tuple:
+    """The batch without requests whose finish was recorded after it was
+    launched (their trace ended with the finish; reopening them would count
+    a second arrival). Ages the list of recent finishes."""
+    riders = {r for r in st.finished_lately if r in nst}
+    for r in list(st.finished_lately):
+        st.finished_lately[r] += 1
+        if r in riders or st.finished_lately[r] > RIDE_ALONG_STEPS:
+            del st.finished_lately[r]
+    if not riders:
+        return batch, computed, cached
+    keep = [i for i, r in enumerate(batch) if r not in riders]
+    return ([batch[i] for i in keep], [computed[i] for i in keep],
+            None if cached is None else [cached[i] for i in keep])
 
 
 _FINISH = {0: "stop", 1: "length", 2: "abort", 3: "error", 4: "repetition"}
@@ -332,7 +380,8 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
             ids, vals, ranks = lp.logprob_token_ids, lp.logprobs, lp.sampled_token_ranks
             top_k = ids.shape[1] - 1
             cu = getattr(lp, "cu_num_generated_tokens", None)
-            index = mro.req_id_to_index
+            index = ({r: i for i, r in enumerate(mro.req_ids)} if _rows_from_req_ids
+                     else mro.req_id_to_index)
             rows = index if cu is None else [cu[index.get(r, 0)] for r in run_ids]
     finishes = None
     if reasons.count(None) != len(reasons):
@@ -355,6 +404,8 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
         rec.failed("record_step", exc)
     if finishes:
         rec.finishes(finishes)
+        for f in finishes:
+            st.finished_lately[f[0]] = 0
     return t0
 
 
@@ -366,7 +417,7 @@ def _wrap_update_from_output(orig):
         ta = time.monotonic_ns()
         pre = None
         try:
-            pre = _before_update(scheduler_output)
+            pre = _before_update(scheduler_output, _state(self))
         except Exception as exc:  # noqa: BLE001
             _guard.failed("update_from_output (before)", exc)
         tb = time.monotonic_ns()
@@ -396,6 +447,9 @@ def _wrap_finish_requests(orig):
             if rec is not None and finished:
                 reason = "error" if "ERROR" in str(finished_status) else "abort"
                 rec.finishes([(r.request_id, reason, r.num_output_tokens) for r in finished])
+                lately = _state(self).finished_lately
+                for r in finished:
+                    lately[r.request_id] = 0
         except Exception as exc:  # noqa: BLE001
             _guard.failed("Scheduler.finish_requests", exc)
         return finished
