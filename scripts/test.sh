@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, Rust tests, Python tests, and the
-# adapter tests on real vLLM and real SGLang (CPU).
+# The whole test suite (Tier 1: what must never regress): formatting, lints,
+# Rust tests, the Python package tests on CPython 3.11-3.13 with direct reads
+# on and off, and the adapter tests on real engine code: vLLM 0.32 and 0.26 on
+# CPU, vLLM 0.34 in the scheduler-level harness, SGLang on CPU. The long runs
+# (every release, soaks, benchmarks) are Tier 2: scripts/extended.sh.
 # Usage: scripts/test.sh
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
