@@ -78,6 +78,8 @@ source_stamp() {
         "scripts/extended/$suite.sh" "${SUITE_SOURCES[@]}" | sha256sum | cut -c1-16
 }
 stamp="$(source_stamp)"
+# The commit the results come from: the one checked out when the suite began.
+commit="$(git rev-parse HEAD)"
 if ! git diff --quiet HEAD -- bindings-python engine-adapters probe-core "scripts/extended/$suite.sh" "${SUITE_SOURCES[@]}"; then
     stamp="$stamp-dirty"
     echo "extended: uncommitted changes in the sources: results are marked $stamp" >&2
@@ -132,7 +134,7 @@ for item in "${wanted[@]}"; do
     mkdir -p "$dir"
     final="$dir/$(date -u +%Y-%m-%d).json"
     python3 - "$out" "$final.tmp" "$suite" "$item" "$started" "$secs" "$outcome" "$stamp" \
-        "$(git rev-parse HEAD)" "$(machine_json)" <<'PY'
+        "$commit" "$(machine_json)" <<'PY'
 import json, sys
 out, dest, suite, item, started, secs, outcome, stamp, commit, machine = sys.argv[1:]
 try:
