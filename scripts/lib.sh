@@ -44,22 +44,22 @@ venv_for() {
     echo "$dir"
 }
 
-# The interpreter of CPython 3.MINOR: python3.MINOR on PATH, else the newest
-# pyenv build of it (these machines have 3.11, 3.12 and 3.13 under pyenv).
+# The interpreter of CPython 3.MINOR: python3.MINOR on PATH if it runs (a
+# pyenv shim refuses when another version is selected), else the newest pyenv
+# build of it (these machines have 3.11, 3.12 and 3.13 under pyenv).
 #   python_for MINOR  -> prints its path
 python_for() {
-    local minor="$1" found=""
-    found="$(command -v "python3.$minor" 2>/dev/null || true)"
-    if [ -z "$found" ]; then
-        local root
-        root="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"
-        found="$(ls -d "$root"/versions/3."$minor".*/bin/python 2>/dev/null | sort -V | tail -n 1)"
-    fi
-    if [ -z "$found" ] || ! "$found" -c 'import sys; assert sys.version_info[:2] == (3, '"$minor"')' 2>/dev/null; then
-        echo "no CPython 3.$minor found (looked for python3.$minor on PATH and under pyenv)" >&2
-        return 1
-    fi
-    echo "$found"
+    local minor="$1" root candidate
+    root="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"
+    for candidate in "$(command -v "python3.$minor" 2>/dev/null || true)" \
+        $(ls -d "$root"/versions/3."$minor".*/bin/python 2>/dev/null | sort -rV); do
+        if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, '"$minor"')' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "no CPython 3.$minor found (looked for python3.$minor on PATH and under pyenv)" >&2
+    return 1
 }
 
 # Debian's chromium, which the HTML-report test renders pages with.
