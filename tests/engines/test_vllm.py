@@ -408,8 +408,10 @@ ACTIVATION = ("import vllm, json; from toktrace import activate; from toktrace.a
 @pytest.mark.parametrize("case", ["refused by default", "allowed and intact", "allowed, an attribute gone"])
 def test_a_release_newer_than_the_table_is_traced_only_when_allowed_and_intact(tmp_path, case):
     env = as_release("0.99.0", allow=case != "refused by default",
-                     # What 0.34 removed (the scheduler builds the row index itself there).
-                     drop="vllm.v1.outputs:ModelRunnerOutput.__dataclass_fields__.req_id_to_index"
+                     # A field the layout reads on a release past 0.34 (the
+                     # logprob rows are named by it), as a newer release
+                     # might drop it.
+                     drop="vllm.v1.outputs:ModelRunnerOutput.__dataclass_fields__.req_ids"
                      if "gone" in case else None,
                      TOKTRACE_DIR=str(tmp_path / "trace"))
     proc = subprocess.run([sys.executable, "-c", ACTIVATION], env=env, capture_output=True, text=True,
@@ -427,7 +429,7 @@ def test_a_release_newer_than_the_table_is_traced_only_when_allowed_and_intact(t
         assert applied == {"vllm": "failed"} and "vllm" not in verdicts
         assert "0.99.0" in notes[0] and "runs untraced" in notes[0]
         if "gone" in case:
-            assert "ModelRunnerOutput.req_id_to_index: missing" in notes[0], notes[0]
+            assert "ModelRunnerOutput.req_ids: missing" in notes[0], notes[0]
         else:
             assert "TOKTRACE_ALLOW_UNTESTED=1" in notes[0], notes[0]
 
