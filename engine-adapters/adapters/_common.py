@@ -40,6 +40,23 @@ def patch(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
     setattr(owner, name, wrapper)
 
 
+def checked(engine: str, version: str, patcher: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A post-import patcher that never raises into the engine's import:
+    what it raises — AdapterError for a layout that does not match, or any
+    other surprise — is one warning, and the engine runs on untraced."""
+
+    def run(module: Any) -> None:
+        try:
+            patcher(module)
+        except Exception as exc:  # noqa: BLE001 - the engine's import must go on
+            from toktrace.activate import warn
+
+            detail = str(exc) if isinstance(exc, AdapterError) else f"{type(exc).__name__}: {exc}"
+            warn(f"adapter for {engine} {version} failed: {detail}; {engine} runs untraced", key=f"{engine}-layout")
+
+    return run
+
+
 class Guard:
     """Catches what an adapter's hook raised, so that the wrapped engine call
     always proceeds as if toktrace were absent: the error is handed to the

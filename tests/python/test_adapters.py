@@ -115,3 +115,21 @@ def test_versions_past_the_table_need_the_opt_in(monkeypatch):
     with pytest.raises(AdapterError, match="TOKTRACE_ALLOW_UNTESTED=1"):
         C.choose_layout("vLLM", "0.35.0", layouts)
     assert C.ranges_text(layouts) == "0.26.0–0.32.x"
+
+
+def test_a_patcher_that_raises_anything_leaves_the_engine_untraced_not_broken(capsys, monkeypatch):
+    # A hook that runs during the engine's own import must never raise into
+    # it: an ImportError (say, a module an older release lacks) is one warning.
+    from toktrace.adapters import _common as C
+
+    monkeypatch.setattr(activate, "_warned", set())
+
+    def patcher(module):
+        raise ImportError("cannot import name 'runtime_context'")
+
+    run = C.checked("sglang", "0.5.13", patcher)
+    run(types.ModuleType("sglang.srt.managers.scheduler"))
+    run(types.ModuleType("sglang.srt.managers.scheduler"))
+    err = capsys.readouterr().err
+    assert err.count("toktrace:") == 1
+    assert "sglang 0.5.13 failed: ImportError: cannot import name 'runtime_context'; sglang runs untraced" in err

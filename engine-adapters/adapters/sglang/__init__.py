@@ -3,8 +3,9 @@
 Each supported range of SGLang has one module holding everything that depends
 on its internals (hook points, object fields); this file only picks it.
 SGLang moves internals between patch releases (logprob fields moved into
-``req.logprob`` in 0.5.13, the parallel ranks into ``runtime_context`` in
-0.5.21, …), so ranges are keyed by full versions, not by major.minor. An
+``req.logprob`` in 0.5.13; ``runtime_context.get_parallel()`` appeared in
+0.5.14, but the DP rank moved there from ``Scheduler.ps`` only in 0.5.21; …),
+so ranges are keyed by full versions, not by major.minor. An
 unknown version raises AdapterError, so activation prints one warning and
 SGLang runs untraced.
 

@@ -105,23 +105,15 @@ def install(version: str) -> None:
     _version = version
     from toktrace import hooks
 
-    hooks.when_imported("sglang.srt.managers.scheduler", _checked(_patch_scheduler))
-    hooks.when_imported("sglang.srt.managers.schedule_batch", _checked(_patch_schedule_batch))
+    hooks.when_imported("sglang.srt.managers.scheduler", C.checked(ENGINE, version, _patch_scheduler))
+    hooks.when_imported("sglang.srt.managers.schedule_batch",
+                        C.checked(ENGINE, version, _patch_schedule_batch))
     hooks.when_imported("sglang.srt.managers.scheduler_components.output_streamer",
-                        _checked(_patch_output_streamer))
-    hooks.when_imported("sglang.srt.managers.tokenizer_manager", _checked(_patch_tokenizer_manager))
+                        C.checked(ENGINE, version, _patch_output_streamer))
+    hooks.when_imported("sglang.srt.managers.tokenizer_manager",
+                        C.checked(ENGINE, version, _patch_tokenizer_manager))
 
 
-def _checked(patcher: Callable[[Any], None]) -> Callable[[Any], None]:
-    def run(module: Any) -> None:
-        try:
-            patcher(module)
-        except C.AdapterError as exc:
-            from toktrace.activate import warn
-
-            warn(f"adapter for sglang {_version} failed: {exc}; sglang runs untraced", key="sglang-layout")
-
-    return run
 
 
 # ===== scheduler =====

@@ -156,21 +156,10 @@ def install(version: str) -> None:
     _version = version
     from toktrace import hooks
 
-    hooks.when_imported(LLM_REQUEST, _checked(_patch_llm_request))
-    hooks.when_imported(PY_EXECUTOR, _checked(_patch_py_executor))
+    hooks.when_imported(LLM_REQUEST, C.checked(ENGINE, version, _patch_llm_request))
+    hooks.when_imported(PY_EXECUTOR, C.checked(ENGINE, version, _patch_py_executor))
 
 
-def _checked(patcher: Callable[[Any], None]) -> Callable[[Any], None]:
-    def run(module: Any) -> None:
-        try:
-            patcher(module)
-        except C.AdapterError as exc:
-            from toktrace.activate import warn
-
-            warn(f"adapter for tensorrt_llm {_version} failed: {exc}; tensorrt_llm runs untraced",
-                 key="tensorrt_llm-layout")
-
-    return run
 
 
 def _patch_py_executor(mod: Any) -> None:

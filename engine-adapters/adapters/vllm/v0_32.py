@@ -136,24 +136,17 @@ def install(version: str) -> None:
     _rows_from_req_ids = _from_0_34(version)
     from toktrace import hooks
 
-    hooks.when_imported("vllm.v1.core.sched.scheduler", _checked(_patch_scheduler))
-    hooks.when_imported("vllm.v1.engine.output_processor", _checked(_patch_output_processor))
-    hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_async_llm))
+    hooks.when_imported("vllm.v1.core.sched.scheduler", C.checked(ENGINE, version, _patch_scheduler))
+    hooks.when_imported("vllm.v1.engine.output_processor",
+                        C.checked(ENGINE, version, _patch_output_processor))
+    hooks.when_imported("vllm.v1.engine.async_llm", C.checked(ENGINE, version, _patch_async_llm))
     if _before_0_32(version):
-        hooks.when_imported("vllm.entrypoints.generate.base.serving", _checked(_patch_serving_before_0_32))
-        hooks.when_imported("vllm.v1.engine.async_llm", _checked(_patch_generate_before_0_32))
+        hooks.when_imported("vllm.entrypoints.generate.base.serving",
+                            C.checked(ENGINE, version, _patch_serving_before_0_32))
+        hooks.when_imported("vllm.v1.engine.async_llm",
+                            C.checked(ENGINE, version, _patch_generate_before_0_32))
 
 
-def _checked(patcher):
-    def run(module) -> None:
-        try:
-            patcher(module)
-        except C.AdapterError as exc:
-            from toktrace.activate import warn
-
-            warn(f"adapter for vllm {_version} failed: {exc}; vllm runs untraced", key="vllm-layout")
-
-    return run
 
 
 # ===== engine core =====
