@@ -707,6 +707,29 @@ fn note_special(checks: &mut crate::data::TokenChecks, index: u32, id: u32) {
     }
 }
 
+/// The read warning for a process whose adapter caught errors in its hooks.
+fn adapter_errors_warning(process: &str, errors: &probe_core::event::AdapterErrors) -> String {
+    let hooks: Vec<String> = errors
+        .hooks
+        .iter()
+        .map(|h| format!("{} ×{}", h.hook, h.count))
+        .collect();
+    let first = errors
+        .hooks
+        .first()
+        .map_or(String::new(), |h| format!("; first: {}", h.first_error));
+    format!(
+        "{process}: the adapter caught {} error(s) in its hooks ({}{first}){}; what those hooks would have recorded may be missing",
+        errors.total(),
+        hooks.join(", "),
+        if errors.disabled {
+            "; it switched tracing off after them"
+        } else {
+            ""
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,27 +765,4 @@ mod tests {
             .collect();
         assert_eq!(hits.first(), Some(&1));
     }
-}
-
-/// The read warning for a process whose adapter caught errors in its hooks.
-fn adapter_errors_warning(process: &str, errors: &probe_core::event::AdapterErrors) -> String {
-    let hooks: Vec<String> = errors
-        .hooks
-        .iter()
-        .map(|h| format!("{} ×{}", h.hook, h.count))
-        .collect();
-    let first = errors
-        .hooks
-        .first()
-        .map_or(String::new(), |h| format!("; first: {}", h.first_error));
-    format!(
-        "{process}: the adapter caught {} error(s) in its hooks ({}{first}){}; what those hooks would have recorded may be missing",
-        errors.total(),
-        hooks.join(", "),
-        if errors.disabled {
-            "; it switched tracing off after them"
-        } else {
-            ""
-        }
-    )
 }
