@@ -16,7 +16,7 @@
 # holding the item's JSON under "data" and where it came from: the commit, a
 # hash of the sources that shape the result ("source"), the machine, the
 # duration and the outcome. Results are committed; the docs' tables are made
-# from them (scripts/results.py), never typed. An item whose newest result
+# from them (scripts/results.py, run after each item), never typed. An item whose newest result
 # was made from the same sources is skipped, so an interrupted suite picks up
 # at the next item, in this session or a later one. A result is written
 # beside its final name and renamed, so a killed run leaves none half-written.
@@ -147,6 +147,8 @@ json.dump({"suite": suite, "item": item, "started": started, "seconds": int(secs
 PY
     mv "$final.tmp" "$final"
     rm -f "$out"
+    # The docs' tables follow the results at once (a test fails when they drift).
+    python3 "$REPO/scripts/results.py" --write
     echo "==> [$n/$total] $suite/$item: $outcome in ${secs} s -> ${final#"$REPO"/}"
 done
 exit $failed

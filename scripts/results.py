@@ -67,10 +67,10 @@ def python_probe(results: list[dict]) -> str:
 
 def compat(results: list[dict]) -> str:
     """One row per release: traced or not, how it was proven, when."""
-    lines = ["| release | traced | proven by | tests | run |", "|---|---|---|---:|---|"]
+    lines = ["| release | suite | proven by | tests | run |", "|---|---|---|---:|---|"]
     for r in sorted(results, key=lambda r: tuple(int(x) for x in r["item"].split(".") if x.isdigit())):
         d = r["data"]
-        verdict = "yes" if r["outcome"] == "pass" else "**no**"
+        verdict = "pass" if r["outcome"] == "pass" else "**fail**"
         failed = [t["name"].rsplit("::", 1)[-1] for t in d.get("tests", []) if t["outcome"] == "failed"]
         tests = f"{d.get('passed', 0)} passed" + (f", {len(failed)} failed ({', '.join(failed)})" if failed else "")
         lines.append(f"| {r['item']} | {verdict} | {d.get('proof', '')} | {tests} | {provenance(r)} |")
