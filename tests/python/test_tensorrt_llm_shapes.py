@@ -465,3 +465,131 @@ def test_shape_versions_the_adapter_accepts():
     assert parse_version("1.3.0rc20") == (1, 3, 0) and parse_version("1.2.0.post1") == (1, 2, 0)
     assert layout_for("1.1.0rc6") == layout_for("1.3.0rc20") == "toktrace.adapters.tensorrt_llm.v1_x"
     assert layout_for("0.20.0") is None and layout_for("1.4.0") is None and layout_for("dev") is None
+
+
+# ----- drift re-checked against the 2026 source (0004396, 2026-12-07) -----
+
+
+def check_adapter_state_bounded(engine: dict, overlap: bool = False) -> None:
+    """What the adapter still holds once the workload is over: no enqueue
+    time, no traced request, no deferred finish. A launched batch left
+    unpaired is allowed with the overlap loop only: at shutdown it exits
+    without updating the batch it launched last, as the source does."""
+    state = engine["adapter"]
+    assert (state["enqueued"], state["reqs"], state["deferred"]) == ([], [], []), state
+    assert state["pending"] <= int(overlap), state
+
+
+@pytest.mark.parametrize("layout", ["2026", "2025"])
+def test_shape_enqueue_requests_batch_arrives_at_the_call(tmp_path: Path, layout: str):
+    # Both revisions queue a batch inside enqueue_requests itself (not through
+    # enqueue_request), so the arrival time can only come from that hook.
+    spec = spec_of(dict(client=1, prompt=9, max_tokens=3, logprobs=1), dict(client=2, prompt=6, max_tokens=4),
+                   dict(client=3, prompt=7, max_tokens=2, arrive_iter=2), batch_enqueue=True)
+    engine, trace = traced(tmp_path, spec, layout=layout)
+    check_steps(engine, trace)
+    check_tokens(engine, trace)
+    rids = [str(engine["clients"][c][0]) for c in ("1", "2", "3")]
+    [at] = {trace.arrivals[rid]["arrival_ns"] for rid in rids}  # one call, one acceptance time
+    assert at <= min(engine["enqueued_ns"][rid] for rid in rids)
+    assert at < trace.steps[0]["start_ns"]
+    check_adapter_state_bounded(engine)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_shape_request_cancelled_while_waiting_leaves_no_state(tmp_path: Path, overlap: bool):
+    # 2026: a cancelled request still in the waiting queue is removed there and
+    # never activated. It never had an arrival record (those are written at
+    # activation), so the trace holds nothing for it, and the adapter must not
+    # keep its enqueue time.
+    spec = spec_of(dict(client=1, prompt=8, max_tokens=10, logprobs=1), dict(client=2, prompt=8, max_tokens=4),
+                   dict(client=3, prompt=6, max_tokens=3), max_active=1, cancel={"2": [2]}, overlap=overlap)
+    engine, trace = traced(tmp_path, spec, layout="2026")
+    check_steps(engine, trace)
+    check_tokens(engine, trace)
+    a, b, c = (str(engine["clients"][k][0]) for k in ("1", "2", "3"))
+    assert engine["dropped"] == {b: "cancelled while waiting"}
+    assert b not in trace.arrivals and b not in trace.finishes
+    # The requests that waited longer and ran keep their enqueue time.
+    assert trace.arrivals[c]["arrival_ns"] <= engine["enqueued_ns"][c]
+    assert trace.finishes[a]["reason"] == trace.finishes[c]["reason"] == "Length"
+    check_adapter_state_bounded(engine, overlap)
+
+
+def test_shape_2025_cancel_of_a_waiting_request_is_lost_and_it_runs(tmp_path: Path):
+    # 2025: cancellation only reaches active requests and the id is then
+    # dropped, so the waiting request runs later: its enqueue time must survive
+    # the cancellation handler.
+    spec = spec_of(dict(client=1, prompt=8, max_tokens=10, logprobs=1), dict(client=2, prompt=8, max_tokens=4),
+                   max_active=1, cancel={"2": [2]})
+    engine, trace = traced(tmp_path, spec, layout="2025")
+    check_steps(engine, trace)
+    check_tokens(engine, trace)
+    b = str(engine["clients"]["2"][0])
+    assert engine["finishes"][b] == "LENGTH" and trace.finishes[b]["reason"] == "Length"
+    assert trace.arrivals[b]["arrival_ns"] <= engine["enqueued_ns"][b]
+    check_adapter_state_bounded(engine)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_shape_request_failed_before_activation_leaves_no_state(tmp_path: Path, overlap: bool):
+    # 2026: a request failing validation at activation goes through
+    # _handle_errors(requests=[request]) without ever being active: no arrival
+    # was recorded, so no finish is either, and its enqueue time is dropped.
+    spec = spec_of(dict(client=1, prompt=8, max_tokens=6, logprobs=1),
+                   dict(client=2, prompt=8, max_tokens=4, invalid=True, arrive_iter=2),
+                   dict(client=3, prompt=5, max_tokens=3, arrive_iter=3), overlap=overlap)
+    engine, trace = traced(tmp_path, spec, layout="2026")
+    check_steps(engine, trace)
+    check_tokens(engine, trace)
+    a, b, c = (str(engine["clients"][k][0]) for k in ("1", "2", "3"))
+    assert engine["finishes"][b] == "error"
+    assert b not in trace.arrivals and b not in trace.finishes
+    assert trace.finishes[a]["reason"] == trace.finishes[c]["reason"] == "Length"
+    check_adapter_state_bounded(engine, overlap)
+
+
+def test_shape_draft_padding_is_not_decode_work(tmp_path: Path):
+    # 2026: drafter tokens are padded with zeros to the static maximum for CUDA
+    # graphs after py_draft_tokens_effective_len recorded the real count; a
+    # generation row's decode work is 1 + that count.
+    spec = spec_of(dict(client=1, prompt=8, max_tokens=9, logprobs=1), dict(client=2, prompt=6, max_tokens=7),
+                   draft_k=3)
+    engine, trace = traced(tmp_path, spec, layout="2026")
+    check_steps(engine, trace)  # rows as launched, decode = the real work
+    check_tokens(engine, trace)
+    gen = [(row[2], computed) for launch in engine["launches"]
+           for row, computed in zip(launch["rows"], launch["computed"]) if row[1] == 0]
+    assert {real for real, _ in gen} == {1, 2, 3, 4}  # 0..3 real draft tokens
+    assert all(computed == 4 for _, computed in gen) and any(real < 4 for real, _ in gen)  # padding ran
+
+
+def test_shape_2025_draft_padding_counts_as_computed(tmp_path: Path):
+    # 2025 pads in _pad_to_max_draft_tokens and keeps no real count: the trace
+    # holds the positions the forward computed, padding included.
+    spec = spec_of(dict(client=1, prompt=8, max_tokens=9, logprobs=1), dict(client=2, prompt=6, max_tokens=7),
+                   draft_k=3)
+    engine, trace = traced(tmp_path, spec, layout="2025")
+    check_tokens(engine, trace)
+    assert len(trace.steps) == len(engine["launches"])
+    for n, launch in enumerate(engine["launches"]):
+        want = [0 if row[1] else computed for row, computed in zip(launch["rows"], launch["computed"])]
+        assert [r[2] for r in trace.rows(n)] == want, n
+
+
+@pytest.mark.parametrize("layout", ["2026", "2025"])
+def test_shape_pipeline_parallel_rank0_pairs_each_micro_batch(tmp_path: Path, layout: str):
+    # pp_size 2: rank 0 launches with _forward_step_inter_pp and gets each
+    # micro-batch's tokens one iteration later, after launching the next one.
+    spec = spec_of(*(dict(client=c, prompt=5 + 4 * c, max_tokens=3 + c, logprobs=2, stop_at=2 if c == 3 else None,
+                          arrive_iter=c // 2) for c in range(1, 5)), pp_size=2, chunk_size=8)
+    engine, trace = traced(tmp_path, spec, layout=layout)
+    check_steps(engine, trace)
+    check_tokens(engine, trace)
+    assert dict(trace.info["extra"])["pp_size"] == "2"
+    overlapped = [n for n in range(len(trace.steps) - 1) if trace.steps[n + 1]["start_ns"] < trace.steps[n]["end_ns"]]
+    assert len(overlapped) >= len(trace.steps) // 2, overlapped
+    for rid, why in engine["finishes"].items():
+        assert trace.finishes[rid]["reason"] == REASONS[why].capitalize(), rid
+        assert trace.finishes[rid]["output_tokens"] == len(engine_tokens(engine)[rid])
+    check_adapter_state_bounded(engine)

@@ -18,6 +18,8 @@ Hook points (class ``PyExecutor`` in ``tensorrt_llm/_torch/pyexecutor/py_executo
 - ``enqueue_request(request, …) -> req_id`` / ``enqueue_requests(requests)``:
   the moment the executor accepted a request (its arrival), kept by id; the
   ids are the ``LlmRequest.py_request_id`` of the request later.
+  ``enqueue_requests`` queues the batch itself (it does not go through
+  ``enqueue_request``), so its own hook stamps the batch.
 - ``_schedule()``: on entry, requests newly activated into
   ``self.active_requests`` (appended at its end by
   ``_fetch_and_activate_new_requests`` / ``_fetch_new_requests``) get their
@@ -30,14 +32,22 @@ Hook points (class ``PyExecutor`` in ``tensorrt_llm/_torch/pyexecutor/py_executo
   moves the context chunks on: per context request ``context_chunk_size``
   (prefill tokens of this chunk) and ``context_current_position`` (tokens
   already in the KV cache: on the first chunk of a (re)prefill, the prefix
-  reused from the cache); per generation request 1 + ``len(py_draft_tokens)``
-  decode tokens; queue lengths; KV usage from
+  reused from the cache); per generation request 1 + its draft tokens
+  decode tokens, the real ones: drafters pad ``py_draft_tokens`` with zeros
+  to a static maximum for CUDA graphs, and the 2026 ones record the real
+  count in ``py_draft_tokens_effective_len`` first (without it, every
+  position counts); queue lengths; KV usage from
   ``kv_cache_manager.get_kv_cache_stats()`` (``1 - free_num_blocks /
   max_num_blocks``, the figure PyExecutor logs). Attention-DP and CUDA-graph
   padding dummies are left out.
 - ``_sample_async(scheduled_batch, outputs) -> SampleState`` (and, on
   non-last pipeline ranks, ``_forward_step_inter_pp``): tags the returned
   ``SampleState`` with the launch of that very ``ScheduledRequests`` object.
+  With pipeline parallelism rank 0 is the first, not the last, pipeline
+  rank: ``_forward_step_inter_pp`` calls ``_forward_step`` (the launch) and
+  returns the batch's ``SampleState``, whose tokens come back around the
+  ring and reach ``_update_requests`` one or more iterations later (2026:
+  ``_handle_executed_batch``; mid-2025: the loop's stage 3).
 - ``_update_requests(sample_state, …)``: called once per launched batch with
   that ``SampleState`` — one loop iteration later in the overlap loop, where
   step N's tokens are added after step N+1 was launched — so tokens are
@@ -54,8 +64,20 @@ Hook points (class ``PyExecutor`` in ``tensorrt_llm/_torch/pyexecutor/py_executo
 - ``_handle_canceled_requests`` (``_handle_cancelled_requests`` in the
   mid-2025 revision, which drops cancelled requests from ``active_requests``
   right there: their finishes are recorded with the step that follows; later
-  ones only mark them, and ``_handle_responses`` removes them).
+  ones only mark them, and ``_handle_responses`` removes them). The 2026 one
+  also removes cancelled requests still in the waiting queue: never
+  activated, they have no arrival record (written at activation), so none
+  is written for them and their enqueue times are dropped
+  (``canceled_req_ids`` read before the call; a request still queued keeps
+  its time, as the mid-2025 engine drops a cancellation of a request that is
+  not active yet and runs it later).
 - ``_handle_errors(…)``: requests failed by the engine finish with "error".
+  A request that fails validation at activation (2026:
+  ``_handle_errors(msg, requests=[request], charge_budget=False)`` from
+  ``_fetch_and_activate_new_requests``) was never active: as above, nothing
+  is recorded and its enqueue time is dropped. Not handled: the fatal path's
+  drain of the queues (the executor shuts down; ``MAX_ARRIVED`` bounds the
+  table).
 
 Class ``LlmRequest`` (``tensorrt_llm/_torch/pyexecutor/llm_request.py``, a
 subclass of the C++ ``bindings.internal.batch_manager.LlmRequest``):
@@ -72,7 +94,12 @@ the external id), ``orig_prompt_len``, ``py_max_new_tokens``,
 single-element lists in the C++ ``SamplingConfig``), ``py_return_log_probs``
 and ``py_num_logprobs``, ``is_child``/``parent_request_id`` (n > 1: each
 sequence is its own request, arriving with its parent),
-``is_attention_dp_dummy``/``is_cuda_graph_dummy``/``is_dummy_request``.
+``is_attention_dp_dummy``/``is_cuda_graph_dummy``/``is_dummy_request``,
+``py_draft_tokens``/``py_draft_tokens_effective_len``. On ``PyExecutor``:
+``dist``, ``is_warmup``, ``active_requests``, ``kv_cache_manager``, the
+queues (``waiting_queue``, ``executor_request_queue`` and its
+``get_request_queue()``, or mid-2025 ``request_queue``) and
+``canceled_req_ids``.
 
 Logprobs (``py_result.log_probs``, ``list[beam] of list[position]``): one
 entry per generated token, a ``dict[token_id -> Logprob(logprob, rank)]`` or,
@@ -86,22 +113,32 @@ here, and none is recorded). The top-K recorded is the entries ranked
 1..``py_num_logprobs``, best first; the rank recorded is the sampled token's
 ``Logprob.rank`` (0 — "not reported", read back as null — for floats).
 
-Checked against the published source (not run; see the README's support
-matrix): NVIDIA/TensorRT-LLM ``py_executor.py`` at 9521caf4 (mid-2025 main)
-and at 0004396 (2026 main, the newest stored), the upstream/main side
-(version 1.1.0rc6) of the merge left in Ataraksia/TensorRT-LLM@a451bf93,
-``llm_request.py`` and ``scheduler/scheduler.py`` at 002f3cc3 (2026),
-``sampler/logprobs.py`` at 3b58bec8 (2026), ``sampler.py`` at 00026bd1
-(2025) and another stored 2025 ``sampler.py`` (165,888 characters; its
-commit is not given by the source index) for the late-2025 logprob layout,
-and the LlmRequest bindings (pybind and nanobind). Renames covered
-here: ``_handle_cancelled_requests`` → ``_handle_canceled_requests``;
+Checked against (2026-12-07; published source read through the source
+index, not run; the release tag cannot be verified): NVIDIA/TensorRT-LLM
+``py_executor.py`` at commit 0004396720054fd8e205cbf616f21f0b57c6b412, the
+newest stored revision (2026), and at 9521caf4696c1fb79b0f946f0d980f8f0ebd3e64
+(mid-2025); ``llm_request.py`` at 002f3cc3d0554c4ebd530d1354f96e89666d93b8
+(2026; older than 0004396, which imports a name it lacks). ``version.py`` is
+not stored at 0004396: the stored ones say "1.0.0rc4" (000a01de),
+"1.2.0rc2" (b35ac1b6) and "1.3.0rc20" (one whose commit the index does not
+name) — so 0004396 is taken as a 1.3 pre-release, tag not verified. Every
+hook and field above was found there (per hook, with where:
+``fixtures/TRTLLM_NOTES.md``) except the ``SamplingConfig`` subfields, the
+logprob layouts and the model-name lookups, which rest on the earlier
+checks: the 1.1.0rc6 side of the
+merge left in Ataraksia/TensorRT-LLM@a451bf93, ``scheduler/scheduler.py`` at
+002f3cc3, ``sampler/logprobs.py`` at 3b58bec8 (2026), ``sampler.py`` at
+00026bd1 (2025) and another stored 2025 ``sampler.py`` for the late-2025
+logprob layout, and the LlmRequest bindings (pybind and nanobind). Renames
+covered here: ``_handle_cancelled_requests`` → ``_handle_canceled_requests``;
 ``_update_requests(sample_state)`` gained ``resource_manager``;
-``_forward_step`` gained ``num_accepted_tokens_device``; ``SampleState``
-lists its requests as ``scheduled_requests`` (2025) or ``requests`` (2026) —
-not read, the launch record is used instead; ``ScheduledRequests.
-context_requests`` is an attribute (2025) or a property (2026) — read the
-same way.
+``_forward_step`` gained ``num_accepted_tokens_device``;
+``_forward_step_inter_pp`` gained the GPU timing events; ``_handle_errors``
+gained ``requests``/``charge_budget``/``fatal_is_collective_aligned``
+(keyword-only); ``SampleState`` lists its requests as ``scheduled_requests``
+(2025) or ``requests`` (2026) — not read, the launch record is used instead;
+``ScheduledRequests.context_requests`` is an attribute (2025) or a property
+(2026) — read the same way.
 """
 
 from __future__ import annotations
@@ -426,6 +463,62 @@ def _stash(st: _ExecState, rids: list[int], t: int) -> None:
         st.enqueued.pop(next(iter(st.enqueued)))
 
 
+def _ids_of(items: Any) -> set[int]:
+    """Request ids of a revision's id collection (list, set or the C++
+    ReqIdsSet); empty when it cannot be read."""
+    try:
+        return {int(i) for i in items} if items else set()
+    except Exception:  # noqa: BLE001 - unreadable: nothing is forgotten, MAX_ARRIVED still bounds the table
+        return set()
+
+
+def _queued_ids(ex: Any) -> set[int] | None:
+    """Ids of the requests accepted but not active yet, wherever the revision
+    keeps them (2026: ``waiting_queue`` and the executor request queue; 1.1:
+    both inside ``executor_request_queue``; mid-2025: ``request_queue``).
+    None when a queue cannot be read, so that nothing is forgotten."""
+    queues: list[Any] = []
+    erq = getattr(ex, "executor_request_queue", None)
+    for owner in (ex, erq):
+        if owner is not None and getattr(owner, "waiting_queue", None) is not None:
+            queues.append(owner.waiting_queue)
+    raw = getattr(ex, "request_queue", None)
+    if erq is not None:
+        get = getattr(erq, "get_request_queue", None)
+        raw = get() if get is not None else getattr(erq, "request_queue", None)
+    ids: set[int] = set()
+    try:
+        if raw is not None:
+            with raw.mutex:  # clients enqueue from their own thread
+                queues.append(list(raw.queue))
+        for q in queues:
+            ids.update(int(item.id) for item in list(q) if getattr(item, "request", None) is not None)
+    except Exception:  # noqa: BLE001
+        return None
+    return ids
+
+
+def _forget_unactivated(ex: Any, st: _ExecState, rids: Iterable[int]) -> None:
+    """Drop the enqueue times of requests the engine let go without ever
+    activating them (cancelled while waiting, failed at validation). Their
+    arrival record is never written (it is written at activation), so no
+    finish is either. A request still queued keeps its time: the mid-2025
+    engine drops a cancellation of a request that is not active yet, and the
+    request runs later."""
+    with st.lock:
+        gone = [rid for rid in rids if rid in st.enqueued and rid not in st.reqs]
+        if not gone:
+            return
+        queued = _queued_ids(ex)
+        if queued is None:
+            return
+        keep = queued | _ids_of(getattr(ex, "canceled_req_ids", None))  # 2026 retries failed cancellations
+        keep |= {int(r.py_request_id) for r in ex.active_requests}  # active, not yet seen by _schedule
+        for rid in gone:
+            if rid not in keep:
+                del st.enqueued[rid]
+
+
 def _params(req: Any) -> tuple:
     sc = getattr(req, "sampling_config", None)
     logprobs = getattr(req, "py_num_logprobs", None) if getattr(req, "py_return_log_probs", False) else None
@@ -552,6 +645,22 @@ def _chunk(req: Any) -> tuple[int, int]:
         return int(start), int(end) - int(start)
 
 
+def _draft_len(req: Any) -> int:
+    """Draft tokens really proposed for this step. Drafters pad
+    ``py_draft_tokens`` with zeros to a static maximum for CUDA graphs; the
+    2026 ones record the real count in ``py_draft_tokens_effective_len``
+    first, which the engine's own samplers read the same way (capped by the
+    list, in case it was cleared since). Without that count (mid-2025
+    drafters, one-model flows, whose placeholders stand for drafts the model
+    verifies on the device) every position is counted."""
+    drafts = getattr(req, "py_draft_tokens", None)
+    n = len(drafts) if drafts else 0
+    effective = getattr(req, "py_draft_tokens_effective_len", None)
+    if isinstance(effective, int) and not isinstance(effective, bool):
+        return max(0, min(effective, n))
+    return n
+
+
 def _compose(ex: Any, st: _ExecState, rec: Any, batch: Any, t0: int) -> tuple | None:
     """The launch record: (step, start, ids, reqs, prefill, decode, cached, waiting, running, kv, preempted)."""
     ctx = [r for r in batch.context_requests if not _is_dummy(r)]
@@ -583,7 +692,7 @@ def _compose(ex: Any, st: _ExecState, rec: Any, batch: Any, t0: int) -> tuple | 
         ids.append(rid)
         reqs.append(r)
         prefill.append(0)
-        decode.append(1 + len(getattr(r, "py_draft_tokens", None) or ()))
+        decode.append(1 + _draft_len(r))
         cached.append(0)
     active = ex.active_requests
     running = len(active) - (1 if active and _is_dummy(active[-1]) else 0)
@@ -860,8 +969,10 @@ def _wrap_handle_responses(orig: Callable) -> Callable:
 def _wrap_cancel(where: str) -> Callable[[Callable], Callable]:
     def make(orig: Callable) -> Callable:
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            out = orig(self, *args, **kwargs)
             live = _recording(self, create=False)
+            # The ids asked to cancel, read before the handler clears them.
+            asked = _ids_of(getattr(self, "canceled_req_ids", None)) if live is not None else set()
+            out = orig(self, *args, **kwargs)
             if live is not None:
                 st = live[0]
                 try:
@@ -870,6 +981,9 @@ def _wrap_cancel(where: str) -> Callable[[Callable], Callable]:
                     leaving = [f[0] for f in st.deferred]
                     st.deferred += [(rid, _reason(req) or "abort", _output_tokens(st, rid, req))
                                     for rid, req in _gone(self, st, leaving)]
+                    # 2026 also drops cancelled requests from the waiting queue.
+                    if asked:
+                        _forget_unactivated(self, st, asked)
                 except Exception as exc:  # noqa: BLE001
                     _guard.failed(f"PyExecutor.{where}", exc)
             return out
@@ -898,6 +1012,11 @@ def _wrap_handle_errors(orig: Callable) -> Callable:
                         st.deferred = []
                         _flush(st, rec, time.monotonic_ns(), [f[0] for f in finishes])
                         _finish(st, rec, finishes)
+                    # 2026 fails a request that does not pass validation with
+                    # requests=[it] before it ever becomes active.
+                    named = kwargs.get("requests")
+                    if named:
+                        _forget_unactivated(self, st, [int(r.py_request_id) for r in named])
                 except Exception as exc:  # noqa: BLE001
                     _guard.failed("PyExecutor._handle_errors", exc)
 

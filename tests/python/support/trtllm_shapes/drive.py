@@ -11,7 +11,10 @@ KV-cache estimation does, a first executor runs a few dummy requests with
 workload (enqueue_request from this thread, the loop in its worker thread).
 
 stdout carries the engine's outputs per client (tokens and finish reasons),
-so a traced and an untraced run can be compared byte for byte.
+so a traced and an untraced run can be compared byte for byte. OUT.json also
+holds, when tracing is on, what the adapter still keeps for the executor at
+the end (request ids it holds arrival times or traced state for), so tests
+can check that state stays bounded.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def requests_of(spec: dict, ExecutorRequest: Any) -> list[Any]:
         req.fake_arrive_iter = r.get("arrive_iter", 0)
         req.fake_stop_at = r.get("stop_at")
         req.fake_cached_prefix = r.get("cached_prefix", 0)
+        req.fake_invalid = bool(r.get("invalid"))
         out.append(req)
     return out
 
@@ -45,7 +49,8 @@ def main() -> None:
     from tensorrt_llm._torch.pyexecutor.llm_request import ExecutorRequest
     from tensorrt_llm._torch.pyexecutor.py_executor import Distributed, PyExecutor
 
-    common = dict(dist=Distributed(rank=spec.get("rank", 0), tp_size=spec.get("tp_size", 1)),
+    common = dict(dist=Distributed(rank=spec.get("rank", 0), tp_size=spec.get("tp_size", 1),
+                                   pp_size=spec.get("pp_size", 1)),
                   disable_overlap_scheduler=not spec.get("overlap", False),
                   max_batch_size=spec.get("max_batch_size", 8), max_num_tokens=spec.get("max_num_tokens", 64),
                   chunk_size=spec.get("chunk_size", 16), stream_interval=spec.get("stream_interval", 1),
@@ -62,10 +67,15 @@ def main() -> None:
 
     ex = PyExecutor(**common, pause_plan={int(k): v for k, v in spec.get("pause", {}).items()},
                     cancel_plan={int(k): v for k, v in spec.get("cancel", {}).items()},
-                    fail_plan=spec.get("fail_iters", []))
+                    fail_plan=spec.get("fail_iters", []), max_num_active_requests=spec.get("max_active"),
+                    max_draft_len=spec.get("draft_k", 0))
     clients: dict[int, list[int]] = {}
-    for req in requests_of(spec, ExecutorRequest):
-        rid = ex.enqueue_request(req)
+    workload = requests_of(spec, ExecutorRequest)
+    if spec.get("batch_enqueue"):
+        rids = ex.enqueue_requests(workload)  # the LLM API's batch path
+    else:
+        rids = [ex.enqueue_request(req) for req in workload]
+    for req, rid in zip(workload, rids):
         # n > 1 exists in the 2026 layout only (children get the ids after the parent's)
         n = req.num_return_sequences if tensorrt_llm.LAYOUT == "2026" else 1
         clients[req.client_id] = list(range(rid, rid + n))
@@ -82,8 +92,19 @@ def main() -> None:
     with open(sys.argv[2], "w") as f:
         json.dump(dict(clients=clients, rid_client=rid_client, launches=ex.fake_launches,
                        tokens=ex.sampler.log, finishes=ex.fake_finishes, enqueued_ns=ex.fake_enqueued_ns,
-                       delivered_ns=ex.fake_delivered_ns,
-                       responses={str(k): len(v) for k, v in ex.responses.items()}), f)
+                       delivered_ns=ex.fake_delivered_ns, dropped=ex.fake_dropped,
+                       responses={str(k): len(v) for k, v in ex.responses.items()},
+                       adapter=adapter_state(ex)), f)
+
+
+def adapter_state(ex: Any) -> dict | None:
+    """What toktrace's TensorRT-LLM adapter still holds for this executor once
+    the workload is over (None when it does not trace it)."""
+    st = ex.__dict__.get("_toktrace")
+    if st is None:
+        return None
+    return dict(enqueued=sorted(st.enqueued), reqs=sorted(st.reqs), pending=len(st.pending),
+                deferred=[f[0] for f in st.deferred])
 
 
 if __name__ == "__main__":

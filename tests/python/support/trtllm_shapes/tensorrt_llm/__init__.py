@@ -16,6 +16,13 @@ objects it passes around, as read in the published source:
   at 00026bd121addd9ee5650a7da9fee6b57db79a6f and the late-2025 TorchSampler
   logprob layout (top-K first, the sampled token added after it).
 
+Re-checked on 2026-12-07 against ``py_executor.py`` at 0004396 (and
+9521caf4 for 2025), which added to the stand-in: ``enqueue_requests``
+queueing the batch itself; requests waiting for room among the active ones
+(``max_num_active_requests``), cancelled while waiting (2026) or failing
+validation at activation (2026); drafter tokens padded for CUDA graphs; the
+pipeline-parallel loop as rank 0 runs it.
+
 Only the method names, their order within an iteration, their signatures and
 the fields the adapter reads are mirrored; the bodies are written here from
 scratch and do no model work (tokens and logprobs come from a deterministic

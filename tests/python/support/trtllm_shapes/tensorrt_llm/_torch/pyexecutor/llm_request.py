@@ -224,6 +224,15 @@ class LlmRequest(_BindingsLlmRequest):
         self.py_max_new_tokens = self.max_new_tokens
         self.py_end_id = self.end_id
         self.py_draft_tokens: list[int] = []
+        self.py_last_draft_tokens: list[int] | None = None
+        self.py_draft_pages_allocated = 0
+        self.py_num_accepted_draft_tokens = 0
+        if LAYOUT == "2026":
+            # The real count of draft tokens installed for the step, recorded by
+            # Drafter.pad_draft_tokens_for_cuda_graph before it pads
+            # py_draft_tokens with zeros (llm_request.py at 002f3cc3); the
+            # mid-2025 revision has no such field.
+            self.py_draft_tokens_effective_len: int | None = None
         self.py_last_context_chunk = (None, None)
         self.py_decoding_iter = 0
         self.py_return_log_probs = self.return_log_probs
@@ -236,6 +245,11 @@ class LlmRequest(_BindingsLlmRequest):
         # Scaffolding: what the stand-in model does for this request.
         self.fake_stop_at: int | None = None
         self.fake_cached_prefix = 0
+        # Scaffolding: draft tokens the stand-in drafter really proposed for
+        # the step being launched (py_draft_tokens may hold zeros after them).
+        self.fake_real_draft_len = 0
+        # Scaffolding: the request fails PyExecutor's validation at activation.
+        self.fake_invalid = False
 
     def finish_by(self, reason: FinishReason, beam: int) -> None:
         """The TorchSampler's way of finishing a request (END_ID, STOP_WORDS, LENGTH)."""
@@ -300,6 +314,7 @@ class ExecutorRequest:
         self.fake_arrive_iter = 0
         self.fake_stop_at: int | None = None
         self.fake_cached_prefix = 0
+        self.fake_invalid = False
 
 
 def executor_request_to_llm_request(req_id: int, executor_request: ExecutorRequest,
@@ -314,6 +329,7 @@ def executor_request_to_llm_request(req_id: int, executor_request: ExecutorReque
         is_streaming=executor_request.streaming, return_log_probs=executor_request.return_log_probs)
     req.fake_stop_at = executor_request.fake_stop_at
     req.fake_cached_prefix = executor_request.fake_cached_prefix
+    req.fake_invalid = executor_request.fake_invalid
     for child_id in child_req_ids:
         req.create_child_request(child_id)
     return req

@@ -43,6 +43,13 @@ class SampleState:
     requests: list[LlmRequest] | None = None
     scheduled_requests: Any = None
     host: list[tuple[LlmRequest, int, Any]] = dataclasses.field(default_factory=list)
+    sampler_event: Any = None
+    runtime_draft_len: int = 0
+    # Scaffolding for pipeline parallelism, where rank 0 does not sample: the
+    # launch that computed the batch, and (2025, whose SampleState lists the
+    # whole batch) the requests the last pipeline rank samples.
+    fake_launch: int | None = None
+    fake_sampling: list[LlmRequest] | None = None
 
 
 def candidates(rid: int, pos: int) -> list[tuple[int, float]]:
@@ -89,19 +96,27 @@ class FakeSampler:
     def sample_async(self, scheduled_requests: Any, outputs: dict,
                      num_context_logits_prefix_sum: Any = None) -> SampleState:
         launch = outputs["fake_launch"]  # scaffolding: which forward produced these logits
+        batch = list(scheduled_requests.context_requests) + list(scheduled_requests.generation_requests)
+        # Only the last context chunk samples.
+        sampling = [req for req in batch
+                    if not (req.state == LlmRequestState.CONTEXT_INIT and not req.is_last_context_chunk)]
+        host = self.sample_requests(sampling, launch)
+        if LAYOUT == "2026":
+            return SampleState(requests=[h[0] for h in host], host=host)
+        return SampleState(scheduled_requests=scheduled_requests, host=host)
+
+    def sample_requests(self, requests: list[LlmRequest], launch: int | None) -> list[tuple[LlmRequest, int, Any]]:
+        """The stand-in model's next token for each request (its host results).
+        Also what the last pipeline rank sends back under pipeline parallelism."""
         host = []
-        for req in list(scheduled_requests.context_requests) + list(scheduled_requests.generation_requests):
-            if req.state == LlmRequestState.CONTEXT_INIT and not req.is_last_context_chunk:
-                continue  # only the last context chunk samples
+        for req in requests:
             rid = req.py_request_id
             pending = self.inflight.get(rid, 0)
             pos = req.get_num_tokens(0) - req.orig_prompt_len + pending
             token, lp, rank, cands = sample(req, pos)
             host.append((req, launch, (token, lp, rank, cands)))
             self.inflight[rid] = pending + 1
-        if LAYOUT == "2026":
-            return SampleState(requests=[h[0] for h in host], host=host)
-        return SampleState(scheduled_requests=scheduled_requests, host=host)
+        return host
 
     def update_requests(self, state: SampleState, resource_manager: Any = None) -> None:
         for req, launch, (token, lp, rank, cands) in state.host:
@@ -122,6 +137,9 @@ class FakeSampler:
                 rank=rank if req.py_return_log_probs and not req.py_logprobs_simple_format else None,
                 top=[list(c) for c in cands[:k]]))
             req.py_decoding_iter += 1
+            # The stand-in model accepts no draft token (one token per step), so
+            # speculation changes the work launched but not the tokens added.
+            req.py_num_accepted_draft_tokens = 0
             if token == req.py_end_id:
                 req.finish_by(FinishReason.END_ID, 0)
             elif req.get_num_tokens(0) - req.orig_prompt_len >= req.py_max_new_tokens:

@@ -71,7 +71,9 @@ ScheduledRequests: Any = _ScheduledRequests2026 if LAYOUT == "2026" else _Schedu
 class FakeScheduler:
     """FCFS over the active requests within a token budget; context requests
     are chunked. Which generation requests the capacity scheduler pauses is
-    scaffolding (``pause_plan``: iteration -> client ids), so tests choose it."""
+    scaffolding (``pause_plan``: iteration -> client ids), so tests choose it.
+    Requests in ``inflight_req_ids`` (pipeline micro-batches in flight) are
+    skipped, as the C++ schedulers do."""
 
     def __init__(self, max_batch_size: int, max_num_tokens: int, chunk_size: int,
                  pause_plan: dict[int, list[int]]) -> None:
@@ -90,13 +92,18 @@ class FakeScheduler:
         for req in active_requests:
             if len(ctx) + len(gen) >= self.max_batch_size:
                 break
+            if req.request_id in inflight_req_ids:
+                # Still in a pipeline micro-batch whose tokens have not come
+                # back: the capacity scheduler skips in-flight ids.
+                continue
             if req.state == LlmRequestState.GENERATION_IN_PROGRESS:
                 if req.py_client_id in pause and not req.is_child:
                     paused.append(req)
                     continue
-                if budget >= 1:
+                cost = 1 + len(req.py_draft_tokens or ())  # one token plus the draft tokens it verifies
+                if budget >= cost:
                     gen.append(req)
-                    budget -= 1
+                    budget -= cost
             elif req.state == LlmRequestState.CONTEXT_INIT and budget > 0:
                 chunk = min(req.context_remaining_length, self.chunk_size, budget)
                 req.context_chunk_size = chunk
