@@ -102,21 +102,29 @@ def interference() -> dict:
     llm = LLM(**engine_kwargs(enable_chunked_prefill=False, max_model_len=4096,
                               max_num_batched_tokens=4096))
     engine = llm.llm_engine
+    # The decodes must still be running when the long prompt's prefill is
+    # scheduled. The engine core runs in its own process, ahead of this loop
+    # by however many steps the machine's load lets it, so the long prompt
+    # goes in once this side has seen 10 tokens of every decode, and each
+    # decode runs 150 tokens whatever the model says (greedy, the tiny model
+    # stops some of them by EOS after ~45 on some releases).
     for i in range(4):
         engine.add_request(f"decode-{i}", text(8, offset=i),
-                           SamplingParams(max_tokens=60, temperature=0.0, logprobs=1))
+                           SamplingParams(max_tokens=150, temperature=0.0, logprobs=1, ignore_eos=True))
     finished = {}
+    seen: dict[str, int] = {}
     steps = 0
     long_added = False
     while engine.has_unfinished_requests() or not long_added:
-        if steps == 15 and not long_added:
+        if not long_added and len(seen) == 4 and min(seen.values()) >= 10:
             engine.add_request("long-prompt", text(3000), SamplingParams(max_tokens=4, temperature=0.0))
             long_added = True
         for ro in engine.step():
+            seen[ro.request_id] = len(ro.outputs[0].token_ids)
             if ro.finished:
                 finished[ro.request_id] = ro
         steps += 1
-        if steps > 500:
+        if steps > 1000:
             raise RuntimeError("interference scenario did not finish")
     return dump_outputs(finished.values(), {"steps": steps})
 
