@@ -50,6 +50,23 @@ from vllm.v1.worker.worker_base import WorkerBase
 # The last worker made in this process, for the runner to dump.
 WORKERS: list["StandinWorker"] = []
 
+# Benchmark switches (benches/vllm_insitu.py). RECORD off keeps no per-step
+# record (it grows with the run and its dicts are not vLLM's work).
+# EVICT_BYTES > 0: each forward pass writes one byte per cache line of a
+# buffer that size, so vLLM's Python work after it starts on the caches a
+# real forward pass leaves (set it to the last-level cache's size).
+RECORD = True
+EVICT_BYTES = 0
+_evict_buf: np.ndarray | None = None
+
+
+def _evict_caches() -> None:
+    global _evict_buf
+    if _evict_buf is None or _evict_buf.size != EVICT_BYTES:
+        _evict_buf = np.zeros(EVICT_BYTES, dtype=np.uint8)
+    lines = _evict_buf[::64]
+    lines += 1
+
 EOS_ARG = "harness_eos_at"
 
 
@@ -325,7 +342,10 @@ class StandinWorker(WorkerBase):
             "preempted": sorted(so.preempted_req_ids or ()),
             "finished": sorted(so.finished_req_ids),
         }
-        self.record["steps"].append(rec)
+        if RECORD:
+            self.record["steps"].append(rec)
+        if EVICT_BYTES:
+            _evict_caches()
         if not so.num_scheduled_tokens:
             rec["rows"] = []
             return EMPTY_MODEL_RUNNER_OUTPUT
@@ -361,6 +381,8 @@ class StandinWorker(WorkerBase):
                 continue
             sampled.append([tok])
             st.num_tokens = seq_len + 1
+            if not RECORD:
+                continue
             t: dict[str, Any] = {"req": r, "row": i, "pos": seq_len, "index": seq_len - st.prompt_len,
                                  "token": tok}
             if st.logprobs is not None:
