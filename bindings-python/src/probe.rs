@@ -158,7 +158,7 @@ impl NativeProbe {
     #[new]
     #[pyo3(signature = (dir, role="main", capture="tokens", top_k_cap=20, ring_slots=65536,
                         ring_bytes=256<<20, segment_bytes=64<<20, disk_budget_bytes=4<<30,
-                        fsync="close", max_requests=crate::intern::MAX_KEYS))]
+                        fsync="close", max_requests=crate::intern::MAX_KEYS, flush_ms=2))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dir: &str,
@@ -171,6 +171,7 @@ impl NativeProbe {
         disk_budget_bytes: u64,
         fsync: &str,
         max_requests: usize,
+        flush_ms: u64,
     ) -> PyResult<Self> {
         let capture = CaptureLevel::parse(capture).ok_or_else(|| {
             PyValueError::new_err(format!(
@@ -187,6 +188,11 @@ impl NativeProbe {
                 "ring and segment sizes must be positive",
             ));
         }
+        if !(1..=60_000).contains(&flush_ms) {
+            return Err(PyValueError::new_err(format!(
+                "flush_ms must be 1-60000, not {flush_ms}"
+            )));
+        }
         let mut config = ProbeConfig::new(dir);
         config.writer.role = role.to_owned();
         config.writer.segment_bytes = segment_bytes;
@@ -194,6 +200,7 @@ impl NativeProbe {
         config.writer.fsync = fsync;
         config.ring_slots = ring_slots;
         config.ring_bytes = ring_bytes;
+        config.idle_wait = std::time::Duration::from_millis(flush_ms);
         Ok(NativeProbe {
             config,
             capture,

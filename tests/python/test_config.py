@@ -22,12 +22,13 @@ def test_defaults_and_values():
             "TOKTRACE_SEGMENT_BYTES": "1MiB",
             "TOKTRACE_DISK_BUDGET": "2G",
             "TOKTRACE_FSYNC": "100ms",
+            "TOKTRACE_FLUSH_MS": "50",
             "TOKTRACE_ROLE": "frontend",
         }
     )
     assert cfg == Config(
         dir="/t", capture="metadata", top_k_cap=5, ring_slots=1024, ring_bytes=64 << 20,
-        segment_bytes=1 << 20, disk_budget_bytes=2 << 30, fsync="100ms", role="frontend",
+        segment_bytes=1 << 20, disk_budget_bytes=2 << 30, fsync="100ms", flush_ms=50, role="frontend",
     )
 
 
@@ -47,6 +48,9 @@ def test_tensorrt_llm_spelling_reaches_mpi_workers():
         ("TOKTRACE_RING_BYTES", "lots"),
         ("TOKTRACE_RING_SLOTS", "0"),
         ("TOKTRACE_FSYNC", "sometimes"),
+        ("TOKTRACE_FLUSH_MS", "0"),
+        ("TOKTRACE_FLUSH_MS", "soon"),
+        ("TOKTRACE_FLUSH_MS", "60001"),
     ],
 )
 def test_bad_values_name_the_variable(name, value):
@@ -59,3 +63,18 @@ def test_sizes():
     assert parse_size("X", "4096") == 4096
     assert parse_size("X", "4k") == 4096
     assert parse_size("X", "3 GiB") == 3 << 30
+
+
+def test_flush_interval_reaches_the_probe(tmp_path):
+    """A long interval does not hold records back from an explicit flush
+    (which wakes the drain), and an interval out of range is refused."""
+    from toktrace._native import NativeProbe
+
+    probe = NativeProbe(str(tmp_path), flush_ms=60_000)
+    probe.record_arrivals([("r1", None, None, 3, None, None, None, None, None, None, None)])
+    assert probe.flush(30.0)
+    segments = list(tmp_path.rglob("*.tt*")) or [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert segments and sum(p.stat().st_size for p in segments) > 0
+    assert probe.shutdown(30.0)
+    with pytest.raises(ValueError, match="flush_ms"):
+        NativeProbe(str(tmp_path), flush_ms=0)

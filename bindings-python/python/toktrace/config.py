@@ -33,6 +33,7 @@ class Config:
     segment_bytes: int = 64 << 20
     disk_budget_bytes: int = 4 << 30
     fsync: str = "close"
+    flush_ms: int = 2
     role: str | None = None
     adapters: str = ""
 
@@ -95,6 +96,14 @@ def from_env(env: Mapping[str, str] | None = None) -> Config | None:
         if policy not in ("never", "close", "always") and not re.fullmatch(r"\d+ms", policy):
             raise ConfigError(f"{v[0]}={v[1]!r}: expected never, close, always or <N>ms")
         kwargs["fsync"] = policy
+    if (v := _get(env, "FLUSH_MS")) is not None:
+        try:
+            ms = int(v[1])
+        except ValueError:
+            raise ConfigError(f"{v[0]}={v[1]!r}: expected whole milliseconds (1-60000)") from None
+        if not 1 <= ms <= 60_000:
+            raise ConfigError(f"{v[0]}={v[1]!r}: expected 1-60000")
+        kwargs["flush_ms"] = ms
     if (v := _get(env, "ROLE")) is not None:
         kwargs["role"] = v[1]
     if (v := _get(env, "ADAPTERS")) is not None:

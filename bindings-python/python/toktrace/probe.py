@@ -52,6 +52,7 @@ class Recorder:
             segment_bytes=cfg.segment_bytes,
             disk_budget_bytes=cfg.disk_budget_bytes,
             fsync=cfg.fsync,
+            flush_ms=cfg.flush_ms,
         )
         self.errors = 0
         # where -> [count, first error]: what the trace's error record holds.
