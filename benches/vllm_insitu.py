@@ -6,11 +6,11 @@ processor, with only the model stood in, so vLLM's own Python work is the
 whole step, as on a GPU server whose small model's forward pass is short
 next to it. Async scheduling is on (what GPU servers run).
 
-Each round runs one process per mode, in rotating order:
+Three modes, each round running each once, in rotating order:
 
-  off       toktrace installed, TOKTRACE_DIR unset (nothing patched)
-  toktrace  TOKTRACE_DIR set: the vLLM adapter's hooks in the engine core
-            and in the output processor, the native probe, its drain thread
+  off       no tracing
+  toktrace  the vLLM adapter's hooks in the engine core and in the output
+            processor, the native probe, its drain thread
   otel      no toktrace; the same hook point (Scheduler.update_from_output)
             hands the same data to the OpenTelemetry Python SDK that vLLM
             itself depends on: one span per step, one event per token with
@@ -19,7 +19,15 @@ Each round runs one process per mode, in rotating order:
             drops the spans, so only the SDK's in-process cost is counted
             (in the SDK's favour: a real OTLP exporter serialises them too).
 
-and each process runs every configuration: batch 32, 128, 256; top-5
+By default (--method paired) one process holds all three and switches per
+run: "off" is toktrace's recorder disabled (its wrappers return at once, a
+microsecond or two a step) with the SDK hook's flag down; its drain thread
+stays (idle, it wakes every TOKTRACE_FLUSH_MS). Processes differ from one
+another by about a tenth of a step here (memory layout, where the scheduler
+puts them), which --method processes (one process per mode and round:
+TOKTRACE_DIR unset, nothing patched, for "off") adds to the noise.
+
+Every configuration is run: batch 32, 128, 256; top-5
 logprobs for every request or for none; caches warm or evicted before each
 step (the stand-in writes one byte per cache line of a last-level-cache-
 sized buffer in its forward pass). Per pure-decode step of the full batch,
@@ -99,6 +107,10 @@ def install_clock(engine: Any, clock: StepClock) -> None:
     client.get_output = clock.timed("core", client.get_output)
 
 
+class OtelSwitch:
+    on = True
+
+
 def install_otel(sched_cls: Any) -> Any:
     """The peer: the SDK fed from the same hook point toktrace's step record uses."""
     from opentelemetry.sdk.trace import SpanLimits, TracerProvider
@@ -118,6 +130,8 @@ def install_otel(sched_cls: Any) -> Any:
 
     def update_from_output(self: Any, scheduler_output: Any, model_runner_output: Any) -> Any:
         out = orig(self, scheduler_output, model_runner_output)
+        if not OtelSwitch.on:
+            return out
         with tracer.start_as_current_span("llm_step") as span:
             span.set_attribute("vllm.step", next(steps))
             span.set_attribute("vllm.batch_size", len(scheduler_output.num_scheduled_tokens))
@@ -140,7 +154,7 @@ def install_otel(sched_cls: Any) -> Any:
     return provider
 
 
-def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path: str) -> int:
+def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path: str, pairs: int = 0) -> int:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["TOKTRACE_VLLM_HARNESS"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -150,7 +164,7 @@ def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path
 
     harness.ensure_platform_plugin()
     provider = None
-    if mode == "otel":
+    if mode in ("otel", "paired"):
         from vllm.v1.core.sched import scheduler
 
         provider = install_otel(scheduler.Scheduler)
@@ -165,7 +179,7 @@ def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path
     llm = harness.make_engine(True, max_num_seqs=top, max_num_batched_tokens=max(2048, top * 32),
                               num_gpu_blocks_override=blocks)
     engine = llm.llm_engine
-    traced = mode == "toktrace"
+    traced = mode in ("toktrace", "paired")
     if traced:
         import toktrace
 
@@ -198,6 +212,34 @@ def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path
         return cols
 
     configs = [(b, lp, c) for b in batches for lp in LOGPROBS for c in CACHES]
+    if mode == "paired":
+        rec = toktrace.recorder()
+
+        def set_mode(m: str) -> None:
+            rec.enabled = m == "toktrace"
+            OtelSwitch.on = m == "otel"
+
+        set_mode("toktrace")
+        one_run(batches[0], 5, "warm")
+        set_mode("otel")
+        one_run(batches[0], 5, "warm")
+        rounds: list[dict[str, Any]] = [{m: {"configs": []} for m in MODES} for _ in range(pairs)]
+        for b, lp, c in configs:
+            for r in range(pairs):
+                for m in MODES[r % 3:] + MODES[:r % 3]:
+                    set_mode(m)
+                    rounds[r][m]["configs"].append({"batch": b, "logprobs": lp, "cache": c, **one_run(b, lp, c)})
+        set_mode("toktrace")
+        doc = {"mode": mode, "rounds": rounds}
+        from toktrace.adapters.vllm import v0_32 as adapter
+
+        doc["adapter_cost"] = adapter.cost()
+        if provider is not None:
+            provider.shutdown()
+        with open(out_path, "w") as f:
+            json.dump(doc, f)
+        return 0
+    OtelSwitch.on = True
     one_run(batches[0], 5, "warm")  # warm-up: first-use costs, not counted
     results = []
     for b, lp, c in configs:
@@ -302,19 +344,37 @@ def main() -> int:
     ap.add_argument("--batches", default="32,128,256", help="comma-separated batch sizes")
     ap.add_argument("--tokens", type=int, default=40, help="output tokens per request")
     ap.add_argument("--json", help="write the rounds' summary here")
-    ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--method", choices=("paired", "processes"), default="paired",
+                    help="paired (default): one process, tracing switched per run (toktrace's "
+                         "recorder.enabled, the SDK hook's flag), off/toktrace/SDK runs interleaved, so "
+                         "the rounds are paired within one process; processes: one process per mode and "
+                         "round (what differs between processes, a tenth of a step here, then adds to the noise)")
+    ap.add_argument("--child", choices=(*MODES, "paired"), help=argparse.SUPPRESS)
     ap.add_argument("--evict-bytes", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.child:
-        return child(args.child, batches, args.tokens, args.evict_bytes, args.out)
+        return child(args.child, batches, args.tokens, args.evict_bytes, args.out, args.rounds)
 
     evict = llc_bytes()
     rounds: list[dict[str, dict[str, Any]]] = []
     adapter_costs = []
     with tempfile.TemporaryDirectory(prefix="toktrace-insitu-") as tmp:
-        for rnd in range(args.rounds):
+        if args.method == "paired":
+            out = Path(tmp) / "paired.json"
+            env = dict(os.environ, TOKTRACE_DIR=str(Path(tmp) / "trace"))
+            cmd = [sys.executable, __file__, "--child", "paired", "--rounds", str(args.rounds), "--batches",
+                   args.batches, "--tokens", str(args.tokens), "--evict-bytes", str(evict), "--out", str(out)]
+            t0 = time.monotonic()
+            proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"paired process failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            doc = json.loads(out.read_text())
+            rounds = doc["rounds"]
+            adapter_costs.append(doc.get("adapter_cost"))
+            print(f"{args.rounds} paired rounds took {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        for rnd in range(args.rounds if args.method == "processes" else 0):
             order = MODES[rnd % 3:] + MODES[:rnd % 3]
             t0 = time.monotonic()
             got = {m: run_child(m, args, evict, Path(tmp), rnd) for m in order}
@@ -325,11 +385,12 @@ def main() -> int:
     rows = summarise(rounds)
     import vllm
 
-    print(f"vLLM {vllm.__version__}, Python {sys.version.split()[0]}, {args.rounds} rounds, "
+    print(f"vLLM {vllm.__version__}, Python {sys.version.split()[0]}, {args.rounds} rounds ({args.method}), "
           f"{args.tokens} tokens a request, cold = {evict >> 20} MiB evicted each step")
     print_table(rows)
     if args.json:
         doc = {"vllm_version": vllm.__version__, "python": sys.version.split()[0], "rounds": args.rounds,
+               "method": args.method,
                "tokens": args.tokens, "evict_bytes": evict, "rows": rows, "adapter_cost": adapter_costs}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)

@@ -158,7 +158,7 @@ impl NativeProbe {
     #[new]
     #[pyo3(signature = (dir, role="main", capture="tokens", top_k_cap=20, ring_slots=65536,
                         ring_bytes=256<<20, segment_bytes=64<<20, disk_budget_bytes=4<<30,
-                        fsync="close", max_requests=crate::intern::MAX_KEYS, flush_ms=2))]
+                        fsync="close", max_requests=crate::intern::MAX_KEYS, flush_ms=50))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dir: &str,

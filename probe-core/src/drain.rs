@@ -34,7 +34,10 @@ pub struct ProbeConfig {
     pub ring_slots: usize,
     /// Ring byte budget for the heap data queued records own.
     pub ring_bytes: usize,
-    /// How long the drain sleeps when the ring is empty.
+    /// How long the drain sleeps when the ring is empty: at most how long a
+    /// record waits in memory. Each wake-up is a context switch on a core the
+    /// engine may be using, so it is long (fewer than two dozen a second);
+    /// `Probe::wake` (request finishes), `flush` and shutdown cut it short.
     pub idle_wait: Duration,
     /// Back-off before retrying the disk after a failure.
     pub retry_after: Duration,
@@ -43,13 +46,13 @@ pub struct ProbeConfig {
 }
 
 impl ProbeConfig {
-    /// Defaults: 64k slots, 256 MiB ring, 2 ms idle wait, 1 s retry back-off.
+    /// Defaults: 64k slots, 256 MiB ring, 50 ms idle wait, 1 s retry back-off.
     pub fn new(root: impl Into<PathBuf>) -> ProbeConfig {
         ProbeConfig {
             writer: WriterConfig::new(root),
             ring_slots: 65_536,
             ring_bytes: 256 << 20,
-            idle_wait: Duration::from_millis(2),
+            idle_wait: Duration::from_millis(50),
             retry_after: Duration::from_secs(1),
             on_error: Arc::new(|msg| eprintln!("toktrace: {msg}")),
         }

@@ -1,13 +1,13 @@
 # What tracing adds to vLLM's own time per step (benches/vllm_insitu.py) in the scheduler-level harness, beside the OpenTelemetry SDK.
 # The in-situ goal of the performance page: per process (engine core,
 # frontend), batch 32/128/256, top-5 logprobs for all or none, caches warm
-# and evicted, tracing off / toktrace / the OTel SDK in interleaved
-# processes. One item per vLLM release and CPython: harness-X.Y.Z-py3.N.
+# and evicted, tracing off / toktrace / the OTel SDK in interleaved runs of one
+# process (--method paired). One item per vLLM release and CPython: harness-X.Y.Z-py3.N.
 
 SUITE_SOURCES=(benches/vllm_insitu.py tests/engines/vllm_harness scripts/setup-vllm-gpu-wheel.sh
                fixtures/vllm-gpu-wheel fixtures/tiny-llama)
 
-INSITU_ROUNDS="${INSITU_ROUNDS:-8}"
+INSITU_ROUNDS="${INSITU_ROUNDS:-10}"
 
 suite_items() {
     printf '%s\n' harness-0.34.0-py3.11

@@ -33,7 +33,7 @@ class Config:
     segment_bytes: int = 64 << 20
     disk_budget_bytes: int = 4 << 30
     fsync: str = "close"
-    flush_ms: int = 2
+    flush_ms: int = 50
     role: str | None = None
     adapters: str = ""
 
