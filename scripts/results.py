@@ -90,16 +90,20 @@ def insitu(results: list[dict]) -> str:
             f"{d['rounds']} rounds ({provenance(r)}):",
             "",
             "| batch | logprobs | caches | process | vLLM's own µs/step | toktrace adds µs (95 % CI) "
-            "| toktrace % | OTel SDK adds µs | OTel SDK % | SDK ÷ toktrace |",
-            "|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
+            "| toktrace % | of which in its hooks µs | OTel SDK adds µs | OTel SDK % | SDK ÷ toktrace |",
+            "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in d["rows"]:
             t, o = row["toktrace"], row["otel"]
             times = f"{o['added_us'] / t['added_us']:.0f}×" if t["added_us"] > 0 else "—"
+            hooks = f"{t['adapter_self_us']:.0f}" if "adapter_self_us" in t else ""
+            # The SDK peer hooks the engine core only.
+            peer = (f"| {o['added_us']:.0f} | {100 * o['ratio']:.0f} % | {times} |" if row["process"] == "engine core"
+                    else "| — | — | — |")
             lines.append(
                 f"| {row['batch']} | {'top-5' if row['logprobs'] else 'none'} | {row['cache']} | {row['process']} "
                 f"| {row['vllm_us']:.0f} | {t['added_us']:.1f} ({t['ci_us'][0]:.1f} … {t['ci_us'][1]:.1f}) "
-                f"| {100 * t['ratio']:.1f} % | {o['added_us']:.0f} | {100 * o['ratio']:.0f} % | {times} |")
+                f"| {100 * t['ratio']:.1f} % | {hooks} " + peer)
         lines.append("")
     lines.append("Per-thread CPU time per pure-decode step, median over steps, then the median over rounds of "
                  "each mode less tracing off in the same round (`scripts/extended.sh insitu-vllm`).")
