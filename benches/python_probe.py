@@ -180,7 +180,7 @@ def main() -> None:
     provider, tracer = make_otel()
     reads = direct_reads()
     print(f"objects read by: {reads['path']} ({reads['why']})")
-    rows = []
+    out_rows: list[dict] = []
 
     print(f"{'batch':>5} {'shape':>7} | {'noop ns/step':>12} | {'toktrace ns/step':>16} {'ns/token':>9} "
           f"{'median ns/tok':>13} {'over noop ns/tok':>16} | {'otel ns/step':>12} {'ns/token':>9} {'otel/toktrace':>13} | "
@@ -259,7 +259,7 @@ def main() -> None:
                   f"{t_probe_median*1e9/batch:>13.1f} {(t_probe-t_noop)*1e9/batch:>16.1f} | {t_otel*1e9:>12.0f} {t_otel*1e9/batch:>9.1f} "
                   f"{t_otel/t_probe:>13.0f}x | {t_events*1e9/batch:>15.1f} {t_events/t_probe:>14.0f}x")
             sys.stdout.flush()
-            rows.append({"batch": batch, "shape": shape, "noop_ns_per_step": t_noop * 1e9,
+            out_rows.append({"batch": batch, "shape": shape, "noop_ns_per_step": t_noop * 1e9,
                          "toktrace_ns_per_token": t_probe * 1e9 / batch,
                          "toktrace_median_ns_per_token": t_probe_median * 1e9 / batch,
                          "otel_attributes_ns_per_token": t_otel * 1e9 / batch,
@@ -288,7 +288,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"python": platform.python_version(), "objects_read_by": direct_reads(),
-                       "quick": args.quick, "runs": repeat, "rows": rows,
+                       "quick": args.quick, "runs": repeat, "rows": out_rows,
                        "pth_line_ns": t_line * 1e9}, f, indent=1)
 
 
