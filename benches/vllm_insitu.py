@@ -239,21 +239,15 @@ def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path
                         cols["adapter_self_ns"] = (adapter._cost[0] - before[0]) / steps
                     rounds[r][m]["configs"].append({"batch": b, "logprobs": lp, "cache": c, **cols})
         set_mode("toktrace")
-        doc = {"mode": mode, "rounds": rounds}
-
-        doc["adapter_cost"] = adapter.cost()
-        if provider is not None:
-            provider.shutdown()
-        with open(out_path, "w") as f:
-            json.dump(doc, f)
-        return 0
-    OtelSwitch.on = True
-    one_run(batches[0], 5, "warm")  # warm-up: first-use costs, not counted
-    results = []
-    for b, lp, c in configs:
-        cols = one_run(b, lp, c)
-        results.append({"batch": b, "logprobs": lp, "cache": c, **cols})
-    doc: dict[str, Any] = {"mode": mode, "configs": results}
+        doc: dict[str, Any] = {"mode": mode, "rounds": rounds}
+    else:
+        OtelSwitch.on = True
+        one_run(batches[0], 5, "warm")  # warm-up: first-use costs, not counted
+        results = []
+        for b, lp, c in configs:
+            cols = one_run(b, lp, c)
+            results.append({"batch": b, "logprobs": lp, "cache": c, **cols})
+        doc = {"mode": mode, "configs": results}
     if traced:
         from toktrace.adapters.vllm import v0_32 as adapter
 
