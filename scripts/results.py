@@ -132,6 +132,7 @@ def user_ab(results: list[dict]) -> str:
 TABLES: dict[str, Callable[[list[dict]], str]] = {
     "python-probe": python_probe,
     "compat-vllm": compat,
+    "compat-sglang": compat,
     "insitu-vllm": insitu,
     "user-ab-vllm": user_ab,
 }

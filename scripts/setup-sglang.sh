@@ -43,6 +43,7 @@ FIXTURE_REQS=(tokenizers transformers safetensors numpy requests pytest==9.2.0)
 SKIP=(
     "sglang-kernel: CUDA kernels (no CPU build on PyPI); tests use the stand-in in tests/engines/sgl_kernel_stub"
     "cuda-python: CUDA bindings, GPU only"
+    "cuda-tile: CUDA tile kernels (a placeholder that fetches its wheel from pypi.nvidia.com)"
     "flash-attn-4: CUDA attention kernels"
     "flashinfer-python: CUDA attention/sampling kernels"
     "humming-kernels: CUDA kernels"

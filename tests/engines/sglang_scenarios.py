@@ -25,7 +25,9 @@ interference  chunked prefill off; 4 requests decode, then a prompt of
 mixed-chunk   the same with chunked prefill and --enable-mixed-chunk: the long
               prompt's chunks share batches with the decoders (MIXED mode).
 retract       a KV pool of a few hundred tokens and more decode work than
-              fits, so the scheduler retracts (preempts) requests.
+              fits, so the scheduler retracts (preempts) requests; one more
+              request is aborted by its client while queued, and one is
+              rejected at admission (a priority while priority scheduling is off).
 """
 
 from __future__ import annotations
@@ -185,9 +187,11 @@ def retract() -> dict:
     # A pool of a few hundred tokens for 12 requests that each grow to ~120.
     # schedule_conservativeness near 0: SGLang admits requests as if they will
     # need almost no room to decode, then has to retract some when the pool fills.
+    # A request that names a priority while priority scheduling is off is
+    # rejected at admission (abort_on_priority_when_disabled).
     engine, start_s = make_engine(max_total_tokens=512, disable_radix_cache=True, chunked_prefill_size=128,
                                   max_prefill_tokens=128, disable_overlap_schedule=True,
-                                  schedule_conservativeness=0.01)
+                                  schedule_conservativeness=0.01, abort_on_priority_when_disabled=True)
     try:
         prompts = [text(20 + i, offset=i) for i in range(12)]
         ids = tokenize(prompts)
@@ -198,6 +202,14 @@ def retract() -> dict:
                   for i in range(12)]
         extra = tokenize([text(30, offset=5)])[0]
         aborted: dict = {}
+        rejected: dict = {}
+
+        async def reject() -> None:
+            try:
+                rejected["out"] = await engine.async_generate(
+                    input_ids=extra, sampling_params={"max_new_tokens": 8}, rid="rejected-0", priority=1)
+            except Exception as exc:  # noqa: BLE001 - how SGLang reports it is not the point
+                rejected["error"] = repr(exc)
 
         async def run() -> list:
             import asyncio
@@ -215,23 +227,32 @@ def retract() -> dict:
                 aborted["out"] = await late
             except Exception as exc:  # noqa: BLE001 - how SGLang reports it is not the point
                 aborted["error"] = repr(exc)
+            await reject()
             return await main
 
         outs = engine.loop.run_until_complete(run())
         reqs = dump(rids, ids, outs, params)
     finally:
         engine.shutdown()
-    out = aborted.get("out") or {}
+
+    def gone(rid: str, got: dict) -> dict:
+        out = got.get("out") or {}
+        return {"rid": rid, "prompt_tokens": len(extra),
+                "finish_reason": (out.get("meta_info") or {}).get("finish_reason"),
+                "output_ids": list(out.get("output_ids") or []), "error": got.get("error")}
+
     return {"requests": reqs, "start_s": start_s,
-            "aborted": {"rid": "aborted-0", "prompt_tokens": len(extra),
-                        "finish_reason": (out.get("meta_info") or {}).get("finish_reason"),
-                        "output_ids": list(out.get("output_ids") or []), "error": aborted.get("error")}}
+            "aborted": gone("aborted-0", aborted), "rejected": gone("rejected-0", rejected)}
 
 
 def data_parallel() -> dict:
     """Two data-parallel schedulers (``dp_size=2``) behind one tokenizer manager."""
-    # On a CPU with one NUMA node SGLang wants each rank's cores named.
-    os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "0|1")
+    # On a CPU with one NUMA node SGLang 0.5.19 on wants each rank's cores
+    # named; 0.5.13-0.5.18 fail with them named and bind by themselves.
+    from importlib.metadata import version
+
+    if tuple(int(x) for x in version("sglang").split(".")[:3]) >= (0, 5, 19):
+        os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "0|1")
     engine, start_s = make_engine(dp_size=2, max_total_tokens=8192)
     try:
         ids = tokenize([text(5 + 3 * i, offset=i) for i in range(10)])

@@ -237,7 +237,9 @@ def test_process_info_names_model_and_special_tokens(mixed):
     _, trace = mixed
     model = json.loads((MODEL / "config.json").read_text())
     info = trace.info
-    assert info["engine"] == "sglang" and info["engine_version"].startswith("0.5.23")
+    from importlib.metadata import version
+
+    assert info["engine"] == "sglang" and info["engine_version"] == version("sglang")
     assert info["role"] == "scheduler"
     special = info["special_tokens"]
     assert special["bos"] == model["bos_token_id"]
@@ -380,11 +382,15 @@ def test_retractions_are_recorded_and_tokens_still_match(retract):
     retracted = [trace.ids[k] for s in trace.steps for k in s["preempted"]]
     assert retracted, "no retraction happened: the KV pool was not small enough"
     check_tokens_match(out, trace, k=2)
-    # The request given up on while queued: an arrival, then an abort.
-    gone = out["aborted"]
-    assert trace.arrivals["aborted-0"]["prompt_tokens"] == gone["prompt_tokens"]
-    assert trace.finishes["aborted-0"]["reason"] == "Abort", trace.finishes["aborted-0"]
-    assert len(trace.tokens.get("aborted-0", [])) == len(gone["output_ids"])
+    # The request given up on while queued, and the one rejected at
+    # admission: each an arrival, then an abort, and no token SGLang did not give.
+    for key in ("aborted", "rejected"):
+        gone = out[key]
+        rid = gone["rid"]
+        assert trace.arrivals[rid]["prompt_tokens"] == gone["prompt_tokens"]
+        assert trace.finishes[rid]["reason"] == "Abort", trace.finishes[rid]
+        assert len(trace.tokens.get(rid, [])) == len(gone["output_ids"])
+    assert "priority" in str(out["rejected"]).lower(), out["rejected"]
     # A retracted request is prefilled again, its outputs so far included.
     for rid in set(retracted):
         prefill, cached, _ = trace.work(rid)
@@ -437,11 +443,18 @@ TRACEPARENT_HTTP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def _free_port() -> int:
+    """A free port below 55536: SGLang up to 0.5.20 derives a gRPC port as
+    port + 10000 and refuses to start when that passes 65535."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", random.randrange(20000, 55536)))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
 
 
 def _stream_completion(port: int, prompt: str, headers: dict | None = None) -> dict:
@@ -543,7 +556,24 @@ def test_serve_request_is_found_by_its_trace_id(served):
     assert all(t["emit_unix_ns"] is not None for t in toks)
 
 
-# ===== a version this toktrace does not know =====
+# ===== releases: what `toktrace doctor` says, and a version this toktrace does not know =====
+
+
+def test_doctor_says_this_release_is_traced_and_every_hook_point_is_there(tmp_path):
+    from importlib.metadata import version
+
+    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
+    env["TOKTRACE_DIR"] = str(tmp_path / "trace")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(STUB), env.get("PYTHONPATH")]))
+    env["SGLANG_USE_CPU_ENGINE"] = "1"
+    proc = subprocess.run([toktrace_cli(), "doctor", "--json"], env=env, capture_output=True, text=True,
+                          cwd="/")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    [sglang] = [e for e in report["engines"] if e["engine"] == "sglang"]
+    assert sglang["version"] == version("sglang") and sglang["traced"] and sglang["tested"]
+    assert sglang["hook_points"] and all(c["status"] == "ok" for c in sglang["hook_points"]), [
+        c for c in sglang["hook_points"] if c["status"] != "ok"]
 
 
 def test_unknown_version_is_reported_once_and_runs_untraced(tmp_path):
@@ -551,10 +581,10 @@ def test_unknown_version_is_reported_once_and_runs_untraced(tmp_path):
     # claiming another version, twice (as the .pth hook and a plugin might).
     code = (
         "import types, toktrace.activate as a\n"
-        "m = types.ModuleType('sglang'); m.__version__ = '0.5.22'\n"
+        "m = types.ModuleType('sglang'); m.__version__ = '0.5.12'\n"
         "print(a.apply(m, 'toktrace.adapters.sglang'), a.apply(m, 'toktrace.adapters.sglang'))\n"
         "import toktrace.adapters.sglang as s\n"
-        "print(s.layout_for('0.5.23'), s.layout_for('0.5.23.post1'), s.layout_for('0.6.0'))\n"
+        "print(s.layout_for('0.5.13'), s.layout_for('0.5.23.post1'), s.layout_for('0.6.0'))\n"
     )
     env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
     env["TOKTRACE_DIR"] = str(tmp_path / "trace")
@@ -565,7 +595,7 @@ def test_unknown_version_is_reported_once_and_runs_untraced(tmp_path):
     assert layouts == "toktrace.adapters.sglang.v0_5_23 toktrace.adapters.sglang.v0_5_23 None"
     warnings = [l for l in proc.stderr.splitlines() if l.startswith("toktrace:")]
     assert len(warnings) == 1, proc.stderr
-    assert "SGLang 0.5.22" in warnings[0] and "untraced" in warnings[0]
+    assert "SGLang 0.5.12" in warnings[0] and "untraced" in warnings[0]
 
 
 def test_plugin_entry_point_activates_without_the_pth_hook(tmp_path):

@@ -9,8 +9,9 @@ so ranges are keyed by full versions, not by major.minor. An
 unknown version raises AdapterError, so activation prints one warning and
 SGLang runs untraced.
 
-Verified against real SGLang (PyPI ``sglang``, run on the CPU) — see the
-README's compatibility table for exactly what was run.
+Every release in range is proven on real SGLang (PyPI ``sglang``, run on
+the CPU) — see the compatibility table (docs, generated from
+``scripts/extended.sh compat-sglang`` results) for what was run on each.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from types import ModuleType
 from toktrace.adapters import _common as C
 from toktrace.adapters._common import AdapterError
 
-# (first, last) version, both included -> layout module.
+# (first, last) version, both included -> layout module. 0.5.13 through
+# 0.5.23 share the internals the adapter reads, up to shims named in the
+# layout. 0.5.12 and older keep logprobs on ``Req`` and have no output
+# streamer; 0.5.10 and older hand outputs to the client synchronously.
 LAYOUTS: list[tuple[C.Version, C.Version, str]] = [
-    ((0, 5, 23), (0, 5, 23), "toktrace.adapters.sglang.v0_5_23"),
+    ((0, 5, 13), (0, 5, 23), "toktrace.adapters.sglang.v0_5_23"),
 ]
 
 

@@ -1,4 +1,15 @@
-"""SGLang 0.5.23: every hook point and object field toktrace reads.
+"""SGLang 0.5.13 through 0.5.23: every hook point and object field toktrace reads.
+
+Written against 0.5.23; the releases back to 0.5.13 differ at two places,
+each a shim below named by the release that changed it (read in each
+release's wheel, proven by the compatibility suite on each):
+- the ranks: on ``Scheduler.ps`` up to 0.5.20; ``runtime_context.get_parallel()``
+  from 0.5.21 (0.5.14–0.5.20 have it too, but without the DP rank);
+- a request leaving before it ran (client abort while queued, queue limit,
+  priority rejection, waiting timeout): ``_release_aborted_request`` sees
+  every one from 0.5.21; before, no single method does (0.5.20 has it, but
+  admission rejections bypass it), so the abort sent to the tokenizer for
+  that request (``SenderWrapper.send_output(AbortReq, req)``) is the hook.
 
 Scheduler process (``sglang::scheduler…``, spawned; one per TP × PP [× DP]
 rank). Only the scheduler that talks to the tokenizer records: pp_rank 0,
@@ -6,8 +17,10 @@ attn_tp_rank 0, attn_cp_rank 0 — one per DP group, tagged with its DP rank.
 - ``Scheduler.__init__``: process info (model, special tokens, loop kind).
 - ``Scheduler._add_request_to_queue``: arrival (rid, prompt length, sampling
   parameters, requested top-K); a retracted request coming back is not one.
-- ``Scheduler._release_aborted_request``: a request aborted before it ran
-  (client gone while queued, queue limit): its finish.
+- ``Scheduler._release_aborted_request`` (0.5.21 on; before,
+  ``SenderWrapper.send_output`` of an ``AbortReq``): a request aborted before
+  it ran (client gone while queued, queue limit, priority rejection): its
+  finish.
 - ``Scheduler.run_batch``: the moment a batch is launched (a step's *enter*)
   and its composition, read from the ``ScheduleBatch`` as launched: forward
   mode, per row ``extend_lens``/``prefix_lens`` (chunked prefill counts per
@@ -26,7 +39,8 @@ attn_tp_rank 0, attn_cp_rank 0 — one per DP group, tagged with its DP rank.
   Taken there rather than when ``process_batch_result`` returns, because the
   frontend may already have the tokens by then (it runs in another process).
 - ``ScheduleBatch.retract_decode``: preemption (its first return value is the
-  retracted requests; they keep their outputs and are prefilled again).
+  retracted requests; they keep their outputs and are prefilled again), and
+  the finish of the requests it aborts instead (its third value).
 
 Frontend process (``TokenizerManager``: the HTTP server's, or the caller's
 with ``sglang.Engine``):
@@ -79,14 +93,36 @@ def cost() -> dict[str, float]:
     return C.cost_report(_cost)
 
 
+def _before_0_5_21(version: str) -> bool:
+    """Ranks on ``Scheduler.ps``; no single hook for requests leaving unrun."""
+    return (C.parse_version(version) or (0, 0, 0)) < (0, 5, 21)
+
+
+# Set by install(): 0.5.13–0.5.20 (ranks on Scheduler.ps; unrun aborts seen at send_output).
+_pre_0_5_21 = False
+
+SCHEDULER_METHODS = ("__init__", "run_batch", "process_batch_result", "_add_request_to_queue",
+                     "event_loop_normal", "event_loop_overlap")
+
+
 def hook_points(version: str) -> list[C.HookPoint]:
     """Everything this layout patches or reads, for the structural check
     (``toktrace doctor``, and releases not tested)."""
+    if _before_0_5_21(version):
+        release_specific = [
+            C.HookPoint("sglang.srt.managers.scheduler", "Scheduler", attrs=SCHEDULER_METHODS),
+            C.HookPoint("sglang.srt.managers.scheduler_components.output_sender", "SenderWrapper",
+                        params=(("send_output", ("output", "recv_obj")),)),
+            C.HookPoint("sglang.srt.managers.io_struct", "AbortReq"),
+        ]
+    else:
+        release_specific = [
+            C.HookPoint("sglang.srt.managers.scheduler", "Scheduler",
+                        attrs=(*SCHEDULER_METHODS, "_release_aborted_request")),
+            C.HookPoint("sglang.srt.runtime_context", "get_parallel"),
+        ]
     return [
-        C.HookPoint("sglang.srt.managers.scheduler", "Scheduler",
-                    attrs=("__init__", "run_batch", "process_batch_result", "_add_request_to_queue",
-                           "_release_aborted_request", "event_loop_normal", "event_loop_overlap")),
-        C.HookPoint("sglang.srt.runtime_context", "get_parallel"),
+        *release_specific,
         C.HookPoint("sglang.srt.managers.schedule_batch", "ScheduleBatch", attrs=("retract_decode",)),
         C.HookPoint("sglang.srt.managers.schedule_batch", "Req"),
         C.HookPoint("sglang.srt.managers.schedule_batch", "ReqLogprob",
@@ -101,8 +137,9 @@ def hook_points(version: str) -> list[C.HookPoint]:
 
 def install(version: str) -> None:
     """Register the patches (applied as SGLang imports the modules)."""
-    global _version
+    global _version, _pre_0_5_21
     _version = version
+    _pre_0_5_21 = _before_0_5_21(version)
     from toktrace import hooks
 
     hooks.when_imported("sglang.srt.managers.scheduler", C.checked(ENGINE, version, _patch_scheduler))
@@ -112,6 +149,9 @@ def install(version: str) -> None:
                         C.checked(ENGINE, version, _patch_output_streamer))
     hooks.when_imported("sglang.srt.managers.tokenizer_manager",
                         C.checked(ENGINE, version, _patch_tokenizer_manager))
+    if _pre_0_5_21:
+        hooks.when_imported("sglang.srt.managers.scheduler_components.output_sender",
+                            C.checked(ENGINE, version, _patch_output_sender))
 
 
 
@@ -133,10 +173,13 @@ class _SchedState:
         self.live: dict[str, int] = {}
         self.started: set[str] = set()
         self.retracted: list[str] = []
+        # Aborted by retract_decode while a launched batch still held them.
+        self.abort_after: set[str] = set()
 
     def forget(self, rid: str) -> None:
         self.live.pop(rid, None)
         self.started.discard(rid)
+        self.abort_after.discard(rid)
 
 
 def _state(sched: Any) -> _SchedState | None:
@@ -153,13 +196,14 @@ def _recorder() -> Any:
 def _patch_scheduler(mod: Any) -> None:
     C.require(mod, "Scheduler", where="sglang.srt.managers.scheduler")
     S = mod.Scheduler
-    C.require(S, "__init__", "run_batch", "process_batch_result", "_add_request_to_queue",
-              "_release_aborted_request", "event_loop_normal", "event_loop_overlap",
-              where="sglang Scheduler")
-    from sglang.srt import runtime_context
+    C.require(S, *SCHEDULER_METHODS, where="sglang Scheduler")
     from sglang.srt.managers import schedule_batch as sb
 
-    C.require(runtime_context, "get_parallel", where="sglang.srt.runtime_context")
+    if not _pre_0_5_21:
+        from sglang.srt import runtime_context
+
+        C.require(S, "_release_aborted_request", where="sglang Scheduler")
+        C.require(runtime_context, "get_parallel", where="sglang.srt.runtime_context")
 
     C.require(sb, "Req", "ScheduleBatch", where="sglang.srt.managers.schedule_batch")
     C.require(sb, "ReqLogprob", where="sglang.srt.managers.schedule_batch")
@@ -170,7 +214,8 @@ def _patch_scheduler(mod: Any) -> None:
             raise C.AdapterError(f"sglang ReqLogprob has no field {name}")
     C.patch(S, "__init__", _wrap_init)
     C.patch(S, "_add_request_to_queue", _wrap_add_request_to_queue)
-    C.patch(S, "_release_aborted_request", _wrap_release_aborted_request)
+    if not _pre_0_5_21:
+        C.patch(S, "_release_aborted_request", _wrap_release_aborted_request)
     C.patch(S, "run_batch", _wrap_run_batch)
     C.patch(S, "process_batch_result", _wrap_process_batch_result)
 
@@ -181,11 +226,14 @@ def _patch_schedule_batch(mod: Any) -> None:
     C.patch(mod.ScheduleBatch, "retract_decode", _wrap_retract_decode)
 
 
-def _records_here() -> tuple[bool, int | None]:
-    """(whether this scheduler records, its DP rank) from SGLang's parallel context."""
-    from sglang.srt.runtime_context import get_parallel
+def _records_here(sched: Any) -> tuple[bool, int | None]:
+    """(whether this scheduler records, its DP rank) from SGLang's parallel state."""
+    if _pre_0_5_21:
+        par = sched.ps  # 0.5.13–0.5.20
+    else:
+        from sglang.srt.runtime_context import get_parallel
 
-    par = get_parallel()
+        par = get_parallel()
     owner = par.pp_rank == 0 and par.attn_tp_rank == 0 and getattr(par, "attn_cp_rank", 0) == 0
     dp = None
     for name in ("dp_rank", "attn_dp_rank"):
@@ -207,7 +255,7 @@ def _wrap_init(orig: Callable) -> Callable:
             rec = _recorder()
             if rec is None:
                 return
-            owner, dp = _records_here()
+            owner, dp = _records_here(self)
             if not owner:
                 return
             st = self.__dict__["_toktrace"] = _SchedState(dp)
@@ -287,21 +335,47 @@ def _wrap_add_request_to_queue(orig: Callable) -> Callable:
     return _add_request_to_queue
 
 
+def _left_unrun(st: _SchedState | None, req: Any, where: str) -> None:
+    """A request aborted outside any batch: its finish (once; later calls for
+    the same request find it forgotten). One whose finish waits for a batch
+    still in flight (``abort_after``) is left to that batch."""
+    if st is None or req.rid not in st.live or req.rid in st.abort_after:
+        return
+    try:
+        rec = _recorder()
+        if rec is not None:
+            rec.finishes([(req.rid, "abort", len(req.output_ids))])
+        st.forget(req.rid)
+    except Exception as exc:  # noqa: BLE001
+        _guard.failed(where, exc)
+
+
 def _wrap_release_aborted_request(orig: Callable) -> Callable:
     def _release_aborted_request(self: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
         out = orig(self, req, *args, **kwargs)
-        st = _state(self)
-        if st is not None and req.rid in st.live:
-            try:
-                rec = _recorder()
-                if rec is not None:
-                    rec.finishes([(req.rid, "abort", len(req.output_ids))])
-                st.forget(req.rid)
-            except Exception as exc:  # noqa: BLE001
-                _guard.failed("Scheduler._release_aborted_request", exc)
+        _left_unrun(_state(self), req, "Scheduler._release_aborted_request")
         return out
 
     return _release_aborted_request
+
+
+def _patch_output_sender(mod: Any) -> None:
+    """0.5.13–0.5.20: every abort of a request outside a batch sends an
+    ``AbortReq`` for it to the tokenizer; running requests are aborted through
+    their batch instead (``to_finish``), and finish there."""
+    C.require(mod, "SenderWrapper", where="sglang.srt.managers.scheduler_components.output_sender")
+    C.require(mod.SenderWrapper, "send_output", where="sglang SenderWrapper")
+    from sglang.srt.managers.io_struct import AbortReq
+
+    def wrap(orig: Callable) -> Callable:
+        def send_output(self: Any, output: Any, recv_obj: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if recv_obj is not None and isinstance(output, AbortReq) and hasattr(recv_obj, "output_ids"):
+                _left_unrun(_current_state, recv_obj, "SenderWrapper.send_output")
+            return orig(self, output, recv_obj, *args, **kwargs)
+
+        return send_output
+
+    C.patch(mod.SenderWrapper, "send_output", wrap)
 
 
 def _kv_usage(sched: Any) -> float | None:
@@ -450,6 +524,8 @@ def _record(rec: Any, st: _SchedState, launch: tuple, before: list[tuple[int, in
             has_lp.append(got)
         if r.finished() and r.rid in st.live:
             finishes.append((r.rid, _finish_reason(r), n1))
+        elif r.rid in st.abort_after:
+            finishes.append((r.rid, "abort", n1))
     kwargs: dict[str, Any] = {}
     if ks:
         # One K per step: the smallest any row asked for (rows that asked for
@@ -540,6 +616,16 @@ def _wrap_retract_decode(orig: Callable) -> Callable:
                 st.retracted.extend(rids)
                 for rid in rids:
                     st.started.discard(rid)
+            # The third value: requests aborted instead of retracted (beam
+            # groups, no KV backup, the last request that still does not fit).
+            # They leave the batch here and never reach another one.
+            # In the overlap loop a batch holding them may still await its
+            # result: their finish then follows that batch's tokens.
+            for req in (out[2] if out and len(out) > 2 else None) or ():
+                if st is not None and any(req.rid in launch[2][0] for _, launch in st.pending.values()):
+                    st.abort_after.add(req.rid)
+                else:
+                    _left_unrun(st, req, "ScheduleBatch.retract_decode")
         except Exception as exc:  # noqa: BLE001
             _guard.failed("ScheduleBatch.retract_decode", exc)
         return out
