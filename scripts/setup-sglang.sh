@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A cached virtualenv with real SGLang running on the CPU (PyPI `sglang`).
 #
-# Usage: scripts/setup-sglang.sh [--version X.Y.Z] [--regen-requirements]
+# Usage: scripts/setup-sglang.sh [--version X.Y.Z] [--regen-requirements] [--pins-only]
 #   stdout: the venv path (nothing else); progress goes to stderr.
+#   --pins-only: write the release's requirements file if it is missing, build nothing.
 #   --version: the sglang release (default 0.5.23); its pins live in
 #   fixtures/sglang-cpu/X.Y.Z.txt, made on first use (scripts/pin_requirements.py).
 #
@@ -63,12 +64,14 @@ SKIP=(
 log() { echo "setup-sglang: $*" >&2; }
 
 regen=0
+pins_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --regen-requirements) regen=1 ;;
+        --pins-only) pins_only=1 ;;
         --version) VERSION="${2:?--version needs a release, e.g. 0.5.20}"; shift ;;
         --version=*) VERSION="${1#--version=}" ;;
-        -h|--help) sed -n '2,32p' "$0" >&2; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0" >&2; exit 0 ;;
         *) log "unknown argument: $1"; exit 2 ;;
     esac
     shift
@@ -96,6 +99,7 @@ if [ "$regen" = 1 ] || [ ! -f "$REQS" ]; then
     mkdir -p "$(dirname "$REQS")"
     regen_requirements
 fi
+[ "$pins_only" = 0 ] || exit 0
 TORCH_PIN="$(grep -m1 '^torch==' "$REQS" || true)"
 [ -n "$TORCH_PIN" ] || { log "$REQS pins no torch"; exit 1; }
 

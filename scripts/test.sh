@@ -2,8 +2,9 @@
 # The whole test suite (Tier 1: what must never regress): formatting, lints,
 # Rust tests, the Python package tests on CPython 3.11-3.13 with direct reads
 # on and off, and the adapter tests on real engine code: vLLM 0.32 and 0.26 on
-# CPU, vLLM 0.34 in the scheduler-level harness, SGLang on CPU. The long runs
-# (every release, soaks, benchmarks) are Tier 2: scripts/extended.sh.
+# CPU, vLLM 0.34 in the scheduler-level harness, SGLang 0.5.23 and 0.5.13 on
+# CPU. The long runs (every release, soaks, benchmarks) are Tier 2:
+# scripts/extended.sh.
 # Usage: scripts/test.sh
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
@@ -76,4 +77,18 @@ install_toktrace "$SGLANG_VENV"
 
 stage "pytest on real SGLang"
 "$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py"
+
+# The first release of the SGLang layout line (0.5.13-0.5.23 share one
+# layout, 0.5.13-0.5.20 with shims of their own: ranks on Scheduler.ps,
+# unrun aborts seen at send_output): every token in both scheduler loops,
+# retractions with a request aborted while queued and one rejected at
+# admission, two DP schedulers tagged with their ranks, `toktrace doctor`.
+# The rest of the line runs in Tier 2: scripts/extended.sh compat-sglang.
+stage "SGLang 0.5.13 environment"
+OLD_SGLANG_VENV="$(bash "$REPO/scripts/setup-sglang.sh" --version 0.5.13)"
+install_toktrace "$OLD_SGLANG_VENV"
+
+stage "pytest on real SGLang 0.5.13"
+"$OLD_SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py" \
+    -k "every_token_matches or retractions or each_dp_scheduler or doctor"
 stage_end
