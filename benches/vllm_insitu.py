@@ -107,6 +107,39 @@ def install_clock(engine: Any, clock: StepClock) -> None:
     client.get_output = clock.timed("core", client.get_output)
 
 
+def install_part_clocks(adapter: Any, rec: Any) -> dict[str, int]:
+    """Wall time inside the adapter's two native calls: reading vLLM's
+    outputs (``attr_columns``) and recording the step (``record_step``), so
+    its in-hook time splits into those and the hooks' own Python. The two
+    timers add about half a microsecond a step to the in-hook figure."""
+    spent = {"read": 0, "record": 0}
+    read = adapter.attr_columns
+
+    def attr_columns(*args: Any) -> Any:
+        t0 = time.monotonic_ns()
+        try:
+            return read(*args)
+        finally:
+            spent["read"] += time.monotonic_ns() - t0
+
+    native = rec.native
+
+    class TimedNative:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(native, name)
+
+        def record_step(self, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.monotonic_ns()
+            try:
+                return native.record_step(*args, **kwargs)
+            finally:
+                spent["record"] += time.monotonic_ns() - t0
+
+    adapter.attr_columns = attr_columns
+    rec.native = TimedNative()
+    return spent
+
+
 class OtelSwitch:
     on = True
 
@@ -225,6 +258,7 @@ def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path
         one_run(batches[0], 5, "warm")
         from toktrace.adapters.vllm import v0_32 as adapter
 
+        parts = install_part_clocks(adapter, rec)
         rounds: list[dict[str, Any]] = [{m: {"configs": []} for m in MODES} for _ in range(pairs)]
         for b, lp, c in configs:
             for r in range(pairs):
@@ -232,11 +266,13 @@ def child(mode: str, batches: list[int], tokens: int, evict_bytes: int, out_path
                     set_mode(m)
                     # The adapter's own wall time inside its engine-core hooks
                     # (its counters: self ns, steps), per step of this run.
-                    before = list(adapter._cost)
+                    before, parts_before = list(adapter._cost), dict(parts)
                     cols: dict[str, Any] = one_run(b, lp, c)
                     steps = adapter._cost[1] - before[1]
                     if steps:
                         cols["adapter_self_ns"] = (adapter._cost[0] - before[0]) / steps
+                        for part in ("read", "record"):
+                            cols[f"native_{part}_ns"] = (parts[part] - parts_before[part]) / steps
                     rounds[r][m]["configs"].append({"batch": b, "logprobs": lp, "cache": c, **cols})
         set_mode("toktrace")
         doc: dict[str, Any] = {"mode": mode, "rounds": rounds}
@@ -322,23 +358,27 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
                 row[mode] = {"added_us": med / 1e3, "ci_us": [lo / 1e3, hi / 1e3],
                              "ratio": med / statistics.median(base),
                              "other_threads_us": statistics.median(other) / 1e3 if part == "core" else None}
-                own = [r[mode]["configs"][ci].get("adapter_self_ns") for r in rounds]
-                if part == "core" and mode == "toktrace" and None not in own:
-                    row[mode]["adapter_self_us"] = statistics.median(own) / 1e3
+                if part == "core" and mode == "toktrace":
+                    for key in ("adapter_self", "native_read", "native_record"):
+                        own = [r[mode]["configs"][ci].get(f"{key}_ns") for r in rounds]
+                        if None not in own:
+                            row[mode][f"{key}_us"] = statistics.median(own) / 1e3
             rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'batch':>5} {'logprobs':>8} {'cache':>5} {'process':<11} {'vLLM µs':>9} "
-          f"{'toktrace +µs (95% CI)':>26} {'ratio':>7} {'in hooks':>8} {'OTel SDK +µs':>13} {'ratio':>7} "
-          f"{'SDK/tt':>7}")
+          f"{'toktrace +µs (95% CI)':>26} {'ratio':>7} {'in hooks':>8} {'read':>6} {'record':>6} "
+          f"{'OTel SDK +µs':>13} {'ratio':>7} {'SDK/tt':>7}")
     for r in rows:
         t, o = r["toktrace"], r["otel"]
         times = o["added_us"] / t["added_us"] if t["added_us"] > 0 else float("inf")
         print(f"{r['batch']:>5} {str(r['logprobs']):>8} {r['cache']:>5} {r['process']:<11} {r['vllm_us']:>9.0f} "
               f"{t['added_us']:>8.1f} ({t['ci_us'][0]:>6.1f}..{t['ci_us'][1]:>6.1f}) {100 * t['ratio']:>6.2f}% "
-              f"{t.get('adapter_self_us', float('nan')):>8.1f} {o['added_us']:>13.0f} {100 * o['ratio']:>6.1f}% {times:>7.1f}")
+              f"{t.get('adapter_self_us', float('nan')):>8.1f} {t.get('native_read_us', float('nan')):>6.1f} "
+              f"{t.get('native_record_us', float('nan')):>6.1f} "
+              f"{o['added_us']:>13.0f} {100 * o['ratio']:>6.1f}% {times:>7.1f}")
     drains = [r for r in rows if r["process"] == "engine core"]
     print("\nother threads (toktrace's drain / the SDK's export thread), CPU µs per step:")
     for r in drains:

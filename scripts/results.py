@@ -97,6 +97,8 @@ def insitu(results: list[dict]) -> str:
             t, o = row["toktrace"], row["otel"]
             times = f"{o['added_us'] / t['added_us']:.0f}×" if t["added_us"] > 0 else "—"
             hooks = f"{t['adapter_self_us']:.0f}" if "adapter_self_us" in t else ""
+            if "native_read_us" in t and "native_record_us" in t:
+                hooks += f" ({t['native_read_us']:.0f} · {t['native_record_us']:.0f})"
             # The SDK peer hooks the engine core only.
             peer = (f"| {o['added_us']:.0f} | {100 * o['ratio']:.0f} % | {times} |" if row["process"] == "engine core"
                     else "| — | — | — |")
@@ -106,7 +108,10 @@ def insitu(results: list[dict]) -> str:
                 f"| {100 * t['ratio']:.1f} % | {hooks} " + peer)
         lines.append("")
     lines.append("Per-thread CPU time per pure-decode step, median over steps, then the median over rounds of "
-                 "each mode less tracing off in the same round (`scripts/extended.sh insitu-vllm`).")
+                 "each mode less tracing off in the same round (`scripts/extended.sh insitu-vllm`). "
+                 "In its hooks: the adapter's wall time inside its engine-core hooks, and in brackets, where "
+                 "measured, the part spent in its two native calls (reading vLLM's outputs · recording the step); "
+                 "the rest is the hooks' Python.")
     return "\n".join(lines) + "\n"
 
 

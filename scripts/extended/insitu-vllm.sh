@@ -10,7 +10,7 @@ SUITE_SOURCES=(benches/vllm_insitu.py tests/engines/vllm_harness scripts/setup-v
 INSITU_ROUNDS="${INSITU_ROUNDS:-10}"
 
 suite_items() {
-    printf '%s\n' harness-0.34.0-py3.11
+    printf "%s\n" harness-0.34.0-py3.11 harness-0.34.0-py3.12 harness-0.34.0-py3.13
 }
 
 suite_run() {
