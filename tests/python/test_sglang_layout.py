@@ -91,7 +91,7 @@ def test_an_abort_while_its_batch_is_in_flight_waits_for_that_batch(state: tuple
     req = FakeReq("b", 3)
     launch = (0, 1, (["b"], [0], [1], None, [req]), 0, 1, None, None)
     result = object()
-    st.pending[id(result)] = (result, launch)
+    st.pending[id(result)] = (result, launch, object())
     layout._wrap_retract_decode(lambda batch: ([], 0.5, [req]))(object())
     layout._left_unrun(st, req, "SenderWrapper.send_output")  # the AbortReq, right after
     assert rec.finished == [] and "b" in st.live
@@ -102,3 +102,24 @@ def test_an_abort_while_its_batch_is_in_flight_waits_for_that_batch(state: tuple
     assert rec.steps[0]["ids"] == ["b"]
     assert rec.finished == [("b", "abort", 4)]
     assert "b" not in st.live and not st.abort_after
+
+
+def test_results_pair_with_their_launch_and_by_micro_batch_only_when_pipelined() -> None:
+    st = layout._SchedState(None)
+    running, other = object(), object()
+    r1, r2 = object(), object()
+    st.pending[id(r1)] = (r1, "launch 1", running)
+    st.pending[id(r2)] = (r2, "launch 2", running)
+    # The very result object: its own launch, whatever the order.
+    assert layout._launch_of(st, running, r2)[1] == "launch 2"
+    # A result never launched as recorded (an idle batch): nothing, even
+    # though the running batch object has a launch pending.
+    assert layout._launch_of(st, running, object()) is None
+    assert list(st.pending) == [id(r1)]
+    # Pipeline parallelism: the last stage builds a new result object; the
+    # micro-batch's oldest launch is its launch.
+    st.pipelined = True
+    st.pending[id(r2)] = (r2, "launch 3", other)
+    assert layout._launch_of(st, other, object())[1] == "launch 3"
+    assert layout._launch_of(st, running, object())[1] == "launch 1"
+    assert not st.pending

@@ -30,7 +30,9 @@ attn_tp_rank 0, attn_cp_rank 0 — one per DP group, tagged with its DP rank.
 - ``Scheduler.process_batch_result``: called once per launched batch with the
   very result object ``run_batch`` returned — one iteration later in the
   overlap loop — so composition and sampled tokens are paired by that object,
-  never with "the latest" launch. New tokens and logprobs are the growth of
+  never with "the latest" launch (with pipeline parallelism, whose last
+  stage builds a new result object, by the micro-batch: not run here, PP
+  needs NCCL). New tokens and logprobs are the growth of
   ``req.output_ids`` and ``req.logprob.output_*`` across the call (SGLang
   itself skips finished and retracted rows there). One native call records the
   step; finishes follow.
@@ -162,8 +164,9 @@ def install(version: str) -> None:
 class _SchedState:
     """Per-scheduler bookkeeping between run_batch() and process_batch_result()."""
 
-    def __init__(self, rank: int | None) -> None:
+    def __init__(self, rank: int | None, pipelined: bool = False) -> None:
         self.rank = rank
+        self.pipelined = pipelined  # pipeline parallelism: results are paired by batch
         self.steps = itertools.count()
         # id(result) -> (result, launch record); the result is held so its id
         # cannot be reused while the entry waits.
@@ -258,7 +261,8 @@ def _wrap_init(orig: Callable) -> Callable:
             owner, dp = _records_here(self)
             if not owner:
                 return
-            st = self.__dict__["_toktrace"] = _SchedState(dp)
+            pp = getattr(getattr(self, "server_args", None), "pp_size", 1)
+            st = self.__dict__["_toktrace"] = _SchedState(dp, pipelined=isinstance(pp, int) and pp > 1)
             _current_state = st
             rec.process(**_process_info(self, dp))
         except Exception as exc:  # noqa: BLE001
@@ -445,7 +449,7 @@ def _wrap_run_batch(orig: Callable) -> Callable:
         if launch is not None:
             try:
                 tb = time.monotonic_ns()
-                st.pending[id(result)] = (result, launch)
+                st.pending[id(result)] = (result, launch, batch)
                 if len(st.pending) > MAX_PENDING:
                     st.pending.pop(next(iter(st.pending)))
                 _cost[0] += (ta - t0) + (time.monotonic_ns() - tb)
@@ -555,10 +559,24 @@ def _record(rec: Any, st: _SchedState, launch: tuple, before: list[tuple[int, in
     return t0
 
 
+def _launch_of(st: _SchedState, batch: Any, result: Any) -> tuple | None:
+    """The pending launch this (batch, result) pair belongs to: by the very
+    result object ``run_batch`` returned; else (pipeline parallelism, whose
+    last stage hands back a newly built result) the oldest launch of that
+    batch object — each micro-batch has one launch in flight at a time."""
+    entry = st.pending.pop(id(result), None)
+    # Only then: elsewhere one batch object (the running batch) is launched
+    # again and again, and a launch left unrecorded must not take another's.
+    if entry is None and st.pipelined:
+        key = next((k for k, (_, _, b) in st.pending.items() if b is batch), None)
+        entry = st.pending.pop(key) if key is not None else None
+    return entry
+
+
 def _wrap_process_batch_result(orig: Callable) -> Callable:
     def process_batch_result(self: Any, batch: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
         st = _state(self)
-        entry = st.pending.pop(id(result), None) if st is not None else None
+        entry = _launch_of(st, batch, result) if st is not None else None
         rec = _recorder() if entry is not None else None
         if rec is None:
             return orig(self, batch, result, *args, **kwargs)
@@ -622,7 +640,7 @@ def _wrap_retract_decode(orig: Callable) -> Callable:
             # In the overlap loop a batch holding them may still await its
             # result: their finish then follows that batch's tokens.
             for req in (out[2] if out and len(out) > 2 else None) or ():
-                if st is not None and any(req.rid in launch[2][0] for _, launch in st.pending.values()):
+                if st is not None and any(req.rid in launch[2][0] for _, launch, _ in st.pending.values()):
                     st.abort_after.add(req.rid)
                 else:
                     _left_unrun(st, req, "ScheduleBatch.retract_decode")
