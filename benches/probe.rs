@@ -10,7 +10,7 @@
 //!
 //! Bytes per token on disk are printed before the drain group runs.
 //!
-//! Run: `cargo bench -p probe-core --bench probe` (numbers go in the README).
+//! Run: `cargo bench -p probe-core --bench probe` (figures go in docs/performance.md).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use probe_core::event::{BatchEntry, Record, Step, TokenRun};

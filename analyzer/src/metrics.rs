@@ -1,6 +1,6 @@
 //! Per-request latency metrics from the token timeline.
 //!
-//! Definitions (the README repeats them):
+//! Definitions (docs/analysis.md repeats them):
 //! - TTFT: arrival (at the frontend when it was traced, else at the engine) to
 //!   the first token's exit; `ttft_emit` to its emit when a frontend recorded it.
 //! - inter-token gaps: exit(i) − exit(i−1) (engine side) and emit(i) − emit(i−1)

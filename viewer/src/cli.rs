@@ -18,7 +18,7 @@ use toktrace_analyzer::select::TimeSpec;
 /// token-by-token timeline, or `toktrace view DIR --request ID` to explore it
 /// in the terminal viewer. ID is the client-visible request id, the engine's
 /// internal id or the W3C trace id. Add --json for stable JSON (documented in
-/// the README).
+/// docs/analysis.md).
 ///
 /// Before deploying, `toktrace doctor` (run through the Python package, in the
 /// server's environment) says whether the installed engine will be traced.

@@ -17,7 +17,7 @@ imported. Only the rank that owns the batch (``dist.rank == 0``) records.
 Not run: TensorRT-LLM needs an NVIDIA GPU and its wheels come from
 pypi.nvidia.com, neither of which this project's machines have. The hook
 points were checked against the published source at the revisions listed in
-``v1_x.py`` and in the README's support matrix, and
+``v1_x.py`` and in docs/engines.md, and
 ``tests/python/test_tensorrt_llm_shapes.py`` drives the adapter through
 PyExecutor's call sequence and data shapes with a stand-in engine. That is a
 shape test, not a run.
