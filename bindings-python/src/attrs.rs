@@ -4,10 +4,10 @@
 //! `EngineCoreOutput`s) and need several of their fields as lists. One
 //! `list(map(attrgetter(name), objects))` per field walks the objects once per
 //! field; right after the model's forward pass those objects are out of
-//! cache, and on real vLLM the four walks cost about 12 µs of a 5 ms step.
-//! One walk reads every field of an object while it is in cache (a later
-//! instrumented run measured this call at 11.5–12.4 µs a step there: the
-//! first touch after the forward pass pays the misses either way).
+//! cache, so each walk pays the misses again. One walk reads every field of
+//! an object while it is in cache: the first touch after the forward pass
+//! pays the misses once (what this call costs inside vLLM's step is measured
+//! in docs/performance.md, "In situ").
 
 use crate::convert::items;
 use pyo3::exceptions::PyTypeError;

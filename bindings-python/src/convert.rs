@@ -816,8 +816,8 @@ unsafe fn flag_unset(nums: Numbers, item: *mut ffi::PyObject) -> bool {
 /// table). An entry that does not match is left for a later id and the id is
 /// looked up; after a few misses in a row only lookups are made.
 /// The leading ids that match (usually all of them) are taken first in one
-/// tight pass over both tables (`walk_prefix`), 3.5 ns an id cheaper than the
-/// general loop, which reads each id afresh (256 ids, interleaved A/B).
+/// tight pass over both tables (`walk_prefix`), cheaper per id than the
+/// general loop, which reads each id afresh.
 pub fn lookup_each(
     map: &Bound<'_, PyAny>,
     ids: &Bound<'_, PyAny>,

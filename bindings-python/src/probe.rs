@@ -479,9 +479,8 @@ impl NativeProbe {
     /// batch was launched (`monotonic_ns()` then); the end is read now unless
     /// `end_ns` is given. Everything after `run_first_index` is keyword-only.
     // The keywords are declared in the order adapters pass them most: each
-    // keyword is found by comparing names from the first declared on. For
-    // the vLLM adapter's 16 this took the call from 1.04 to 0.92 µs (batch
-    // of 1; passed positionally it is 0.55).
+    // keyword is found by comparing names from the first declared on, so the
+    // vLLM adapter's 16 keywords are found after the fewest comparisons.
     #[pyo3(signature = (step_id, start_ns, batch_reqs, prefill, decode, run_reqs, run_first_index,
                         *, token_ids=None, scheduled=None, computed=None, cached=None, waiting=0,
                         running=0, kv_usage=None, preempted=None, finished=None, top_k=-1,

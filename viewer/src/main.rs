@@ -11,8 +11,7 @@ use std::process::ExitCode;
 
 /// mimalloc instead of glibc's malloc: the loader allocates records on its
 /// decoding thread and frees them on the folding one, which glibc serialises
-/// on an arena lock. `summary` of a 100 M-token trace: 50 s → 24 s
-/// (docs/performance.md, Analyzer).
+/// on an arena lock (the analyzer's figures: docs/performance.md, Analyzer).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
