@@ -104,7 +104,12 @@ def _before_0_5_21(version: str) -> bool:
 _pre_0_5_21 = False
 
 SCHEDULER_METHODS = ("__init__", "run_batch", "process_batch_result", "_add_request_to_queue",
-                     "event_loop_normal", "event_loop_overlap")
+                     "on_idle", "event_loop_normal", "event_loop_overlap")
+
+# How long the scheduler, once idle, waits for what it recorded to reach the
+# kernel. Typically well under a millisecond; the bound only matters when the
+# disk stalls, and then an idle engine waits at most this long.
+IDLE_FLUSH_S = 0.02
 
 
 def hook_points(version: str) -> list[C.HookPoint]:
@@ -178,6 +183,8 @@ class _SchedState:
         self.retracted: list[str] = []
         # Aborted by retract_decode while a launched batch still held them.
         self.abort_after: set[str] = set()
+        # Steps recorded since the scheduler was last idle.
+        self.unflushed = False
 
     def forget(self, rid: str) -> None:
         self.live.pop(rid, None)
@@ -221,6 +228,7 @@ def _patch_scheduler(mod: Any) -> None:
         C.patch(S, "_release_aborted_request", _wrap_release_aborted_request)
     C.patch(S, "run_batch", _wrap_run_batch)
     C.patch(S, "process_batch_result", _wrap_process_batch_result)
+    C.patch(S, "on_idle", _wrap_on_idle)
 
 
 def _patch_schedule_batch(mod: Any) -> None:
@@ -594,6 +602,7 @@ def _wrap_process_batch_result(orig: Callable) -> Callable:
         if before is not None:
             try:
                 t0 = _record(rec, st, launch, before, _streamed[0] or tc)
+                st.unflushed = True
                 td = time.monotonic_ns()
                 _cost[0] += (tb - ta) + (td - tc)
                 _cost[1] += 1
@@ -603,6 +612,24 @@ def _wrap_process_batch_result(orig: Callable) -> Callable:
         return out
 
     return process_batch_result
+
+
+def _wrap_on_idle(orig: Callable) -> Callable:
+    # SGLang's Engine.shutdown() SIGKILLs the scheduler, often a few
+    # milliseconds after the client got its last token: what the drain had not
+    # written by then was lost (the last steps of the last requests). The first
+    # time the scheduler goes idle after work, it waits (bounded) for the drain
+    # instead; with nothing to run, the engine cannot notice.
+    def on_idle(self: Any, *args: Any, **kwargs: Any) -> Any:
+        st = _state(self)
+        if st is not None and st.unflushed:
+            st.unflushed = False
+            rec = _recorder()
+            if rec is not None:
+                rec.flush(IDLE_FLUSH_S)
+        return orig(self, *args, **kwargs)
+
+    return on_idle
 
 
 # When the batch being processed first handed its outputs on (monotonic ns).
