@@ -15,7 +15,7 @@
 //! - the whole trace's step models, so a window is judged by the same model.
 //!
 //! It lives in `DIR/.toktrace-index`, or under the user's cache directory
-//! when the trace directory is read-only. It names every segment with its
+//! when the trace directory is read-only or another user's. It names every segment with its
 //! length and modification time: a trace that changed makes it stale, and it
 //! is rebuilt rather than trusted.
 
@@ -629,9 +629,13 @@ fn own_life(data: &TraceData, r: &Request) -> (u64, u64) {
 }
 
 /// Where the index of `dir` is kept: in the directory, or in the cache when
-/// the directory cannot be written.
+/// the directory cannot be written or belongs to another user.
 fn locations(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.join(INDEX_FILE)];
+    let mut out = Vec::new();
+    // Another user's trace is read, never written: its index goes to our cache.
+    if probe_core::files::foreign_owner(dir).is_none() {
+        out.push(dir.join(INDEX_FILE));
+    }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
@@ -678,14 +682,15 @@ pub fn save(dir: &Path, index: &TraceIndex) -> Result<PathBuf, IndexError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    // It names the trace's requests: readable by its owner only, like the segments.
+    probe_core::files::write_atomically(path, bytes, 0o600)
 }
 
 fn encode(index: &TraceIndex) -> Result<Vec<u8>, IndexError> {
@@ -705,8 +710,21 @@ fn decode(bytes: &[u8]) -> Option<TraceIndex> {
     if u32::from_le_bytes(version.try_into().ok()?) != LAYOUT_VERSION {
         return None;
     }
+    // A damaged or planted file can hold any length prefix, and bincode
+    // allocates what a prefix claims: cap what decoding may claim in memory
+    // at a multiple of the file's size (varints grow up to 8× when decoded),
+    // so a bad index is refused and rebuilt instead of aborting the process.
+    match body.len() {
+        n if n <= 1 << 20 => decode_within::<{ 32 << 20 }>(body),
+        n if n <= 64 << 20 => decode_within::<{ 2 << 30 }>(body),
+        _ => decode_within::<{ 64 << 30 }>(body),
+    }
+}
+
+fn decode_within<const LIMIT: usize>(body: &[u8]) -> Option<TraceIndex> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
     let (index, used): (TraceIndex, usize) =
-        bincode::serde::decode_from_slice(body, bincode::config::standard()).ok()?;
+        bincode::serde::decode_from_slice(body, config).ok()?;
     (used == body.len()).then_some(index)
 }
 

@@ -107,13 +107,20 @@ impl NativeProbe {
     }
 }
 
-/// Parse a W3C `traceparent` header: `00-<32 hex trace id>-<16 hex span id>-<flags>`.
+/// Parse a W3C `traceparent` header: `00-<32 hex trace id>-<16 hex span id>-<flags>`,
+/// as the Trace Context spec has it: lowercase hex only, ids not all zero,
+/// version `ff` invalid, and version `00` exactly four fields (later versions
+/// may append fields). It comes from a client: anything else is no parent.
 pub fn parse_traceparent(header: &str) -> Option<([u8; 16], [u8; 8])> {
     let mut parts = header.trim().split('-');
-    let _version = parts.next()?;
+    let mut version = [0u8; 1];
+    hex_into(parts.next()?, &mut version)?;
     let trace = parts.next()?;
     let span = parts.next()?;
-    parts.next()?;
+    hex_into(parts.next()?, &mut [0u8; 1])?;
+    if version[0] == 0xff || (version[0] == 0 && parts.next().is_some()) {
+        return None;
+    }
     let mut t = [0u8; 16];
     let mut s = [0u8; 8];
     hex_into(trace, &mut t)?;
@@ -124,12 +131,19 @@ pub fn parse_traceparent(header: &str) -> Option<([u8; 16], [u8; 8])> {
     Some((t, s))
 }
 
+/// Lowercase hex digits, exactly two per byte of `out`.
 fn hex_into(text: &str, out: &mut [u8]) -> Option<()> {
-    if text.len() != out.len() * 2 || !text.is_ascii() {
+    let digits = text.as_bytes();
+    if digits.len() != out.len() * 2 {
         return None;
     }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    let value = |d: u8| match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    };
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = value(pair[0])? << 4 | value(pair[1])?;
     }
     Some(())
 }
@@ -1144,5 +1158,57 @@ mod tests {
         assert!(
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01").is_none()
         );
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // uppercase
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // a sign
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // 00 has four fields
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+        // A later version may append fields.
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, ..Default::default() })]
+
+        /// Whatever a client sends: no panic, and what is accepted is exactly
+        /// what the header says.
+        #[test]
+        fn any_traceparent_parses_or_is_refused(header in "(?s).{0,80}") {
+            if let Some((t, s)) = parse_traceparent(&header) {
+                let fields: Vec<&str> = header.trim().split('-').collect();
+                proptest::prop_assert_eq!(fields[1], hex(&t));
+                proptest::prop_assert_eq!(fields[2], hex(&s));
+            }
+        }
+
+        #[test]
+        fn near_traceparents_parse_or_are_refused(
+            v in "[0-9a-fA-F+ ]{1,3}", t in "[0-9a-fA-F+]{30,34}",
+            s in "[0-9a-fA-F+]{14,18}", f in "[0-9a-f]{1,3}", rest in "(-[a-z0-9]{0,4}){0,2}",
+        ) {
+            let header = format!("{v}-{t}-{s}-{f}{rest}");
+            if let Some((tid, sid)) = parse_traceparent(&header) {
+                proptest::prop_assert_eq!(t, hex(&tid));
+                proptest::prop_assert_eq!(s, hex(&sid));
+            }
+        }
+
+        #[test]
+        fn every_valid_traceparent_is_accepted(t in proptest::array::uniform16(1u8..), s in proptest::array::uniform8(1u8..), f in 0u8..) {
+            let header = format!("00-{}-{}-{f:02x}", hex(&t), hex(&s));
+            proptest::prop_assert_eq!(parse_traceparent(&header), Some((t, s)));
+        }
     }
 }

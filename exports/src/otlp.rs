@@ -158,8 +158,13 @@ pub fn http_traces_url(endpoint: &str) -> String {
     }
 }
 
-/// Check an endpoint before any work: a URL with a scheme and a host.
-pub fn check_endpoint(endpoint: &str) -> Result<()> {
+/// Check an endpoint before any work: a URL with a scheme and a host, and a
+/// loopback host unless `allow_remote`. Spans carry what the model answered
+/// (token ids, and their text at capture level `text`) and this build sends
+/// plain http: off this machine, anyone on the path could read it, so sending
+/// there is the user's explicit choice (or goes through a local collector that
+/// forwards over TLS).
+pub fn check_endpoint(endpoint: &str, allow_remote: bool) -> Result<()> {
     let Some((scheme, rest)) = endpoint.split_once("://") else {
         bail!("--endpoint {endpoint:?} is not a URL: give e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)");
     };
@@ -169,10 +174,35 @@ pub fn check_endpoint(endpoint: &str) -> Result<()> {
     if scheme == "https" {
         bail!("--endpoint {endpoint:?}: this build sends plain http only; use a local collector or a TLS-terminating proxy");
     }
-    if rest.is_empty() || rest.starts_with('/') {
+    let host = endpoint_host(rest);
+    if host.is_empty() {
         bail!("--endpoint {endpoint:?} names no host");
     }
+    if !allow_remote && !is_loopback(host) {
+        bail!(
+            "--endpoint {endpoint:?} is not on this machine: spans hold what the model answered, \
+             and plain http would show it to the network. Send to a local collector that forwards \
+             over TLS, or pass --allow-remote-http to send anyway"
+        );
+    }
     Ok(())
+}
+
+/// The host of `authority[/path]`: `[v6]:port`, `host:port` or `host`.
+fn endpoint_host(rest: &str) -> &str {
+    let authority = rest.split('/').next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Drive a future to completion on this thread.
@@ -522,9 +552,33 @@ mod tests {
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(check_endpoint("http://localhost:4317").is_ok());
-        assert!(check_endpoint("localhost:4317").is_err());
-        assert!(check_endpoint("ftp://x").is_err());
-        assert!(check_endpoint("http://").is_err());
+        assert!(check_endpoint("http://localhost:4317", false).is_ok());
+        assert!(check_endpoint("localhost:4317", false).is_err());
+        assert!(check_endpoint("ftp://x", false).is_err());
+        assert!(check_endpoint("http://", false).is_err());
+        assert!(check_endpoint("http://:4317", true).is_err());
+    }
+
+    #[test]
+    fn plain_http_leaves_the_machine_only_when_asked() {
+        for local in [
+            "http://localhost:4317",
+            "http://127.0.0.1:4318/v1/traces",
+            "http://127.8.9.10",
+            "http://[::1]:4317",
+        ] {
+            assert!(check_endpoint(local, false).is_ok(), "{local}");
+        }
+        for remote in [
+            "http://collector:4317",
+            "http://10.0.0.5:4318",
+            "http://[2001:db8::1]:4317",
+            "http://localhost.evil.example:4317",
+            "http://user@collector:4317",
+        ] {
+            let err = check_endpoint(remote, false).unwrap_err().to_string();
+            assert!(err.contains("--allow-remote-http"), "{remote}: {err}");
+            assert!(check_endpoint(remote, true).is_ok(), "{remote}");
+        }
     }
 }

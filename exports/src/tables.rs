@@ -7,6 +7,7 @@
 //! space-separated values, best first.
 
 use anyhow::{Context, Result};
+use probe_core::files::PendingFile;
 use std::path::{Path, PathBuf};
 use toktrace_analyzer::frames::frames;
 use toktrace_analyzer::polars::prelude::{
@@ -59,23 +60,26 @@ pub fn write(
     let mut written = Vec::new();
     for (name, frame) in frames.named() {
         let path = dir.join(format!("{name}.{}", format.extension()));
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // Written aside and renamed: a reader never sees half a table.
+        let mut file = PendingFile::create(&path, 0o666)
+            .with_context(|| format!("creating {}", path.display()))?;
         match format {
-            TableFormat::Parquet => ParquetWriter::new(file)
+            TableFormat::Parquet => ParquetWriter::new(&mut file)
                 .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![(
                     "toktrace".to_string(),
                     metadata.clone(),
                 )])))
                 .finish(frame)
                 .map(|_| ()),
-            TableFormat::Ipc => IpcWriter::new(file).finish(frame),
+            TableFormat::Ipc => IpcWriter::new(&mut file).finish(frame),
             TableFormat::Csv => {
                 let mut flat = lists_as_text(frame)?;
-                CsvWriter::new(file).finish(&mut flat)
+                CsvWriter::new(&mut file).finish(&mut flat)
             }
         }
         .with_context(|| format!("writing {}", path.display()))?;
+        file.commit()
+            .with_context(|| format!("writing {}", path.display()))?;
         written.push(Written {
             path,
             rows: frame.height(),

@@ -306,7 +306,11 @@ impl Drain {
             self.lost(records, tokens);
             return;
         }
-        match self.writer.flush() {
+        let flushed = self.writer.flush();
+        if let Some(notice) = self.writer.take_notice() {
+            (self.config.on_error)(&notice);
+        }
+        match flushed {
             Ok(()) => {
                 if self.failing_since.take().is_some() {
                     (self.config.on_error)(&format!(

@@ -9,7 +9,10 @@
 //! payload) into append-only, size-rotated segment files under one directory per
 //! process, within a disk budget, repeating what later segments need to stand
 //! alone. [`reader`] reads a trace directory, a process directory or a single
-//! segment back, surviving torn tails and corrupt frames.
+//! segment back, surviving torn tails and corrupt frames. [`files`] is how
+//! every toktrace crate writes a file outside a process directory (the index,
+//! exports): aside and renamed, never through a symlink or over another
+//! user's file.
 //!
 //! This crate knows nothing of Python, engines or dataframes.
 
@@ -19,6 +22,7 @@ pub mod clock;
 pub mod columns;
 pub mod drain;
 pub mod event;
+pub mod files;
 pub mod frame;
 mod packed;
 pub mod reader;

@@ -112,3 +112,34 @@ pub fn arrival(req: u32) -> Record {
         },
     })
 }
+
+/// The uid of a second local user, for tests of what toktrace does with
+/// another user's files: `toktrace-other`, made with `useradd` when missing.
+/// None when it is missing and this process cannot make it (not root). CI runs
+/// as root, where a permission check proves nothing: ownership is what counts.
+pub fn second_user() -> Option<u32> {
+    use std::process::Command;
+    const NAME: &str = "toktrace-other";
+    let uid = || -> Option<u32> {
+        let out = Command::new("id").args(["-u", NAME]).output().ok()?;
+        out.status.success().then_some(())?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    if let Some(u) = uid() {
+        return Some(u);
+    }
+    if crate::files::effective_uid() != 0 {
+        return None;
+    }
+    // Tests may race to make it: one succeeds, and every look-up follows.
+    let _ = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            NAME,
+        ])
+        .status();
+    uid()
+}

@@ -20,7 +20,7 @@ use crate::FORMAT_VERSION;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -171,6 +171,10 @@ pub struct SegmentWriter {
     adapter_errors: Option<AdapterErrors>,
     batch: Vec<u8>,
     marks: Vec<FrameMark>,
+    /// The process directory was made by this writer (it only writes into one it made).
+    dir_made: bool,
+    /// A warning for the drain to report once (a trace root open to others).
+    notice: Option<String>,
 }
 
 /// Where a frame ends in the batch, and what losing it would cost.
@@ -205,7 +209,14 @@ impl SegmentWriter {
             adapter_errors: None,
             batch: Vec::with_capacity(1 << 20),
             marks: Vec::new(),
+            dir_made: false,
+            notice: None,
         }
+    }
+
+    /// A warning to report once, if the writer has one.
+    pub fn take_notice(&mut self) -> Option<String> {
+        self.notice.take()
     }
 
     /// The process directory.
@@ -389,13 +400,49 @@ impl SegmentWriter {
         })
     }
 
-    fn open_next(&mut self) -> io::Result<()> {
-        if !self.dir.exists() {
+    /// Make the process directory, 0700, and refuse one that exists already:
+    /// its name is predictable, and a directory (or symlink) planted there by
+    /// someone else must not receive prompts and outputs. Missing parents are
+    /// made 0700; an existing root is left as it is, with one warning when
+    /// other users may read or write it.
+    fn make_dir(&mut self) -> io::Result<()> {
+        if self.dir_made {
+            if self.dir.is_dir() {
+                return Ok(());
+            }
+            // Removed while recording: made again below, by this writer.
+        } else if let Some(root) = self.dir.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(&self.dir)?;
+                .create(root)?;
+            let mode = fs::metadata(root)?.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                self.notice = Some(format!(
+                    "trace directory {} is open to other users (mode {mode:o}); it is left as it is, \
+                     and this process writes into its own 0700 directory inside",
+                    root.display()
+                ));
+            }
         }
+        match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Ok(()) => {
+                self.dir_made = true;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists already and toktrace did not make it; not writing into it",
+                    self.dir.display()
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_next(&mut self) -> io::Result<()> {
+        self.make_dir()?;
         let index = self.next_index;
         self.next_index += 1;
         let path = self.dir.join(segment_file_name(index));

@@ -74,3 +74,22 @@ def process_dirs(root: Path) -> list[Path]:
 @pytest.fixture
 def trace_dir(tmp_path: Path) -> Path:
     return tmp_path / "trace"
+
+
+def second_user() -> int | None:
+    """The uid of `toktrace-other`, made with useradd when missing (root only;
+    CI runs as root). None when it cannot be had."""
+    import pwd
+
+    try:
+        return pwd.getpwnam("toktrace-other").pw_uid
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        return None
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    "toktrace-other"], capture_output=True)
+    try:
+        return pwd.getpwnam("toktrace-other").pw_uid
+    except KeyError:
+        return None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from conftest import cli_json, run_cli, toktrace_cli
+from conftest import cli_json, run_cli, second_user, toktrace_cli
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "traces"
 INTERFERENCE = FIXTURES / "vllm-interference" / "trace"
@@ -114,6 +115,31 @@ def test_export_refuses_bad_input(tmp_path: Path) -> None:
     assert into_dir.returncode == 1 and "is a directory" in into_dir.stderr
     missing = run_cli("export", str(tmp_path / "absent"), "--format", "csv", "--out", str(tmp_path / "x"))
     assert missing.returncode == 1
+
+
+def test_exports_replace_a_planted_symlink_and_spare_another_users_file(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    report = tmp_path / "report.html"
+    report.symlink_to(victim)
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "steps.csv").symlink_to(victim)
+    assert run_cli("export", str(INTERFERENCE), "--format", "html", "--out", str(report)).returncode == 0
+    assert run_cli("export", str(INTERFERENCE), "--format", "csv", "--out", str(tables)).returncode == 0
+    assert victim.read_text() == "precious"
+    assert not report.is_symlink() and "<html" in report.read_text()
+    assert not (tables / "steps.csv").is_symlink() and pl.read_csv(tables / "steps.csv").height > 0
+    other = second_user()
+    if other is None:
+        pytest.skip("needs root to make a second user (CI runs as root)")
+    theirs = tmp_path / "theirs.pftrace"
+    theirs.write_text("theirs")
+    os.chown(theirs, other, -1)
+    proc = run_cli("export", str(INTERFERENCE), "--format", "perfetto", "--out", str(theirs))
+    assert proc.returncode == 1 and f"belongs to uid {other}" in proc.stderr, proc.stderr
+    assert theirs.read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "tables", "theirs.pftrace", "victim"]
 
 
 def read_perfetto(path: Path) -> Any:

@@ -191,3 +191,15 @@ def test_an_unreachable_collector_is_a_clear_error() -> None:
     assert "not a URL" in bad.stderr
     missing = run_cli("export", str(INTERFERENCE), "--format", "otlp")
     assert missing.returncode == 2 and "--endpoint" in missing.stderr
+
+
+def test_plain_http_goes_off_the_machine_only_when_asked() -> None:
+    # 192.0.2.0/24 is reserved for documentation: nothing answers there.
+    remote = "http://192.0.2.1:4318"
+    refused = run_cli("export", str(INTERFERENCE), "--format", "otlp", "--endpoint", remote, "--protocol", "http")
+    assert refused.returncode == 1 and "--allow-remote-http" in refused.stderr, refused.stderr
+    assert "sent" not in refused.stderr
+    # With the flag it is tried (and fails to connect, since nothing is there).
+    tried = run_cli("export", str(INTERFERENCE), "--format", "otlp", "--endpoint", "http://127.0.0.1:9",
+                    "--protocol", "http", "--allow-remote-http")
+    assert tried.returncode == 1 and "--allow-remote-http" not in tried.stderr

@@ -164,6 +164,11 @@ pub enum Command {
         /// OTLP transport.
         #[arg(long, value_enum, default_value_t = OtlpProtocol::Grpc, requires = "endpoint")]
         protocol: OtlpProtocol,
+        /// Send to an --endpoint that is not on this machine. Spans hold what
+        /// the model answered, and this build speaks plain http: without this
+        /// flag only loopback addresses are accepted.
+        #[arg(long, requires = "endpoint")]
+        allow_remote_http: bool,
         /// Start of the window.
         #[arg(long, value_name = "T")]
         from: Option<TimeSpec>,

@@ -5,6 +5,7 @@
 use crate::analyze::{analyze, resolve};
 use crate::cli::{AnalysisArgs, ExportFormat, OtlpProtocol};
 use anyhow::{Context, Result};
+use probe_core::files::PendingFile;
 use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub struct ExportArgs {
     pub out: Option<PathBuf>,
     pub endpoint: Option<String>,
     pub protocol: OtlpProtocol,
+    pub allow_remote_http: bool,
     pub from: Option<TimeSpec>,
     pub to: Option<TimeSpec>,
     pub requests: Vec<String>,
@@ -42,7 +44,7 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
     // Refuse a bad destination before the (possibly long) analysis.
     let out = match (args.format, &args.out, &args.endpoint) {
         (ExportFormat::Otlp, _, Some(endpoint)) => {
-            toktrace_exports::otlp::check_endpoint(endpoint)?;
+            toktrace_exports::otlp::check_endpoint(endpoint, args.allow_remote_http)?;
             Path::new("")
         }
         (ExportFormat::Otlp, _, None) => {
@@ -85,15 +87,17 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
         ExportFormat::Csv => table(TableFormat::Csv),
         ExportFormat::Perfetto => {
             let path = out;
-            let file = create_file(path)?;
+            let mut file = create_file(path)?;
             let progress = progress_line("requests");
             let stats = toktrace_exports::perfetto::write(
                 &a,
                 &selection,
-                std::io::BufWriter::new(file),
+                std::io::BufWriter::new(&mut file),
                 progress.as_ref().map(|p| p as &dyn Fn(u64, u64)),
             )
             .with_context(|| format!("writing {}", path.display()))?;
+            file.commit()
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
                 "toktrace: wrote {} ({} steps, {} requests, {} tokens; open it at ui.perfetto.dev)",
                 path.display(),
@@ -105,8 +109,10 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
         }
         ExportFormat::Html => {
             let path = out;
-            let file = create_file(path)?;
-            toktrace_exports::html::write(&a, &selection, std::io::BufWriter::new(file))
+            let mut file = create_file(path)?;
+            toktrace_exports::html::write(&a, &selection, std::io::BufWriter::new(&mut file))
+                .with_context(|| format!("writing {}", path.display()))?;
+            file.commit()
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("toktrace: wrote {}", path.display());
             Ok(())
@@ -137,8 +143,9 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
     }
 }
 
-/// Create an output file, its directory too; refuse a directory.
-fn create_file(path: &Path) -> Result<std::fs::File> {
+/// Start an output file (written aside, renamed into place by `commit`), its
+/// directory too; refuse a directory.
+fn create_file(path: &Path) -> Result<PendingFile> {
     if path.is_dir() {
         anyhow::bail!("{} is a directory; give a file name", path.display());
     }
@@ -146,7 +153,7 @@ fn create_file(path: &Path) -> Result<std::fs::File> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+    PendingFile::create(path, 0o666).with_context(|| format!("creating {}", path.display()))
 }
 
 /// A "done / total" line on stderr, when stderr is a terminal.
