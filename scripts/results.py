@@ -134,12 +134,47 @@ def user_ab(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def faults(results: list[dict]) -> str:
+    """What each fault run did to a real server, and what the trace kept."""
+    lines = ["| run | outcome | load and faults | what the trace kept | when |", "|---|---|---|---|---|"]
+    for r in results:
+        d = r["data"]
+        verdict = "pass" if r["outcome"] == "pass" else "**fail**"
+        for f in d.get("figures", []) or [{"test": "none"}]:
+            kind = f["test"]
+            if kind == "soak":
+                did = (f"{f['clients']} streaming clients for {f['seconds'] / 60:.1f} min: {f['requests']} requests, "
+                       f"{f['tokens_per_s']:.0f} tokens/s; a ring of {f['ring_slots']} records drained every "
+                       f"{f['flush_ms']} ms, 256 KiB segments ({f['segments']})")
+                kept = (f"{f['received']} tokens received = {f['traced']} traced + {f['dropped']} counted dropped "
+                        f"({f['dropped_records']} records); {f['checked']} ids and logprobs compared")
+            elif kind == "kill":
+                did = ", ".join(k["which"] for k in f["kills"]) + " SIGKILLed mid-stream, restarted after each"
+                kept = "; ".join(f"{k['which']}: {k['missing']} of {k['received']} received tokens missing"
+                                 for k in f["kills"]) + f"; {f['torn_tails']} torn tails reported"
+            elif kind == "disk_full":
+                did = f"trace directory on a {f['tmpfs_mb']} MiB tmpfs, filled and freed while {f['requests']} requests streamed"
+                kept = (f"{f['received']} tokens received = {f['traced']} traced + {f['dropped']} counted dropped "
+                        f"({f['write_failed']} records the disk refused); the server never stopped")
+            elif kind == "probe_kill":
+                did = f"{f['kills']} SIGKILLs of a Python process driving the probe (drain interval {f['flush_ms']} ms)"
+                kept = (f"lost tail median {f['lost_ms_median']} ms, max {f['lost_ms_max']} ms of recording "
+                        f"({f['lost_steps_median']} / {f['lost_steps_max']} steps); every trace read; "
+                        f"{f['torn_tails_reported']} torn tails")
+            else:
+                did, kept = "", "; ".join(t["name"].rsplit("::", 1)[-1] for t in d.get("tests", [])
+                                          if t["outcome"] == "failed")
+            lines.append(f"| {r['item']} | {verdict} | {did} | {kept} | {provenance(r)} |")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[list[dict]], str]] = {
     "python-probe": python_probe,
     "compat-vllm": compat,
     "compat-sglang": compat,
     "insitu-vllm": insitu,
     "user-ab-vllm": user_ab,
+    "faults-vllm": faults,
 }
 
 

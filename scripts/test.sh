@@ -49,6 +49,12 @@ install_toktrace "$VLLM_VENV"
 stage "pytest on real vLLM"
 "$VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm.py"
 
+# `vllm serve` under a minute of streaming load with a tiny ring, killed
+# mid-stream, and on a tmpfs that fills: exact token accounting each time.
+# Tier 2 runs the same tests long: scripts/extended.sh faults-vllm.
+stage "pytest: real vLLM under load, killed, out of disk"
+"$VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm_faults.py"
+
 # The first release of the vLLM layout line (0.26-0.32 share one layout):
 # the scenarios that check every token, step and finish against vLLM's own
 # output, and `vllm serve` (a shim of its own before 0.32). The rest of the

@@ -1,0 +1,320 @@
+"""A real `vllm serve` under load, killed, and out of disk: every token a
+client received is in the trace with the same id and logprob, or is counted
+by the trace's drop records; the server keeps serving; every trace reads.
+
+Tier 1 runs each for about a minute of load (TOKTRACE_SOAK_SECONDS, default
+60). Tier 2 (scripts/extended.sh soak-vllm) runs them for many minutes and
+more kills, and writes the figures each test reports (TOKTRACE_FIGURES: a
+JSON-lines file the tests append to) into a dated result file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from trace_tokens import step_tokens  # noqa: E402
+from vllm_server import Completion, Server, load  # noqa: E402
+
+SOAK_SECONDS = float(os.environ.get("TOKTRACE_SOAK_SECONDS", "60"))
+KILLS = int(os.environ.get("TOKTRACE_KILLS", "1"))
+CLIENTS = int(os.environ.get("TOKTRACE_SOAK_CLIENTS", "12"))
+# A small ring drained seldom, so that it overflows at times, and small
+# segments, so that they rotate many times a minute.
+STRESSED = {"TOKTRACE_RING_SLOTS": "20", "TOKTRACE_FLUSH_MS": "200", "TOKTRACE_SEGMENT_BYTES": "256K"}
+
+
+def toktrace_cli() -> str:
+    return str(Path(sys.executable).parent / "toktrace")
+
+
+def report(name: str, **figures: Any) -> None:
+    """Append this test's figures for the Tier 2 result file (when asked)."""
+    out = os.environ.get("TOKTRACE_FIGURES")
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps({"test": name, **figures}) + "\n")
+
+
+@dataclass
+class EngineSide:
+    """What the engine-core processes of a trace recorded, read with `toktrace dump`."""
+
+    tokens: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # internal id -> tokens
+    unnamed: int = 0  # tokens of requests whose arrival record was dropped
+    total: int = 0
+    dropped_tokens: int = 0
+    dropped_records: int = 0
+    write_failed: int = 0
+    processes: int = 0
+    segments: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def engine_side(trace_dir: Path) -> EngineSide:
+    proc = subprocess.run([toktrace_cli(), "dump", str(trace_dir)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    side = EngineSide(warnings=[l for l in proc.stderr.splitlines() if l.strip()])
+    by_proc: dict[str, list[dict]] = defaultdict(list)
+    for line in proc.stdout.splitlines():
+        r = json.loads(line)
+        by_proc[r["process"]].append(r["record"])
+    for recs in by_proc.values():
+        if not any(r.get("Process", {}).get("role") == "engine-core" for r in recs):
+            continue
+        side.processes += 1
+        ids: dict[int, str] = {}
+        drops: dict[str, int] = {}
+        for r in recs:
+            if "Header" in r:
+                side.segments += 1
+            elif "Arrival" in r:
+                ids[r["Arrival"]["req"]] = r["Arrival"]["internal_id"]
+            elif "Drops" in r:
+                drops = r["Drops"]  # cumulative: the last one read is the total
+            elif "Step" in r:
+                for key, tok in step_tokens(r["Step"]):
+                    side.total += 1
+                    if key in ids:
+                        side.tokens[ids[key]].append(tok)
+                    else:
+                        side.unnamed += 1
+        side.dropped_tokens += drops.get("tokens", 0)
+        side.dropped_records += sum(drops.get(k, 0) for k in ("ring_full", "too_big", "write_failed"))
+        side.write_failed += drops.get("write_failed", 0)
+    return side
+
+
+def engine_id(side: EngineSide, completion_id: str) -> str | None:
+    """The engine's internal id of a completion (prompt 0 of response X is
+    "X-0"; the engine may append a suffix of its own)."""
+    want = completion_id + "-0"
+    found = [i for i in side.tokens if i == want or i.startswith(want + "-")]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def check_accounting(side: EngineSide, done: list[Completion]) -> dict[str, int]:
+    """Exact: tokens the clients received = tokens traced + tokens the drop
+    records count; and each traced token is the one the client got."""
+    received = sum(c.completion_tokens or 0 for c in done)
+    assert received == side.total + side.dropped_tokens, (received, side.total, side.dropped_tokens)
+    checked = 0
+    for c in done:
+        iid = engine_id(side, c.id or "")
+        if iid is None:
+            continue
+        toks = side.tokens[iid]
+        idx = [t["index"] for t in toks]
+        assert idx == sorted(set(idx)), f"{iid}: tokens duplicated or out of order: {idx}"
+        assert not idx or idx[-1] < (c.completion_tokens or 0), (iid, idx, c.completion_tokens)
+        if c.asked_logprobs:
+            assert len(c.token_ids) == c.completion_tokens, c
+            for t in toks:
+                assert t["token_id"] == c.token_ids[t["index"]], (iid, t["index"])
+                assert math.isclose(t["logprob"], c.logprobs[t["index"]], rel_tol=1e-5, abs_tol=1e-5), (iid, t)
+                checked += 1
+    return {"received": received, "traced": side.total, "dropped": side.dropped_tokens, "checked": checked}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([toktrace_cli(), *args], capture_output=True, text=True)
+
+
+# ===== soak: many streaming clients, a small ring, rotating segments =====
+
+
+@pytest.fixture(scope="module")
+def soak(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("soak")
+    server = Server(tmp, tmp / "trace", env=STRESSED)
+    server.start()
+    try:
+        t0 = time.monotonic()
+        done = load(server.port, SOAK_SECONDS, CLIENTS)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.stop()
+    return server, done, elapsed
+
+
+def test_under_load_every_received_token_is_traced_or_counted(soak):
+    server, done, elapsed = soak
+    errors = [c.error for c in done if c.error]
+    assert not errors, errors[:3]
+    side = engine_side(server.trace_dir)
+    assert not side.warnings, side.warnings
+    figures = check_accounting(side, done)
+    assert side.dropped_tokens > 0, "the ring never overflowed: the load did not stress it"
+    assert side.total > side.dropped_tokens, "almost nothing was traced"
+    assert side.segments >= 4, f"segments did not rotate ({side.segments})"
+    assert figures["checked"] > 100
+    # The server's own view of the run agrees (the summary reads the trace whole).
+    summary = run_cli("summary", str(server.trace_dir), "--json")
+    assert summary.returncode == 0, summary.stderr
+    report("soak", clients=CLIENTS, seconds=round(elapsed, 1), requests=len(done),
+           ring_slots=int(STRESSED["TOKTRACE_RING_SLOTS"]), flush_ms=int(STRESSED["TOKTRACE_FLUSH_MS"]),
+           tokens_per_s=round(figures["received"] / elapsed, 1), segments=side.segments,
+           dropped_records=side.dropped_records, unnamed_tokens=side.unnamed, **figures)
+
+
+# ===== SIGKILL of the real server's processes, mid-stream =====
+
+KILL_ORDER = ("engine", "api", "both")
+# Default ring and drain interval (what a user runs), small segments so that
+# kills land after several rotations.
+ROTATING = {"TOKTRACE_SEGMENT_BYTES": "256K"}
+
+
+@dataclass
+class Kill:
+    which: str
+    streams: list[Completion]
+    engine_exited_by_itself: bool | None  # after the API server alone was killed
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """The server killed mid-stream KILLS times (engine core, API server,
+    both, in turn), restarted after each, every run traced into the same
+    directory; then a clean run to the end."""
+    tmp = tmp_path_factory.mktemp("kill")
+    server = Server(tmp, tmp / "trace", env=ROTATING)
+    kills: list[Kill] = []
+    try:
+        for n in range(KILLS):
+            server.start()
+            stop = threading.Event()
+            streams: list[Completion] = []
+            worker = threading.Thread(target=lambda: streams.extend(load(server.port, 3600, 6, seed=n, stop=stop)))
+            worker.start()
+            time.sleep(10 + 5 * (n % 3))  # mid-stream, after several segment rotations
+            which = KILL_ORDER[n % len(KILL_ORDER)]
+            engines = server.engine_pids()
+            server.kill(which, reap=which != "api")
+            by_itself = None
+            if which == "api":
+                by_itself = server.wait_gone(engines, 30)
+                server.kill("group")
+            stop.set()
+            worker.join()
+            kills.append(Kill(which, streams, by_itself))
+        server.start()
+        clean = load(server.port, 10, 4, seed=99)
+    finally:
+        server.stop()
+    return server, kills, clean
+
+
+def test_after_each_kill_the_trace_reads_and_nothing_is_duplicated(killed):
+    server, kills, clean = killed
+    side = engine_side(server.trace_dir)
+    # One engine-core process per start; each killed one may end in a torn frame.
+    assert side.processes == len(kills) + 1, side.processes
+    for w in side.warnings:
+        assert "torn" in w or "truncated" in w or "incomplete" in w, w
+    for proc in (run_cli("summary", str(server.trace_dir)), run_cli("requests", str(server.trace_dir), "--json")):
+        assert proc.returncode == 0, proc.stderr
+    assert all(c.error is None for c in clean), [c.error for c in clean][:3]
+    check_accounting_of_finished(side, clean)
+    lost = []
+    for k in kills:
+        # Streams with logprobs say which token ids reached the client, cut
+        # short by the kill or not: each traced token is one of them, none
+        # twice, and what the trace lacks is what the killed process had not
+        # yet handed to write(2).
+        missing = received = 0
+        for c in k.streams:
+            if not c.asked_logprobs or not c.id:
+                continue
+            iid = engine_id(side, c.id)
+            toks = side.tokens.get(iid, []) if iid else []
+            idx = [t["index"] for t in toks]
+            assert idx == sorted(set(idx)), f"{iid}: duplicated or out of order"
+            for t in toks:
+                if t["index"] < len(c.token_ids):
+                    assert t["token_id"] == c.token_ids[t["index"]], (iid, t["index"])
+            got = {t["index"] for t in toks}
+            received += len(c.token_ids)
+            missing += sum(1 for i in range(len(c.token_ids)) if i not in got)
+        lost.append({"which": k.which, "received": received, "missing": missing,
+                     "engine_exited_by_itself": k.engine_exited_by_itself})
+    report("kill", kills=lost, flush_ms=50, ring_slots=65536, torn_tails=len(side.warnings),
+           processes=side.processes, segments=side.segments)
+
+
+def check_accounting_of_finished(side: EngineSide, done: list[Completion]) -> None:
+    """The exact accounting, for streams of a run that ended cleanly."""
+    for c in done:
+        iid = engine_id(side, c.id or "")
+        assert iid is not None, c.id
+        toks = side.tokens[iid]
+        assert [t["index"] for t in toks] == list(range(c.completion_tokens or 0)), iid
+        if c.asked_logprobs:
+            assert [t["token_id"] for t in toks] == c.token_ids, iid
+
+
+# ===== the disk fills while the server runs =====
+
+
+@pytest.fixture(scope="module")
+def disk_full(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    tmp = tmp_path_factory.mktemp("full")
+    mount = tmp / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        server = Server(tmp, mount / "trace", env={"TOKTRACE_SEGMENT_BYTES": "1M", "TOKTRACE_FLUSH_MS": "100"})
+        server.start()
+        try:
+            before = load(server.port, 10, 6, seed=1)
+            # Fill what is left of the disk.
+            filler = mount / "filler"
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 16))
+                        f.flush()
+                except OSError:
+                    pass
+            during = load(server.port, 20, 6, seed=2)
+            filler.unlink()
+            after = load(server.port, 10, 6, seed=3)
+        finally:
+            server.stop()
+        log = server.log()
+        side = engine_side(server.trace_dir)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    return before, during, after, log, side
+
+
+def test_a_full_disk_never_stops_the_server_and_losses_are_exact(disk_full):
+    before, during, after, log, side = disk_full
+    for phase in (before, during, after):
+        assert phase and all(c.error is None for c in phase), [c.error for c in phase if c.error][:3]
+    assert side.write_failed > 0, "the disk never refused a write"
+    figures = check_accounting(side, before + during + after)
+    assert figures["traced"] > 0
+    # One warning per failure episode and process, and one "writing again".
+    failures = [l for l in log.splitlines() if "toktrace: cannot write trace" in l]
+    assert 1 <= len(failures) <= 2, failures
+    assert any("writing to" in l and "again" in l for l in log.splitlines()), log[-3000:]
+    report("disk_full", tmpfs_mb=16, requests=len(before + during + after), write_failed=side.write_failed,
+           **figures)
