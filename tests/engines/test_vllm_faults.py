@@ -66,36 +66,46 @@ class EngineSide:
 
 
 def engine_side(trace_dir: Path) -> EngineSide:
-    proc = subprocess.run([toktrace_cli(), "dump", str(trace_dir)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    side = EngineSide(warnings=[l for l in proc.stderr.splitlines() if l.strip()])
-    by_proc: dict[str, list[dict]] = defaultdict(list)
-    for line in proc.stdout.splitlines():
+    """Streamed from `toktrace dump` (a long soak's dump runs to gigabytes of
+    JSON): per token, only its index, id and logprob are kept."""
+    proc = subprocess.Popen([toktrace_cli(), "dump", str(trace_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    side = EngineSide()
+    roles: dict[str, str] = {}
+    ids: dict[str, dict[int, str]] = defaultdict(dict)
+    drops: dict[str, dict[str, int]] = {}
+    segments: dict[str, int] = defaultdict(int)
+    for line in proc.stdout:
         r = json.loads(line)
-        by_proc[r["process"]].append(r["record"])
-    for recs in by_proc.values():
-        if not any(r.get("Process", {}).get("role") == "engine-core" for r in recs):
-            continue
+        p, rec = r["process"], r["record"]
+        if "Process" in rec:
+            roles[p] = rec["Process"]["role"]
+        elif "Header" in rec:
+            segments[p] += 1
+        elif "Arrival" in rec:
+            ids[p][rec["Arrival"]["req"]] = rec["Arrival"]["internal_id"]
+        elif "Drops" in rec:
+            drops[p] = rec["Drops"]  # cumulative: the last one read is the total
+        elif "Step" in rec:
+            for key, tok in step_tokens(rec["Step"]):
+                side.total += 1
+                name = ids[p].get(key)
+                if name is None:
+                    side.unnamed += 1
+                else:
+                    side.tokens[name].append({"index": tok["index"], "token_id": tok["token_id"],
+                                              "logprob": tok.get("logprob")})
+    side.warnings = [l for l in proc.stderr.read().splitlines() if l.strip()]
+    assert proc.wait() == 0, side.warnings[-20:]
+    # Steps come from engine cores only; drops and segments are counted there.
+    for p in (p for p, role in roles.items() if role == "engine-core"):
         side.processes += 1
-        ids: dict[int, str] = {}
-        drops: dict[str, int] = {}
-        for r in recs:
-            if "Header" in r:
-                side.segments += 1
-            elif "Arrival" in r:
-                ids[r["Arrival"]["req"]] = r["Arrival"]["internal_id"]
-            elif "Drops" in r:
-                drops = r["Drops"]  # cumulative: the last one read is the total
-            elif "Step" in r:
-                for key, tok in step_tokens(r["Step"]):
-                    side.total += 1
-                    if key in ids:
-                        side.tokens[ids[key]].append(tok)
-                    else:
-                        side.unnamed += 1
-        side.dropped_tokens += drops.get("tokens", 0)
-        side.dropped_records += sum(drops.get(k, 0) for k in ("ring_full", "too_big", "write_failed"))
-        side.write_failed += drops.get("write_failed", 0)
+        side.segments += segments[p]
+        d = drops.get(p, {})
+        side.dropped_tokens += d.get("tokens", 0)
+        side.dropped_records += sum(d.get(k, 0) for k in ("ring_full", "too_big", "write_failed"))
+        side.write_failed += d.get("write_failed", 0)
     return side
 
 
