@@ -79,13 +79,20 @@ def test_a_probe_driver_killed_many_times_leaves_readable_traces(tmp_path: Path)
     for n in range(KILLS):
         trace_dir = tmp_path / f"kill-{n}"
         handed = kill_once(trace_dir, rng)
+        if not trace_dir.exists():
+            # Killed before the drain's first write: nothing to read, all lost.
+            lost_steps.append(len(handed))
+            lost_ms.append((max(handed.values()) - min(handed.values())) / 1e6 if handed else 0.0)
+            continue
         records = dump(trace_dir)  # asserts the reader succeeds
         steps = [r["record"]["Step"] for r in records if "Step" in r["record"]]
         ids = [s["step_id"] for s in steps]
         # A prefix of what was handed over, in order, nothing twice.
         assert ids == list(range(len(ids))), f"kill {n}: steps {ids[:5]}…{ids[-5:]}"
         last_handed = max(handed)
-        assert len(ids) - 1 <= last_handed
+        # The step being recorded when the kill came may be in the trace
+        # without the parent having heard of it: one more, never two.
+        assert len(ids) - 1 <= last_handed + 1
         seen: dict[int, int] = {}
         for s in steps:
             for req, tok in step_tokens(s):
@@ -94,7 +101,7 @@ def test_a_probe_driver_killed_many_times_leaves_readable_traces(tmp_path: Path)
         summary = run_cli("summary", str(trace_dir))
         assert summary.returncode == 0, summary.stderr
         torn += "torn" in summary.stderr or "truncated" in summary.stderr
-        lost_steps.append(last_handed - (len(ids) - 1))
+        lost_steps.append(max(0, last_handed - (len(ids) - 1)))
         # How long before the kill the lost tail began: the oldest lost step's
         # age when the last one was handed over.
         first_lost = len(ids)
