@@ -44,6 +44,13 @@ pub struct RequestReport {
     pub culprits: Vec<(RequestIx, f64)>,
     /// Findings.
     pub flags: Vec<Flag>,
+    /// It arrived before its engine's warm-up was over.
+    pub warmup: bool,
+    /// For such a request, its latency as served: from the warm-up's end on
+    /// (its wait for the engine's start and the gaps across the warm-up left
+    /// out; no TTFT when its first token came out of a warm-up step). What
+    /// the statistics count unless `include_warmup`.
+    pub served: Option<Latency>,
 }
 
 /// A request that delayed others, with what it cost them.
@@ -72,6 +79,9 @@ pub struct Analysis {
     pub reports: Vec<RequestReport>,
     /// Requests that delayed others, most harmful first.
     pub offenders: Vec<Offender>,
+    /// Whether statistics and charts count requests that waited on an
+    /// engine's warm-up (`--include-warmup`); they are always in the lists.
+    pub include_warmup: bool,
 }
 
 impl Analysis {
@@ -143,7 +153,29 @@ impl Analysis {
             tbt_deadline_ns,
             reports,
             offenders,
+            include_warmup: false,
         }
+    }
+
+    /// The latency of request `r` the statistics count: as served, unless
+    /// the warm-up is included (see [`RequestReport::served`]).
+    pub fn statistics_latency(&self, r: RequestIx) -> Option<&Latency> {
+        let rep = self.reports.get(r as usize)?;
+        Some(match (&rep.served, self.include_warmup) {
+            (Some(served), false) => served,
+            _ => &rep.latency,
+        })
+    }
+
+    /// Whether a step was part of its engine's warm-up, and is left out of
+    /// statistics and charts (never when the warm-up is included).
+    pub fn left_out_as_warmup(&self, s: crate::data::StepIx) -> bool {
+        !self.include_warmup
+            && self.data.steps.get(s as usize).is_some_and(|step| {
+                self.models
+                    .get(step.process as usize)
+                    .is_some_and(|m| m.in_warmup(step.end_ns))
+            })
     }
 
     /// Every token of a request with its gap broken down.
@@ -227,9 +259,52 @@ fn report_range(
         report.culprits = culprits;
         report.flags = flags(data, r);
         report.latency = latency;
+        let warmup = models.get(r.process as usize).and_then(|m| m.warmup);
+        let arrival = r.arrival_ns().or(first_scheduled);
+        if let Some(w) = warmup.filter(|w| arrival.is_some_and(|a| a <= w.end_ns)) {
+            report.warmup = true;
+            report.served = Some(served_latency(
+                &mut scratch,
+                r,
+                &exits,
+                first_scheduled,
+                deadline,
+                w.end_ns,
+            ));
+        }
         reports.push(report);
     }
     (reports, offenders)
+}
+
+/// The latency of a request that arrived during its engine's warm-up, as
+/// if it had arrived when the warm-up ended: tokens that came out of warm-up
+/// steps are left out (and with the first of them, the TTFT).
+fn served_latency(
+    scratch: &mut Scratch,
+    r: &Request,
+    exits: &[u64],
+    first_scheduled: Option<u64>,
+    deadline: f64,
+    warmup_end: u64,
+) -> Latency {
+    let kept = exits.partition_point(|&e| e <= warmup_end);
+    let mut after = r.clone();
+    after.detail = None;
+    after.token_index.drain(..kept);
+    after.token_step.drain(..kept);
+    after.emit_ns.drain(..kept.min(after.emit_ns.len()));
+    after.frontend_arrival_ns = after.frontend_arrival_ns.map(|a| a.max(warmup_end));
+    after.engine_arrival_ns = after.engine_arrival_ns.map(|a| a.max(warmup_end));
+    let scheduled = first_scheduled.map(|s| s.max(warmup_end));
+    let mut l = latency(scratch, &after, &exits[kept..], scheduled, deadline);
+    if kept > 0 {
+        l.ttft_ns = None;
+        l.ttft_emit_ns = None;
+        l.queue_ns = None;
+        l.prefill_ns = None;
+    }
+    l
 }
 
 /// Find requests by id (see [`Analysis::find`]).
@@ -242,6 +317,7 @@ pub fn find_request(data: &TraceData, id: &str) -> Vec<RequestIx> {
         .filter(|(_, r)| {
             r.internal_id == id
                 || r.external_id.as_deref() == Some(id)
+                || r.sequence_id.as_deref() == Some(id)
                 || r.trace_id_hex().as_deref() == Some(id_lower.as_str())
         })
         .map(|(i, _)| i as RequestIx)

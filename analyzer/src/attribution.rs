@@ -15,11 +15,12 @@
 //!   requests prefilled in the step that preempted it).
 //!
 //! Excess nobody's prefill explains stays unattributed (engine hiccups,
-//! warm-up, noise). Only tokens after the first are attributed; the first
+//! noise), and so does all of it in the engine's warm-up ([`crate::warmup`]). Only tokens after the first are attributed; the first
 //! token's wait is the request's TTFT.
 
 use crate::data::{RequestIx, StepIx, TraceData};
 use crate::step_model::StepModel;
+use crate::warmup::Warmup;
 
 /// What caused a share of a token's excess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -101,22 +102,34 @@ pub struct ProcessModel {
     /// Median duration of steps without prefill (the interference-free decode
     /// iteration), 0 when there were none.
     pub decode_step_ns: f64,
+    /// The process's warm-up, when its first steps had one.
+    #[serde(default)]
+    pub warmup: Option<Warmup>,
 }
 
-/// Fit a model per process. The first step of each process is left out: it
-/// carries the engine's warm-up.
+impl ProcessModel {
+    /// Whether a step of this process (its end time) was part of its warm-up.
+    pub fn in_warmup(&self, end_ns: u64) -> bool {
+        self.warmup.is_some_and(|w| end_ns <= w.end_ns)
+    }
+}
+
+/// Fit a model per process on its steps after the warm-up (and always
+/// after the first step, which carries some of it even when short).
 pub fn fit_processes(data: &TraceData) -> Vec<ProcessModel> {
     (0..data.processes.len() as u32)
         .map(|p| {
             let steps: Vec<_> = data.steps.iter().filter(|s| s.process == p).collect();
-            let model = StepModel::fit(steps.iter().skip(1).copied());
+            let warmup = crate::warmup::detect(&steps);
+            let skip = warmup.map_or(1, |w| (w.steps as usize).max(1));
+            let model = StepModel::fit(steps.iter().skip(skip).copied());
             let mut pauses: Vec<u64> = steps
                 .windows(2)
                 .map(|w| w[1].start_ns.saturating_sub(w[0].end_ns))
                 .collect();
             let mut decode: Vec<u64> = steps
                 .iter()
-                .skip(1)
+                .skip(skip)
                 .filter(|s| s.prefill_tokens == 0 && s.decode_tokens > 0)
                 .map(|s| s.duration_ns())
                 .collect();
@@ -124,6 +137,7 @@ pub fn fit_processes(data: &TraceData) -> Vec<ProcessModel> {
                 model,
                 pause_ns: median(&mut pauses),
                 decode_step_ns: median(&mut decode),
+                warmup,
             }
         })
         .collect()
@@ -215,6 +229,10 @@ fn attribute(
         return;
     };
     let step = &data.steps[step_ix as usize];
+    // The engine's own start delayed the token, not anyone's work.
+    if pm.in_warmup(step.end_ns) {
+        return;
+    }
     let slices = data.slices_of(step_ix);
     let prefill_context: u64 = slices
         .iter()
@@ -259,7 +277,8 @@ fn attribute(
         };
         let mut culprits: Vec<(RequestIx, f64)> = Vec::new();
         for between in prev_ix..step_ix {
-            if data.steps[between as usize].process != step.process {
+            let sat_out = &data.steps[between as usize];
+            if sat_out.process != step.process || pm.in_warmup(sat_out.end_ns) {
                 continue;
             }
             for s in data.slices_of(between) {

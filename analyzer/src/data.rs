@@ -196,6 +196,9 @@ pub struct Request {
     pub internal_id: String,
     /// The client-visible id, when the engine or the frontend recorded one.
     pub external_id: Option<String>,
+    /// `ID#k` when several requests share the client-visible id (the
+    /// sequences of one `n > 1` request: `k` is the choice's index).
+    pub sequence_id: Option<String>,
     /// The W3C trace id from a `traceparent` header.
     pub trace_id: Option<[u8; 16]>,
     /// The caller's span in that trace (the header's parent id).
@@ -236,9 +239,13 @@ pub struct Request {
 }
 
 impl Request {
-    /// The id to show: the client-visible one when known.
+    /// The id to show: the client-visible one when known, told apart from
+    /// its siblings' (`ID#k`) when it is shared.
     pub fn display_id(&self) -> &str {
-        self.external_id.as_deref().unwrap_or(&self.internal_id)
+        self.sequence_id
+            .as_deref()
+            .or(self.external_id.as_deref())
+            .unwrap_or(&self.internal_id)
     }
 
     /// The trace id as 32 hex digits.

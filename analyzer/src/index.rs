@@ -40,7 +40,7 @@ pub const CHECKPOINT_BYTES: u64 = 64 << 10;
 const WINDOW_MARGIN_NS: u64 = 100_000_000;
 const MAGIC: &[u8; 8] = b"TTINDEX\0";
 /// Bumped whenever the serialized layout changes: an older file is rebuilt.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 /// Why an index could not be built or used.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,8 @@ pub struct IndexedRequest {
     pub internal_id: String,
     /// Client-visible id.
     pub external_id: Option<String>,
+    /// `ID#k` when the client-visible id is shared (see [`Request::sequence_id`]).
+    pub sequence_id: Option<String>,
     /// W3C trace id.
     pub trace_id: Option<[u8; 16]>,
     /// Caller's span id.
@@ -255,6 +257,8 @@ impl TraceIndex {
             if r.external_id.is_none() {
                 r.external_id.clone_from(&k.external_id);
             }
+            // Named over the whole trace: a window may hold one sibling only.
+            r.sequence_id.clone_from(&k.sequence_id);
             if r.trace_id.is_none() {
                 r.trace_id = k.trace_id;
                 r.parent_span_id = k.parent_span_id;
@@ -323,6 +327,7 @@ impl IndexedRequest {
             key: self.key,
             internal_id: self.internal_id.clone(),
             external_id: self.external_id.clone(),
+            sequence_id: self.sequence_id.clone(),
             trace_id: self.trace_id,
             parent_span_id: self.parent_span_id,
             ..Default::default()
@@ -547,6 +552,7 @@ fn request_windows(data: &TraceData) -> Vec<IndexedRequest> {
                 key: r.key,
                 internal_id: r.internal_id.clone(),
                 external_id: r.external_id.clone(),
+                sequence_id: r.sequence_id.clone(),
                 trace_id: r.trace_id,
                 parent_span_id: r.parent_span_id,
                 engine_arrival_ns: r.engine_arrival_ns,

@@ -5,8 +5,8 @@
 //! frontend emits joined to engine tokens) into compact tables ([`data`]);
 //! [`Analysis`] fits the trace's own step-time model ([`step_model`]), computes
 //! per-request latency metrics ([`metrics`]), splits every token's gap into
-//! expected work and excess laid at the culprits' doors ([`attribution`]) and
-//! flags accuracy problems. [`report`] gives the stable JSON shapes of the CLI,
+//! expected work and excess laid at the culprits' doors ([`attribution`]),
+//! recognises each engine's warm-up ([`warmup`]) and flags accuracy problems. [`report`] gives the stable JSON shapes of the CLI,
 //! [`frames`] the same as polars DataFrames. [`index`] keeps, next to a large
 //! trace, what it takes to load one request's stretch of time alone.
 
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod report;
 pub mod select;
 pub mod step_model;
+pub mod warmup;
 
 pub use analysis::{Analysis, AnalyzeOptions};
 pub use load::{load, Detail, LoadOptions};

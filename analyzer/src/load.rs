@@ -199,8 +199,42 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
     }
     share_host_clocks(&mut data.processes);
     join_frontends(&mut data, frontends);
+    name_sequences(&mut data);
     data.index_slices();
     Ok(data)
+}
+
+/// Requests that share a client-visible id — the sequences of an `n > 1`
+/// request, which engines run as one request each — are shown as `ID#k`, in
+/// the order of the engine's own index for them (vLLM names them `k_ID`),
+/// else of arrival.
+fn name_sequences(data: &mut TraceData) {
+    let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, r) in data.requests.iter().enumerate() {
+        if let Some(e) = r.external_id.as_deref() {
+            by_id.entry(e).or_default().push(i);
+        }
+    }
+    let mut names: Vec<(usize, String)> = Vec::new();
+    for (id, mut group) in by_id.into_iter().filter(|(_, g)| g.len() > 1) {
+        let key = |r: &Request| {
+            let own = r
+                .internal_id
+                .split_once('_')
+                .and_then(|(k, _)| k.parse::<u32>().ok());
+            (own, r.engine_arrival_ns, r.internal_id.clone())
+        };
+        group.sort_by_key(|&i| key(&data.requests[i]));
+        names.extend(
+            group
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (i, format!("{id}#{k}"))),
+        );
+    }
+    for (i, name) in names {
+        data.requests[i].sequence_id = Some(name);
+    }
 }
 
 /// Processes of one host share CLOCK_MONOTONIC: show them all through the

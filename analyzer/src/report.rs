@@ -49,6 +49,19 @@ pub struct RequestRow {
     pub interference_ms: f64,
     pub top_culprits: Vec<CulpritTotal>,
     pub flags: Vec<&'static str>,
+    /// It arrived before its engine's warm-up was over (left out of
+    /// `summary`'s statistics unless `--include-warmup`).
+    pub warmup: bool,
+}
+
+/// One engine process's warm-up in `summary --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmupRow {
+    pub process: String,
+    pub steps: u32,
+    pub duration_ms: f64,
+    /// Requests that arrived before it was over.
+    pub requests: usize,
 }
 
 /// A culprit's total delay of one request.
@@ -231,6 +244,10 @@ pub struct Summary {
     pub step_models: Vec<ModelRow>,
     pub unmatched_frontend_requests: u64,
     pub warnings: Vec<String>,
+    /// Each engine process's warm-up, when it had one.
+    pub warmup: Vec<WarmupRow>,
+    /// Whether the latency figures above count the requests that waited on it.
+    pub warmup_included: bool,
 }
 
 impl Analysis {
@@ -263,9 +280,19 @@ impl Analysis {
 
     /// The `requests --json` row of one request.
     pub fn request_row(&self, r: RequestIx) -> RequestRow {
+        self.row_with(r, &self.reports[r as usize].latency)
+    }
+
+    /// The row of request `r` with the latency the statistics count (as
+    /// served, for a request that waited on a warm-up left out).
+    pub fn statistics_row(&self, r: RequestIx) -> RequestRow {
+        let rep = &self.reports[r as usize];
+        self.row_with(r, self.statistics_latency(r).unwrap_or(&rep.latency))
+    }
+
+    fn row_with(&self, r: RequestIx, l: &crate::metrics::Latency) -> RequestRow {
         let req = &self.data.requests[r as usize];
         let rep = &self.reports[r as usize];
-        let l = &rep.latency;
         let p = &self.data.processes[req.process as usize];
         RequestRow {
             request_id: req.display_id().to_string(),
@@ -311,6 +338,7 @@ impl Analysis {
                 })
                 .collect(),
             flags: rep.flags.iter().map(|f| f.name).collect(),
+            warmup: rep.warmup,
         }
     }
 
@@ -479,10 +507,25 @@ impl Analysis {
                 adapter_disabled: p.adapter_errors.as_ref().is_some_and(|e| e.disabled),
             })
             .collect();
-        let start = d.steps.iter().map(|s| s.start_ns).min();
-        let end = d.steps.iter().map(|s| s.end_ns).max();
+        // Duration and throughput of serving: from the end of the warm-up on
+        // (unless it is included).
+        let counted = |s: &&crate::data::StepRow| {
+            self.include_warmup
+                || !self
+                    .models
+                    .get(s.process as usize)
+                    .is_some_and(|m| m.in_warmup(s.end_ns))
+        };
+        let start = d.steps.iter().filter(counted).map(|s| s.start_ns).min();
+        let end = d.steps.iter().filter(counted).map(|s| s.end_ns).max();
         let duration_ns = start.zip(end).map_or(0, |(s, e)| e.saturating_sub(s));
         let tokens = d.tokens();
+        let served: u64 = d
+            .steps
+            .iter()
+            .filter(counted)
+            .map(|s| u64::from(s.sampled))
+            .sum();
         let mut flags = std::collections::BTreeMap::new();
         for rep in &self.reports {
             for f in &rep.flags {
@@ -490,8 +533,31 @@ impl Analysis {
             }
         }
         let lat = |f: &dyn Fn(&crate::metrics::Latency) -> Option<f64>| {
-            spread(self.reports.iter().filter_map(|r| f(&r.latency)).collect())
+            spread(
+                (0..self.reports.len() as RequestIx)
+                    .filter_map(|r| self.statistics_latency(r).and_then(f))
+                    .collect(),
+            )
         };
+        let warmup = self
+            .models
+            .iter()
+            .enumerate()
+            .filter_map(|(p, m)| {
+                let w = m.warmup?;
+                Some(WarmupRow {
+                    process: d.processes.get(p)?.name.clone(),
+                    steps: w.steps,
+                    duration_ms: ms_u(w.duration_ns()),
+                    requests: d
+                        .requests
+                        .iter()
+                        .zip(&self.reports)
+                        .filter(|(r, rep)| r.process as usize == p && rep.warmup)
+                        .count(),
+                })
+            })
+            .collect();
         let first_process = d.steps.first().map(|s| &d.processes[s.process as usize]);
         Summary {
             processes,
@@ -502,7 +568,7 @@ impl Analysis {
             start_unix_ns: start.zip(first_process).map(|(s, p)| p.unix_ns(s)),
             duration_s: duration_ns as f64 / 1e9,
             output_tokens_per_s: if duration_ns > 0 {
-                (tokens as f64 / (duration_ns as f64 / 1e9) * 10.0).round() / 10.0
+                (served as f64 / (duration_ns as f64 / 1e9) * 10.0).round() / 10.0
             } else {
                 0.0
             },
@@ -518,6 +584,8 @@ impl Analysis {
             step_models: self.model_rows(),
             unmatched_frontend_requests: d.unmatched_frontend_requests,
             warnings: d.warnings.clone(),
+            warmup,
+            warmup_included: self.include_warmup,
         }
     }
 }

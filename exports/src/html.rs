@@ -40,14 +40,18 @@ th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eef; } td
 "#;
 
 /// Write the report of what `sel` covers.
+/// Unless the analysis includes it, an engine's warm-up (its first, far
+/// slower steps) is left out of the charts and figures, and requests that
+/// waited on it count as served from its end, so the page shows serving
+/// rather than start-up.
 pub fn write(a: &Analysis, sel: &Selection, mut out: impl Write) -> Result<()> {
     let requests: Vec<RequestIx> = (0..a.data.requests.len() as RequestIx)
         .filter(|&r| sel.request(a, r))
         .collect();
-    let steps: Vec<StepIx> = (0..a.data.steps.len() as StepIx)
+    let (steps, warm_steps): (Vec<StepIx>, Vec<StepIx>) = (0..a.data.steps.len() as StepIx)
         .filter(|&s| sel.step(a, s))
-        .collect();
-    let rows: Vec<RequestRow> = requests.iter().map(|&r| a.request_row(r)).collect();
+        .partition(|&s| !a.left_out_as_warmup(s));
+    let rows: Vec<RequestRow> = requests.iter().map(|&r| a.statistics_row(r)).collect();
 
     let mut page = String::new();
     page.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
@@ -56,7 +60,20 @@ pub fn write(a: &Analysis, sel: &Selection, mut out: impl Write) -> Result<()> {
     page.push_str(STYLE);
     page.push_str("</style></head><body>");
     header(&mut page, a, &steps, &requests);
-    numbers(&mut page, a, &steps, &rows);
+    if !warm_steps.is_empty() {
+        let waited = requests
+            .iter()
+            .filter(|&&r| a.reports[r as usize].warmup)
+            .count();
+        let _ = write!(
+            page,
+            "<p class=\"meta\" id=\"warmup\">Engine warm-up left out: its first {} step(s); the {waited} \
+             request(s) that arrived during it count from its end (<code>--include-warmup</code> \
+             keeps it all).</p>",
+            warm_steps.len()
+        );
+    }
+    numbers(&mut page, a, &steps, steps.len() + warm_steps.len(), &rows);
     timeline(&mut page, a, &steps);
     distributions(&mut page, a, sel, &requests, &rows);
     slowest(&mut page, &rows);
@@ -115,7 +132,14 @@ fn window(a: &Analysis, steps: &[StepIx]) -> Option<(u64, u64)> {
     Some((from, to))
 }
 
-fn numbers(page: &mut String, a: &Analysis, steps: &[StepIx], rows: &[RequestRow]) {
+/// The key figures; `all_steps` counts the warm-up's too.
+fn numbers(
+    page: &mut String,
+    a: &Analysis,
+    steps: &[StepIx],
+    all_steps: usize,
+    rows: &[RequestRow],
+) {
     let tokens: usize = rows.iter().map(|r| r.output_tokens).sum();
     let duration_s = window(a, steps).map_or(0.0, |(f, t)| (t - f) as f64 / 1e9);
     let of = |f: &dyn Fn(&RequestRow) -> Option<f64>| spread(rows.iter().filter_map(f).collect());
@@ -128,7 +152,7 @@ fn numbers(page: &mut String, a: &Analysis, steps: &[StepIx], rows: &[RequestRow
     let items: [(&str, &str, String); 12] = [
         ("requests", "Requests", rows.len().to_string()),
         ("tokens", "Output tokens", tokens.to_string()),
-        ("steps", "Engine steps", steps.len().to_string()),
+        ("steps", "Engine steps", all_steps.to_string()),
         ("duration_s", "Duration (s)", format!("{duration_s:.2}")),
         ("ttft_ms.p50", "TTFT p50 (ms)", format!("{:.1}", ttft.p50)),
         ("ttft_ms.p99", "TTFT p99 (ms)", format!("{:.1}", ttft.p99)),
@@ -227,8 +251,13 @@ fn distributions(
     for &r in requests {
         let req = &a.data.requests[r as usize];
         let p = &a.data.processes[req.process as usize];
-        // The first token's gap is its TTFT, shown above.
-        for t in a.timings(r).iter().skip(1) {
+        // The first token's gap is its TTFT, shown above; a gap that ends in
+        // or spans a warm-up step left out is no serving gap.
+        let timings = a.timings(r);
+        for (prev, t) in timings.iter().zip(timings.iter().skip(1)) {
+            if a.left_out_as_warmup(prev.step) || a.left_out_as_warmup(t.step) {
+                continue;
+            }
             if sel.contains(p.unix_ns(t.exit_ns)) {
                 gaps.push(t.gap_ns as f64 / 1e6);
             }

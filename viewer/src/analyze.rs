@@ -51,7 +51,9 @@ fn analyze_loaded(data: toktrace_analyzer::data::TraceData, args: &AnalysisArgs)
     let options = AnalyzeOptions {
         tbt_deadline_ns: args.tbt_deadline_ms.map(|ms| ms * 1e6),
     };
-    Analysis::new(data, &options)
+    let mut a = Analysis::new(data, &options);
+    a.include_warmup = args.include_warmup;
+    a
 }
 
 /// `toktrace index`: build (or confirm) the trace's index.
@@ -195,6 +197,22 @@ pub fn summary(dir: &Path, json: bool, args: &AnalysisArgs) -> Result<()> {
         "{} requests ({} finished), {} steps, {} tokens in {:.1} s ({:.1} tokens/s)",
         s.requests, s.finished_requests, s.steps, s.tokens, s.duration_s, s.output_tokens_per_s
     );
+    for w in &s.warmup {
+        println!(
+            "warm-up: {} ran its first {} step{} in {:.1} s; the {} request{} that arrived during it {}",
+            w.process,
+            w.steps,
+            if w.steps == 1 { "" } else { "s" },
+            w.duration_ms / 1e3,
+            w.requests,
+            if w.requests == 1 { "" } else { "s" },
+            if s.warmup_included {
+                "count from their arrival (--include-warmup)"
+            } else {
+                "count from its end below (--include-warmup counts it)"
+            },
+        );
+    }
     println!("                     p50       p90       p99       max");
     for (name, sp) in [
         ("TTFT ms", s.ttft_ms),

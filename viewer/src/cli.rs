@@ -263,6 +263,11 @@ pub struct AnalysisArgs {
     /// engine's median decode-only step in this trace.
     #[arg(long, value_name = "MS")]
     pub tbt_deadline_ms: Option<f64>,
+    /// Count the requests that arrived during an engine's warm-up (its first,
+    /// far slower steps) in the statistics and charts. By default they are
+    /// listed, marked, and left out: their latency measures the engine's start.
+    #[arg(long)]
+    pub include_warmup: bool,
 }
 
 /// What `requests --sort` orders by.

@@ -56,7 +56,14 @@ fn row_of<'a>(rows: &'a [Value], id: &str, index: usize, n: usize) -> &'a Value 
         .iter()
         .filter(|r| {
             let internal = r["internal_id"].as_str().unwrap();
-            r["request_id"] == id && (n == 1 || internal.starts_with(&format!("{index}_{id}-")))
+            // The sequences of an n > 1 request are shown as ID#k.
+            let shown = if n == 1 {
+                id.to_string()
+            } else {
+                format!("{id}#{index}")
+            };
+            r["request_id"] == shown.as_str()
+                && (n == 1 || internal.starts_with(&format!("{index}_{id}-")))
         })
         .collect();
     assert_eq!(matching.len(), 1, "{id}/{index}: {matching:?}");
