@@ -173,7 +173,7 @@ pub struct SegmentWriter {
     marks: Vec<FrameMark>,
     /// The process directory was made by this writer (it only writes into one it made).
     dir_made: bool,
-    /// A warning for the drain to report once (a trace root open to others).
+    /// A warning for the drain to report once (a trace root others can write to).
     notice: Option<String>,
 }
 
@@ -404,7 +404,7 @@ impl SegmentWriter {
     /// its name is predictable, and a directory (or symlink) planted there by
     /// someone else must not receive prompts and outputs. Missing parents are
     /// made 0700; an existing root is left as it is, with one warning when
-    /// other users may read or write it.
+    /// other users may write into it.
     fn make_dir(&mut self) -> io::Result<()> {
         if self.dir_made {
             if self.dir.is_dir() {
@@ -416,10 +416,12 @@ impl SegmentWriter {
                 .recursive(true)
                 .mode(0o700)
                 .create(root)?;
+            // Writable by others (a shared /var/tmp, say) is where a planted
+            // directory could wait; readable only is the usual 0755.
             let mode = fs::metadata(root)?.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
+            if mode & 0o022 != 0 {
                 self.notice = Some(format!(
-                    "trace directory {} is open to other users (mode {mode:o}); it is left as it is, \
+                    "trace directory {} is writable by other users (mode {mode:o}); it is left as it is, \
                      and this process writes into its own 0700 directory inside",
                     root.display()
                 ));
@@ -475,11 +477,11 @@ impl SegmentWriter {
         if let Some(e) = &self.adapter_errors {
             repeated.push(Record::AdapterErrors(e.clone()));
         }
-        repeated.extend(self.in_flight.values().cloned().map(Record::Arrival));
         for r in &repeated {
             frame::encode_frame(r, &mut opening)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")))?;
         }
+        self.repeat_in_flight(&mut opening)?;
         file.write_all(&opening)?;
         self.current = Some(OpenSegment {
             index,
@@ -488,6 +490,36 @@ impl SegmentWriter {
             last_sync: Instant::now(),
         });
         self.enforce_budget();
+        Ok(())
+    }
+
+    /// Repeat the arrivals of requests still running, newest first, in at
+    /// most a quarter of a segment; older ones are forgotten. Their finishes
+    /// may never come (a finish dropped by a full ring leaves its arrival
+    /// here for good), and repeating more than a segment holds made every
+    /// segment all repetition: a 30-minute soak with a 20-record ring wrote
+    /// 57,000 segments of 1 MB each.
+    fn repeat_in_flight(&mut self, opening: &mut Vec<u8>) -> io::Result<()> {
+        let budget = (self.config.segment_bytes / 4) as usize;
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0usize;
+        for a in self.in_flight.values().rev() {
+            let mut f = Vec::new();
+            frame::encode_frame(&Record::Arrival(a.clone()), &mut f)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("encode: {e}")))?;
+            if bytes + f.len() > budget {
+                break;
+            }
+            bytes += f.len();
+            frames.push(f);
+        }
+        while self.in_flight.len() > frames.len() {
+            self.in_flight.pop_first();
+        }
+        // Oldest first, as they arrived.
+        for f in frames.iter().rev() {
+            opening.extend_from_slice(f);
+        }
         Ok(())
     }
 

@@ -105,7 +105,11 @@ fn every_record_kind_round_trips() {
         trace.all_warnings()
     );
     assert_eq!(common::records(&trace), written);
-    assert!(reports.lock().unwrap().is_empty());
+    assert!(
+        reports.lock().unwrap().is_empty(),
+        "{:?}",
+        reports.lock().unwrap()
+    );
 
     let header = trace.processes[0].header().expect("header");
     assert_eq!(header.pid, std::process::id());
@@ -205,4 +209,34 @@ fn byte_ranges_read_exactly_their_frames() {
     let cut = read_segment_ranges(seg, &one_range, &mut buf).unwrap();
     assert!(cut.records.is_empty());
     assert_eq!(cut.warnings.len(), 1);
+}
+
+#[test]
+fn arrivals_that_never_finish_cannot_make_every_segment_repetition() {
+    // 20,000 requests whose finishes never come (dropped by a full ring, or
+    // still running), then steps: each new segment repeats running
+    // requests' arrivals, but in at most a quarter of its size.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = common::config(dir.path());
+    config.writer.segment_bytes = 64 << 10;
+    let mut records: Vec<Record> = (0..20_000).map(synth::arrival).collect();
+    records.extend((0..3_000).map(|i| Record::Step(synth::step(i, 8, Some(2)))));
+    let mut payload = Vec::new();
+    for r in &records {
+        probe_core::frame::encode_frame(r, &mut payload).unwrap();
+    }
+    let probe = common::record_all(config, &records);
+    let written: u64 = std::fs::read_dir(probe.dir())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        written < payload.len() as u64 * 3 / 2,
+        "wrote {written} bytes for {} bytes of records",
+        payload.len()
+    );
+    // The newest running requests are still named in the last segment.
+    let trace = read_trace(dir.path()).unwrap();
+    let steps = common::step_ids(&common::records(&trace));
+    assert_eq!(steps, (0..3_000).collect::<Vec<_>>());
 }

@@ -31,7 +31,7 @@ fn directories_toktrace_makes_are_owner_only() {
 }
 
 #[test]
-fn a_root_open_to_others_is_left_as_it_is_with_one_warning() {
+fn a_root_writable_by_others_is_left_as_it_is_with_one_warning() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("shared");
     std::fs::create_dir(&root).unwrap();
@@ -48,7 +48,7 @@ fn a_root_open_to_others_is_left_as_it_is_with_one_warning() {
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert!(
-        reports[0].contains("open to other users (mode 1777)"),
+        reports[0].contains("writable by other users (mode 1777)"),
         "{reports:?}"
     );
 }
