@@ -621,12 +621,15 @@ def _wrap_on_idle(orig: Callable) -> Callable:
     # time the scheduler goes idle after work, it waits (bounded) for the drain
     # instead; with nothing to run, the engine cannot notice.
     def on_idle(self: Any, *args: Any, **kwargs: Any) -> Any:
-        st = _state(self)
-        if st is not None and st.unflushed:
-            st.unflushed = False
-            rec = _recorder()
-            if rec is not None:
-                rec.flush(IDLE_FLUSH_S)
+        try:
+            st = _state(self)
+            if st is not None and st.unflushed:
+                st.unflushed = False
+                rec = _recorder()
+                if rec is not None:
+                    rec.flush(IDLE_FLUSH_S)
+        except Exception as exc:  # noqa: BLE001
+            _guard.failed("Scheduler.on_idle", exc)
         return orig(self, *args, **kwargs)
 
     return on_idle
