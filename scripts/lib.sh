@@ -62,15 +62,17 @@ python_for() {
     return 1
 }
 
-# Debian's chromium, which the HTML-report test renders pages with.
+# Debian's chromium, which the HTML-report test renders pages with, and tmux,
+# the real terminal the viewer's end-to-end test and the README's screen run in.
 ensure_chromium() {
-    if command -v chromium >/dev/null 2>&1; then
-        return
-    fi
+    local missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+    [ ${#missing[@]} -gt 0 ] || return 0
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq >&2
-    $sudo apt-get install -y -qq --no-install-recommends chromium >&2
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 # Build the toktrace wheel (probe extension + bundled CLI) once per source

@@ -143,11 +143,15 @@ def faults(results: list[dict]) -> str:
         for f in d.get("figures", []) or [{"test": "none"}]:
             kind = f["test"]
             if kind == "soak":
-                did = (f"{f['clients']} streaming clients for {f['seconds'] / 60:.1f} min: {f['requests']} requests, "
+                server = "SGLang `launch_server`" if f.get("engine") == "sglang" else "`vllm serve`"
+                compared = "logprobs" if f.get("engine") == "sglang" else "ids and logprobs"
+                did = (f"{server}: {f['clients']} streaming clients for {f['seconds'] / 60:.1f} min: {f['requests']} requests, "
                        f"{f['tokens_per_s']:.0f} tokens/s; a ring of {f['ring_slots']} records drained every "
                        f"{f['flush_ms']} ms, 256 KiB segments ({f['segments']})")
                 kept = (f"{f['received']} tokens received = {f['traced']} traced + {f['dropped']} counted dropped "
-                        f"({f['dropped_records']} records); {f['checked']} ids and logprobs compared")
+                        f"({f['dropped_records']} records); {f['checked']} {compared} compared")
+                if f.get("server_own"):
+                    kept += f"; the server's own {f['server_own']} warm-up tokens left out"
             elif kind == "kill":
                 did = ", ".join(k["which"] for k in f["kills"]) + " SIGKILLed mid-stream, restarted after each"
                 kept = "; ".join(f"{k['which']}: {k['missing']} of {k['received']} received tokens missing"
@@ -175,6 +179,7 @@ TABLES: dict[str, Callable[[list[dict]], str]] = {
     "insitu-vllm": insitu,
     "user-ab-vllm": user_ab,
     "faults-vllm": faults,
+    "faults-sglang": faults,
 }
 
 

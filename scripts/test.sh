@@ -22,7 +22,7 @@ cargo test --workspace --locked --release
 # The wheel bundles this very binary instead of building it again.
 export TOKTRACE_PREBUILT_CLI="$CARGO_TARGET_DIR/release/toktrace"
 
-stage "chromium (renders the HTML report in a test)"
+stage "chromium and tmux (render the HTML report and the viewer in tests)"
 ensure_chromium
 
 # The package tests on every CPython the probe reads objects of directly
@@ -83,6 +83,11 @@ install_toktrace "$SGLANG_VENV"
 
 stage "pytest on real SGLang"
 "$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py"
+
+# A minute of streaming load on SGLang's HTTP server with a tiny ring: every
+# token received is traced or counted dropped (Tier 2: faults-sglang, longer).
+stage "pytest: SGLang's HTTP server under load"
+"$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang_faults.py"
 
 # The first release of the SGLang layout line (0.5.13-0.5.23 share one
 # layout, 0.5.13-0.5.20 with shims of their own: ranks on Scheduler.ps,

@@ -8,7 +8,9 @@
 //! expected work and excess laid at the culprits' doors ([`attribution`]),
 //! recognises each engine's warm-up ([`warmup`]) and flags accuracy problems. [`report`] gives the stable JSON shapes of the CLI,
 //! [`frames`] the same as polars DataFrames. [`index`] keeps, next to a large
-//! trace, what it takes to load one request's stretch of time alone.
+//! trace, what it takes to load one request's stretch of time alone, and
+//! [`open`] is how every command opens a trace: whole, or one request's
+//! window through the index, with one request's token detail on demand.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,7 @@ pub mod frames;
 pub mod index;
 pub mod load;
 pub mod metrics;
+pub mod open;
 pub mod report;
 pub mod select;
 pub mod step_model;

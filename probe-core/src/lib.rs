@@ -8,7 +8,7 @@
 //! and counts. A drain thread frames each record (length + CRC32C + bincode
 //! payload) into append-only, size-rotated segment files under one directory per
 //! process, within a disk budget, repeating what later segments need to stand
-//! alone. [`reader`] reads a trace directory, a process directory or a single
+//! alone ([`writer`]). Every byte on disk is defined in [`format`] alone. [`reader`] reads a trace directory, a process directory or a single
 //! segment back, surviving torn tails and corrupt frames. [`files`] is how
 //! every toktrace crate writes a file outside a process directory (the index,
 //! exports): aside and renamed, never through a symlink or over another
@@ -19,25 +19,23 @@
 #![deny(missing_docs)]
 
 pub mod clock;
-pub mod columns;
 pub mod drain;
-pub mod event;
 pub mod files;
-pub mod frame;
-mod packed;
+pub mod format;
 pub mod reader;
 pub mod ring;
 pub mod synth;
 pub mod writer;
+
+// The format's modules, also at the crate's root where callers have always
+// found them (`probe_core::event::Record`).
+pub use format::{columns, event, frame};
+pub use format::{FORMAT_VERSION, MIN_READ_VERSION};
 
 pub use drain::{Probe, ProbeConfig, ShutdownReport};
 pub use event::Record;
 pub use reader::{read_trace, ReadError, ReadWarning, Trace};
 pub use writer::{FsyncPolicy, WriterConfig};
 
-/// Version of the segment format this crate writes.
-pub const FORMAT_VERSION: u16 = 1;
-/// Oldest segment format version this crate reads.
-pub const MIN_READ_VERSION: u16 = 1;
 /// Version of the probe (written into every segment header).
 pub const PROBE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -14,9 +14,8 @@
 //! No input makes it panic: `tests/fuzz_reader.rs` feeds it arbitrary bytes.
 
 use crate::event::{AdapterErrors, ClockAnchor, DropCounts, ProcessInfo, Record, SegmentHeader};
+use crate::format::{parse_segment_file_name, FORMAT_VERSION};
 use crate::frame::{self, FRAME_HEADER_LEN, MAX_FRAME_LEN, PREAMBLE_LEN};
-use crate::writer::parse_segment_file_name;
-use crate::FORMAT_VERSION;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};

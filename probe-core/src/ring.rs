@@ -17,7 +17,7 @@
 //! engine's columns into warm, already-allocated memory and calls no allocator
 //! on either thread.
 
-use crate::event::{DropCounts, Record, Step};
+use crate::event::{DropCounts, Held, Record, Step};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -51,23 +51,13 @@ pub struct Ring {
 pub fn heap_bytes(record: &Record) -> usize {
     const SMALL: usize = 64;
     match record {
-        Record::Step(s) => step_bytes(s),
+        Record::Step(s) => s.heap_bytes(Held::Used),
         Record::Emit(e) => e.emits.len() * std::mem::size_of::<crate::event::Emit>(),
         Record::Arrival(a) => {
             SMALL + a.internal_id.len() + a.external_id.as_ref().map_or(0, |s| s.len())
         }
         _ => SMALL,
     }
-}
-
-fn step_bytes(s: &Step) -> usize {
-    let t = &s.tokens;
-    s.batch.len() * std::mem::size_of::<crate::event::BatchEntry>()
-        + (s.preempted.len() + s.finished.len()) * 4
-        + t.runs.len() * std::mem::size_of::<crate::event::TokenRun>()
-        + (t.ids.len() + t.logprobs.len() + t.ranks.len() + t.top_ids.len() + t.top_logprobs.len())
-            * 4
-        + t.texts.iter().map(|s| s.len() + 24).sum::<usize>()
 }
 
 impl Ring {
@@ -137,7 +127,7 @@ impl Ring {
     /// steps are freed instead, so one huge step does not pin its memory.
     pub fn recycle(&self, record: Record) {
         if let Record::Step(mut step) = record {
-            if step.capacity_bytes() <= MAX_SPARE_STEP_BYTES {
+            if step.heap_bytes(Held::Reserved) <= MAX_SPARE_STEP_BYTES {
                 step.clear();
                 let _ = self.spare_steps.push(step);
             }

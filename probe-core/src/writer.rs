@@ -15,8 +15,8 @@ use crate::clock;
 use crate::event::{
     AdapterErrors, DropCounts, ProcessInfo, Record, RequestArrival, SegmentHeader, SegmentsRemoved,
 };
+use crate::format::{segment_file_name, FORMAT_VERSION};
 use crate::frame;
-use crate::FORMAT_VERSION;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -133,19 +133,6 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// Name of segment `index`.
-pub fn segment_file_name(index: u32) -> String {
-    format!("seg-{index:06}.tts")
-}
-
-/// Parse a segment file name back to its index.
-pub fn parse_segment_file_name(name: &str) -> Option<u32> {
-    name.strip_prefix("seg-")?
-        .strip_suffix(".tts")?
-        .parse()
-        .ok()
 }
 
 struct OpenSegment {

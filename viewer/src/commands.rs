@@ -146,42 +146,50 @@ fn steps(dir: &std::path::Path, limit: Option<usize>, slowest: bool) -> Result<(
     Ok(())
 }
 
+/// Prints one segment at a time, so memory holds one segment however long
+/// the trace (a 30-minute soak's trace is gigabytes). Warnings go to stderr
+/// as each segment is read.
 fn dump(dir: &std::path::Path) -> Result<()> {
     use std::io::Write;
-    let trace = read_trace(dir)?;
-    for w in trace.all_warnings() {
+    let files = probe_core::reader::list_trace(dir)?;
+    for w in &files.warnings {
         eprintln!("toktrace: warning: {w}");
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for p in &trace.processes {
-        for (i, seg) in p.segments.iter().enumerate() {
+    let mut buf = Vec::new();
+    for p in &files.processes {
+        let process = p.dir.display().to_string();
+        for (i, path) in p.segments.iter().enumerate() {
+            let seg = probe_core::reader::read_segment_into(path, &mut buf)?;
+            for w in &seg.warnings {
+                eprintln!("toktrace: warning: {w}");
+            }
             let index = seg.header().map_or(i as u32, |h| h.segment_index);
             for r in &seg.records {
                 let line = json!({
-                    "process": p.dir.display().to_string(),
+                    "process": process,
                     "segment": index,
                     "offset": r.offset,
                     "record": r.record,
                 });
-                if let Err(e) = writeln!(out, "{line}") {
-                    // A closed pipe (`| head`) is the reader's choice, not an error.
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Ok(());
-                    }
-                    return Err(e.into());
+                match writeln!(out, "{line}") {
+                    Ok(()) => {}
+                    Err(e) if is_closed_pipe(&e) => return Ok(()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
     }
-    out.flush().or_else(|e| {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
-    Ok(())
+    match out.flush() {
+        Err(e) if !is_closed_pipe(&e) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A closed pipe (`| head`) is the reader's choice, not an error.
+fn is_closed_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
 fn info(dir: &std::path::Path, as_json: bool) -> Result<()> {

@@ -7,7 +7,6 @@ use crate::cli::{AnalysisArgs, ExportFormat, OtlpProtocol};
 use anyhow::{Context, Result};
 use probe_core::files::PendingFile;
 use std::collections::HashSet;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use toktrace_analyzer::select::{Selection, TimeSpec};
 use toktrace_analyzer::{Detail, LoadOptions};
@@ -88,7 +87,7 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
         ExportFormat::Perfetto => {
             let path = out;
             let mut file = create_file(path)?;
-            let progress = progress_line("requests");
+            let progress = toktrace_viewer::progress::count("writing requests");
             let stats = toktrace_exports::perfetto::write(
                 &a,
                 &selection,
@@ -126,7 +125,7 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
                 OtlpProtocol::Grpc => toktrace_exports::otlp::Transport::Grpc,
                 OtlpProtocol::Http => toktrace_exports::otlp::Transport::Http,
             };
-            let progress = progress_line("spans");
+            let progress = toktrace_viewer::progress::count("writing spans");
             let stats = toktrace_exports::otlp::send(
                 &a,
                 &selection,
@@ -154,16 +153,4 @@ fn create_file(path: &Path) -> Result<PendingFile> {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     PendingFile::create(path, 0o666).with_context(|| format!("creating {}", path.display()))
-}
-
-/// A "done / total" line on stderr, when stderr is a terminal.
-fn progress_line(what: &'static str) -> Option<impl Fn(u64, u64)> {
-    std::io::stderr()
-        .is_terminal()
-        .then_some(move |done: u64, total: u64| {
-            eprint!("\rtoktrace: writing {what} {done} / {total}");
-            if done >= total {
-                eprintln!();
-            }
-        })
 }

@@ -78,6 +78,87 @@ fn dump_prints_one_json_line_per_record() {
     );
 }
 
+/// `dump` holds one segment at a time: its peak memory stays far below the
+/// trace's size (a soak's trace is gigabytes; reading it whole ran out of memory).
+#[test]
+fn dump_streams_a_trace_larger_than_its_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ProbeConfig::new(dir.path());
+    config.writer.segment_bytes = 1 << 20;
+    let mut probe = Probe::start(config).unwrap();
+    probe.record(Record::Process(synth::process_info()));
+    for r in 0..64 {
+        probe.record(synth::arrival(r));
+    }
+    let mut written = 0u64;
+    let mut i = 0;
+    while written < 96 << 20 {
+        probe.record(Record::Step(synth::step(i, 64, Some(5))));
+        i += 1;
+        if i % 1000 == 0 {
+            probe.flush(Duration::from_secs(30));
+            written = trace_bytes(dir.path());
+        }
+    }
+    assert!(probe.shutdown(Duration::from_secs(60)).clean);
+    let written = trace_bytes(dir.path());
+
+    let child = Command::new(env!("CARGO_BIN_EXE_toktrace"))
+        .args(["dump", dir.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, peak_rss) = wait_with_peak_rss(child);
+    assert!(status.success());
+    assert!(peak_rss > 0, "never saw the dump run");
+    // Decoded records take more than their bytes: the whole trace held at
+    // once needs more than the file; one 1 MiB segment at a time, a few MiB.
+    assert!(
+        peak_rss < written / 2,
+        "dump peaked at {peak_rss} bytes for a {written}-byte trace"
+    );
+}
+
+fn trace_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for process in std::fs::read_dir(dir).unwrap() {
+        for seg in std::fs::read_dir(process.unwrap().path()).unwrap() {
+            total += seg.unwrap().metadata().unwrap().len();
+        }
+    }
+    total
+}
+
+/// The child's exit status and the peak resident set of the program it runs,
+/// in bytes: its `VmHWM`, read while it runs (the last reading before it
+/// exits is at most the true peak, so a miss can only let the test pass).
+/// Not `wait4`'s `ru_maxrss`: a child spawned from this process carries the
+/// test process's own peak across `exec`.
+fn wait_with_peak_rss(mut child: std::process::Child) -> (std::process::ExitStatus, u64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak_kib * 1024);
+        }
+        // Before its exec the child still shares this process's memory:
+        // only readings from `toktrace` itself count.
+        let hwm = std::fs::read_to_string(&status_file)
+            .ok()
+            .filter(|s| {
+                s.lines()
+                    .any(|l| l.split_whitespace().eq(["Name:", "toktrace"]))
+            })
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            });
+        peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn bad_input_exits_1_with_a_message() {
     let dir = tempfile::tempdir().unwrap();

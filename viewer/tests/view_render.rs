@@ -6,11 +6,11 @@ use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use std::path::PathBuf;
 use toktrace_analyzer::data::{Process, Request, Slice, StepRow, TraceData};
+use toktrace_analyzer::open::NoLoader;
 use toktrace_analyzer::{Analysis, AnalyzeOptions, Detail, LoadOptions};
 use toktrace_viewer::view::app::{App, Screen};
 use toktrace_viewer::view::detok::Detokenizer;
 use toktrace_viewer::view::keys::Action;
-use toktrace_viewer::view::source::NoLoader;
 use toktrace_viewer::view::{prepare, ui, UnknownRequest, ViewArgs};
 
 fn fixture(name: &str) -> PathBuf {
@@ -420,7 +420,7 @@ fn tiny_trace() -> TraceData {
 #[test]
 fn a_request_without_tokens_says_so() {
     let data = tiny_trace();
-    let never = toktrace_viewer::view::source::resolve(&data, "never").expect("found");
+    let never = toktrace_analyzer::open::resolve(&data, "never").expect("found");
     let mut app = app_of(data);
     app.open_request(never);
     let screen = render(&mut app, 80, 24);
@@ -549,13 +549,17 @@ fn many_culprits_and_a_token_outside_the_top_k() {
 /// A loader that cannot read the trace any more (deleted, unreadable).
 struct Gone;
 
-impl toktrace_viewer::view::source::DetailLoader for Gone {
+impl toktrace_analyzer::open::DetailLoader for Gone {
     fn load(
         &self,
         _: &TraceData,
         _: toktrace_analyzer::data::RequestIx,
-    ) -> anyhow::Result<Option<toktrace_analyzer::data::TokenDetail>> {
-        anyhow::bail!("the trace directory is gone")
+    ) -> Result<Option<toktrace_analyzer::data::TokenDetail>, toktrace_analyzer::open::OpenError>
+    {
+        Err(toktrace_analyzer::open::OpenError::Read {
+            what: "the trace directory is gone".into(),
+            source: probe_core::reader::ReadError::NotFound(PathBuf::from("/gone")),
+        })
     }
 }
 

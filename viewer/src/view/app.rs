@@ -4,14 +4,14 @@
 //! Screens stack up as the user follows a trail (list → a request's tokens →
 //! the concurrency around one → the culprit's tokens …); Back pops one.
 
+use super::concurrency::{self, StepWindow};
 use super::detok::Detokenizer;
 use super::keys::{Action, Mode};
-use super::list::RequestList;
-use super::source::DetailLoader;
-use super::steps::{self, StepWindow};
+use super::requests::RequestList;
 use super::tokens::{self, RequestView};
 use std::collections::HashSet;
 use toktrace_analyzer::data::{RequestIx, StepIx};
+use toktrace_analyzer::open::DetailLoader;
 use toktrace_analyzer::Analysis;
 
 /// The concurrency view's state.
@@ -103,7 +103,10 @@ impl App {
                 Err(e) => {
                     // Try again next time it is opened.
                     self.fetched.remove(&r);
-                    note = Some(format!("token detail not loaded: {e:#}"));
+                    note = Some(format!(
+                        "token detail not loaded: {:#}",
+                        anyhow::Error::new(e)
+                    ));
                 }
             }
         }
@@ -288,7 +291,7 @@ impl App {
             Action::Left => w.member = w.member.saturating_sub(1),
             Action::Right => {
                 let step = w.cursor;
-                let n = steps::lines(&self.analysis.data, step..step + 1, c.request)
+                let n = concurrency::lines(&self.analysis.data, step..step + 1, c.request)
                     .first()
                     .map_or(0, |l| l.members.len());
                 w.member = (w.member + 1).min(n.saturating_sub(1));
@@ -298,7 +301,7 @@ impl App {
             }
             Action::Open => {
                 let step = w.cursor;
-                let members = steps::lines(&self.analysis.data, step..step + 1, c.request);
+                let members = concurrency::lines(&self.analysis.data, step..step + 1, c.request);
                 let chosen = members
                     .first()
                     .and_then(|l| {

@@ -1,17 +1,17 @@
 //! `toktrace view`: the terminal viewer.
 //!
-//! [`source`] loads the trace and one request's token detail, [`detok`] turns
-//! ids into text, [`list`], [`tokens`] and [`steps`] shape what each screen
-//! shows, [`app`] holds the state and applies [`keys`]' actions, and [`ui`]
-//! draws it. This module only wires them to a real terminal.
+//! The trace and one request's token detail come from
+//! [`toktrace_analyzer::open`]; [`detok`] turns ids into text, [`requests`], [`tokens`] and [`concurrency`] shape what the
+//! screen of the same name shows, [`app`] holds the state and applies
+//! [`keys`]' actions, and [`ui`] draws it (one file per screen, named alike).
+//! This module only wires them to a real terminal.
 
 pub mod app;
+pub mod concurrency;
 pub mod detok;
 pub mod fmt;
 pub mod keys;
-pub mod list;
-pub mod source;
-pub mod steps;
+pub mod requests;
 pub mod tokens;
 pub mod ui;
 
@@ -20,7 +20,7 @@ use app::App;
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use std::path::Path;
 
-pub use source::UnknownRequest;
+pub use toktrace_analyzer::open::UnknownRequest;
 
 /// What `toktrace view` was asked for.
 #[derive(Debug, Clone)]
@@ -40,7 +40,15 @@ pub struct ViewArgs<'a> {
 /// that can fail does so here, before the terminal is taken over, so errors
 /// print as plain messages.
 pub fn prepare(args: &ViewArgs) -> Result<App> {
-    let opened = source::open(args.dir, args.request, args.use_index)?;
+    let options = toktrace_analyzer::open::OpenOptions {
+        use_index: args.use_index,
+        progress: crate::progress::bytes("reading"),
+    };
+    let opened = crate::opened(toktrace_analyzer::open::open(
+        args.dir,
+        args.request,
+        &options,
+    ))?;
     let detok = detok::Detokenizer::resolve(args.tokenizer, &opened.analysis.data)?;
     let mut app = App::new(opened.analysis, detok, opened.loader);
     app.window = opened.window;

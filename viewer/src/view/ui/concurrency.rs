@@ -5,8 +5,8 @@
 
 use super::style;
 use crate::view::app::Concurrency;
+use crate::view::concurrency::{lines, StepLine};
 use crate::view::fmt;
-use crate::view::steps::{lines, StepLine};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};

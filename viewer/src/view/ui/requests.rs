@@ -5,7 +5,7 @@
 use super::style;
 use super::window;
 use crate::view::fmt;
-use crate::view::list::{short_flag, RequestList};
+use crate::view::requests::{short_flag, RequestList};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table};

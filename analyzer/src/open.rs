@@ -1,44 +1,73 @@
-//! Where the viewer's data comes from: the whole trace without per-token
-//! detail (enough for every list, metric and verdict), and the detail (ids,
-//! logprobs, top-K, text) of one request at a time, fetched when it is opened.
+//! Opening a trace to ask about it: the whole trace without per-token detail
+//! (enough for every list, metric and verdict), and the detail (ids,
+//! logprobs, top-K, text) of one request at a time, fetched when asked for.
 //!
-//! With an index next to the trace ([`toktrace_analyzer::index`]), opening
-//! one request reads only its window of time and the detail of any request
-//! comes from its own window ([`IndexLoader`]); a large trace opened on a
-//! request gets its index built the first time. Without one, the whole trace
-//! is read and detail is fetched by reading it again ([`ScanLoader`]).
+//! With an index next to the trace ([`crate::index`]), opening one request
+//! reads only its window of time and the detail of any request comes from
+//! its own window ([`IndexLoader`]); a large trace opened on a request gets
+//! its index built the first time. Without one, the whole trace is read and
+//! detail is fetched by reading it again ([`ScanLoader`]). The analysis
+//! commands, the exports and the terminal viewer all open traces here.
 
-use anyhow::{Context, Result};
+use crate::data::{RequestIx, TokenDetail, TraceData};
+use crate::index::{self, TraceIndex};
+use crate::load::ProgressHook;
+use crate::{Analysis, AnalyzeOptions, Detail, LoadOptions};
+use probe_core::reader::ReadError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use toktrace_analyzer::data::{RequestIx, TokenDetail, TraceData};
-use toktrace_analyzer::index::{self, TraceIndex};
-use toktrace_analyzer::{Analysis, AnalyzeOptions, Detail, LoadOptions};
 
-/// No request (or more than one) answers to the ID given: the command exits
-/// with code 3, like the other commands that take `--request`.
-#[derive(Debug)]
+/// No request (or more than one) answers to the id given. The CLI exits with
+/// code 3 for it, whichever command took the `--request`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct UnknownRequest(pub String);
 
-impl std::fmt::Display for UnknownRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// Why a trace (or a part of it) could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Reading failed; `what` says what was being read.
+    #[error("{what}")]
+    Read {
+        /// "reading the trace DIR", "reading the tokens of ID", ….
+        what: String,
+        /// The reader's error.
+        #[source]
+        source: ReadError,
+    },
+    /// The id given names no request, or several.
+    #[error(transparent)]
+    UnknownRequest(#[from] UnknownRequest),
+}
+
+impl OpenError {
+    /// Whether the request asked for was not found (the CLI's exit code 3).
+    pub fn is_unknown_request(&self) -> bool {
+        matches!(self, OpenError::UnknownRequest(_))
+    }
+
+    fn read(what: String) -> impl FnOnce(ReadError) -> OpenError {
+        move |source| OpenError::Read { what, source }
     }
 }
 
-impl std::error::Error for UnknownRequest {}
-
 /// Load and analyse the whole trace, without per-token detail.
-pub fn load_trace(dir: &Path) -> Result<Analysis> {
-    let data = toktrace_analyzer::load(dir, &LoadOptions::default())
-        .with_context(|| format!("reading the trace {}", dir.display()))?;
+pub fn load_trace(dir: &Path, progress: Option<ProgressHook>) -> Result<Analysis, OpenError> {
+    let options = LoadOptions {
+        progress,
+        ..Default::default()
+    };
+    let data = crate::load(dir, &options).map_err(OpenError::read(format!(
+        "reading the trace {}",
+        dir.display()
+    )))?;
     Ok(Analysis::new(data, &AnalyzeOptions::default()))
 }
 
 /// Fetches the per-token detail of one request on demand.
 pub trait DetailLoader {
     /// The detail of request `r` of `data` (None: the trace holds none).
-    fn load(&self, data: &TraceData, r: RequestIx) -> Result<Option<TokenDetail>>;
+    fn load(&self, data: &TraceData, r: RequestIx) -> Result<Option<TokenDetail>, OpenError>;
 }
 
 /// Reads the trace again, keeping the detail of the one request.
@@ -48,7 +77,7 @@ pub struct ScanLoader {
 }
 
 impl DetailLoader for ScanLoader {
-    fn load(&self, data: &TraceData, r: RequestIx) -> Result<Option<TokenDetail>> {
+    fn load(&self, data: &TraceData, r: RequestIx) -> Result<Option<TokenDetail>, OpenError> {
         let Some(req) = data.requests.get(r as usize) else {
             return Ok(None);
         };
@@ -59,8 +88,10 @@ impl DetailLoader for ScanLoader {
             detail: Detail::Only([key].into_iter().collect()),
             ..Default::default()
         };
-        let detailed = toktrace_analyzer::load(&self.dir, &options)
-            .with_context(|| format!("reading the tokens of {}", req.display_id()))?;
+        let detailed = crate::load(&self.dir, &options).map_err(OpenError::read(format!(
+            "reading the tokens of {}",
+            req.display_id()
+        )))?;
         Ok(detailed
             .requests
             .into_iter()
@@ -78,17 +109,30 @@ pub struct IndexLoader {
 }
 
 impl DetailLoader for IndexLoader {
-    fn load(&self, data: &TraceData, r: RequestIx) -> Result<Option<TokenDetail>> {
+    fn load(&self, data: &TraceData, r: RequestIx) -> Result<Option<TokenDetail>, OpenError> {
         let Some(req) = data.requests.get(r as usize) else {
             return Ok(None);
         };
         self.index
             .detail(&self.dir, req.process, req.key, &req.token_index)
-            .with_context(|| format!("reading the tokens of {}", req.display_id()))
+            .map_err(OpenError::read(format!(
+                "reading the tokens of {}",
+                req.display_id()
+            )))
     }
 }
 
-/// What the viewer opens on.
+/// A loader for traces loaded with their detail already (tests, small
+/// traces): there is nothing more to fetch.
+pub struct NoLoader;
+
+impl DetailLoader for NoLoader {
+    fn load(&self, _: &TraceData, _: RequestIx) -> Result<Option<TokenDetail>, OpenError> {
+        Ok(None)
+    }
+}
+
+/// What a trace was opened on.
 pub struct Opened {
     /// The trace, or the window of it around the request asked for.
     pub analysis: Analysis,
@@ -97,25 +141,39 @@ pub struct Opened {
     /// The request asked for.
     pub request: Option<RequestIx>,
     /// What to tell the user about how it was opened (a window, an index
-    /// that could not be saved).
+    /// built or not saved).
     pub note: Option<String>,
     /// When only a window of the trace was read: what it is.
     pub window: Option<String>,
 }
 
-/// Open `dir` for the viewer, on `request` when given, through the trace's
-/// index when it has one (building it first for a large trace opened on a
-/// request).
-pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened> {
-    let saved = if use_index { index::open(dir) } else { None };
+/// How to open a trace.
+#[derive(Clone, Default)]
+pub struct OpenOptions {
+    /// Use the trace's index (and build one for a large trace opened on a
+    /// request); false reads the whole trace.
+    pub use_index: bool,
+    /// Told of the bytes read so far, on long reads.
+    pub progress: Option<ProgressHook>,
+}
+
+/// Open `dir`, on `request` when given, through the trace's index when it has
+/// one (building it first for a large trace opened on a request).
+pub fn open(dir: &Path, request: Option<&str>, options: &OpenOptions) -> Result<Opened, OpenError> {
+    let saved = if options.use_index {
+        index::open(dir)
+    } else {
+        None
+    };
     let Some(index) = saved else {
-        if use_index && request.is_some() && dir.is_dir() && large(dir) {
-            return build_and_open(dir, request);
+        if options.use_index && request.is_some() && dir.is_dir() && large(dir) {
+            return build_and_open(dir, request, options.progress.clone());
         }
         let loader = Box::new(ScanLoader {
             dir: dir.to_path_buf(),
         });
-        return whole(load_trace(dir)?, request, loader, None);
+        let analysis = load_trace(dir, options.progress.clone())?;
+        return whole(analysis, request, loader, None);
     };
     let index = Arc::new(index);
     let loader = Box::new(IndexLoader {
@@ -123,7 +181,8 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
         index: Arc::clone(&index),
     });
     let Some(id) = request else {
-        return whole(load_trace(dir)?, None, loader, None);
+        let analysis = load_trace(dir, options.progress.clone())?;
+        return whole(analysis, None, loader, None);
     };
     let (window, r) = open_window(dir, &index, id)?;
     let seconds = window.range.1.saturating_sub(window.range.0) as f64 / 1e9;
@@ -144,22 +203,28 @@ pub fn open(dir: &Path, request: Option<&str>, use_index: bool) -> Result<Opened
 }
 
 /// Index a large trace the first time it is opened on a request; the full
-/// analysis made on the way is what the viewer shows.
-fn build_and_open(dir: &Path, request: Option<&str>) -> Result<Opened> {
-    eprintln!(
-        "toktrace: indexing {} once, so that its requests open quickly from now on",
+/// analysis made on the way is what is shown.
+fn build_and_open(
+    dir: &Path,
+    request: Option<&str>,
+    progress: Option<ProgressHook>,
+) -> Result<Opened, OpenError> {
+    let (ix, analysis) = index::build(dir, progress).map_err(OpenError::read(format!(
+        "reading the trace {}",
         dir.display()
-    );
-    let (ix, analysis) = index::build(dir, progress_hook("indexing"))
-        .with_context(|| format!("reading the trace {}", dir.display()))?;
-    let note = index::save(dir, &ix)
-        .err()
-        .map(|e| format!("index not saved: {e}"));
+    )))?;
+    let note = match index::save(dir, &ix) {
+        Ok(_) => format!(
+            "indexed {} once, so that its requests open quickly from now on",
+            dir.display()
+        ),
+        Err(e) => format!("index not saved: {e}"),
+    };
     let loader = Box::new(IndexLoader {
         dir: dir.to_path_buf(),
         index: Arc::new(ix),
     });
-    whole(analysis, request, loader, note)
+    whole(analysis, request, loader, Some(note))
 }
 
 /// The whole trace, on `request` when given.
@@ -168,7 +233,7 @@ fn whole(
     request: Option<&str>,
     loader: Box<dyn DetailLoader>,
     note: Option<String>,
-) -> Result<Opened> {
+) -> Result<Opened, OpenError> {
     let r = request.map(|id| resolve(&analysis.data, id)).transpose()?;
     Ok(Opened {
         analysis,
@@ -181,7 +246,11 @@ fn whole(
 
 /// The window of request `id` of an indexed trace, and where the request is
 /// in it.
-pub fn open_window(dir: &Path, index: &TraceIndex, id: &str) -> Result<(index::Window, RequestIx)> {
+pub fn open_window(
+    dir: &Path,
+    index: &TraceIndex,
+    id: &str,
+) -> Result<(index::Window, RequestIx), OpenError> {
     let found = index.find(id);
     let ix = one(&found, id, index.requests.len(), |i| {
         index.requests.get(i).map(|q| {
@@ -192,9 +261,10 @@ pub fn open_window(dir: &Path, index: &TraceIndex, id: &str) -> Result<(index::W
         })
     })?;
     let entry = &index.requests[ix];
-    let window = index
-        .load_window(dir, ix)
-        .with_context(|| format!("reading the window of {id} in {}", dir.display()))?;
+    let window = index.load_window(dir, ix).map_err(OpenError::read(format!(
+        "reading the window of {id} in {}",
+        dir.display()
+    )))?;
     let r = window
         .analysis
         .data
@@ -210,50 +280,15 @@ pub fn open_window(dir: &Path, index: &TraceIndex, id: &str) -> Result<(index::W
     Ok((window, r as RequestIx))
 }
 
+/// Large enough that opening one request is worth indexing the trace first.
 fn large(dir: &Path) -> bool {
     index::trace_bytes(dir).is_ok_and(|b| b >= index::AUTO_INDEX_BYTES)
-}
-
-/// A progress line on stderr, when it is a terminal, for reads big enough to
-/// keep someone waiting (the viewer has not taken the terminal over yet).
-pub fn progress_hook(what: &'static str) -> Option<toktrace_analyzer::load::ProgressHook> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let started = std::time::Instant::now();
-    Some(Arc::new(move |done: u64, total: u64| {
-        if total >= PROGRESS_FROM_BYTES && started.elapsed().as_millis() > 300 {
-            eprint!(
-                "\rtoktrace: {what} {:.0} / {:.0} MB ({:.0}%)",
-                done as f64 / 1e6,
-                total as f64 / 1e6,
-                100.0 * done as f64 / total.max(1) as f64
-            );
-            if done >= total {
-                eprintln!();
-            }
-        }
-    }))
-}
-
-/// Reads smaller than this are too quick to need a progress line.
-const PROGRESS_FROM_BYTES: u64 = 256 << 20;
-
-/// A loader for traces loaded with their detail already (tests, small
-/// traces): there is nothing more to fetch.
-pub struct NoLoader;
-
-impl DetailLoader for NoLoader {
-    fn load(&self, _: &TraceData, _: RequestIx) -> Result<Option<TokenDetail>> {
-        Ok(None)
-    }
 }
 
 /// The one request that answers to `id` (client id, internal id, trace id or
 /// a unique prefix), or an [`UnknownRequest`] saying why not.
 pub fn resolve(data: &TraceData, id: &str) -> Result<RequestIx, UnknownRequest> {
-    let found: Vec<usize> = toktrace_analyzer::analysis::find_request(data, id)
+    let found: Vec<usize> = crate::analysis::find_request(data, id)
         .into_iter()
         .map(|r| r as usize)
         .collect();

@@ -315,7 +315,7 @@ pub struct TokenRun {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct SampledTokens {
     /// Runs, one per request that got tokens.
-    #[serde(with = "crate::packed::runs")]
+    #[serde(with = "crate::format::packed::runs")]
     pub runs: Vec<TokenRun>,
     /// Sampled token ids.
     pub ids: U32Column,
@@ -359,6 +359,52 @@ pub struct TokenView<'a> {
 }
 
 impl SampledTokens {
+    /// Empty every column, keeping the allocations.
+    pub fn clear(&mut self) {
+        let SampledTokens {
+            runs,
+            ids,
+            logprobs,
+            ranks,
+            top_ids,
+            top_logprobs,
+            texts,
+        } = self;
+        runs.clear();
+        for column in [&mut ids.0, &mut ranks.0, &mut top_ids.0] {
+            column.clear();
+        }
+        logprobs.0.clear();
+        top_logprobs.0.clear();
+        texts.clear();
+    }
+
+    /// Heap bytes of the columns: what they hold (`Held::Used`, texts by
+    /// their length), or what they keep reserved (`Held::Reserved`). Every
+    /// field is named here, so a new column cannot be left out of the count.
+    pub fn heap_bytes(&self, held: Held) -> usize {
+        let SampledTokens {
+            runs,
+            ids,
+            logprobs,
+            ranks,
+            top_ids,
+            top_logprobs,
+            texts,
+        } = self;
+        let n = |len: usize, cap: usize| if held == Held::Used { len } else { cap };
+        let words = n(ids.0.len(), ids.0.capacity())
+            + n(logprobs.0.len(), logprobs.0.capacity())
+            + n(ranks.0.len(), ranks.0.capacity())
+            + n(top_ids.0.len(), top_ids.0.capacity())
+            + n(top_logprobs.0.len(), top_logprobs.0.capacity());
+        let texts = match held {
+            Held::Used => texts.iter().map(|s| s.len() + 24).sum::<usize>(),
+            Held::Reserved => texts.capacity() * std::mem::size_of::<String>(),
+        };
+        n(runs.len(), runs.capacity()) * std::mem::size_of::<TokenRun>() + words * 4 + texts
+    }
+
     /// Number of tokens.
     pub fn len(&self) -> usize {
         self.runs.iter().map(|r| r.count as usize).sum()
@@ -486,7 +532,7 @@ pub struct Step {
     /// KV-cache usage in 0..1, when the engine exposes it.
     pub kv_usage: Option<f32>,
     /// Scheduled requests and their work.
-    #[serde(with = "crate::packed::batch")]
+    #[serde(with = "crate::format::packed::batch")]
     pub batch: Vec<BatchEntry>,
     /// Requests preempted when this step was scheduled.
     pub preempted: Vec<ReqKey>,
@@ -516,29 +562,40 @@ impl Step {
         batch.clear();
         preempted.clear();
         finished.clear();
-        tokens.runs.clear();
-        tokens.ids.0.clear();
-        tokens.logprobs.0.clear();
-        tokens.ranks.0.clear();
-        tokens.top_ids.0.clear();
-        tokens.top_logprobs.0.clear();
-        tokens.texts.clear();
+        tokens.clear();
     }
 
-    /// Heap bytes reserved by the step's buffers.
-    pub fn capacity_bytes(&self) -> usize {
-        let t = &self.tokens;
-        self.batch.capacity() * std::mem::size_of::<BatchEntry>()
-            + (self.preempted.capacity() + self.finished.capacity()) * 4
-            + t.runs.capacity() * std::mem::size_of::<TokenRun>()
-            + (t.ids.0.capacity()
-                + t.logprobs.0.capacity()
-                + t.ranks.0.capacity()
-                + t.top_ids.0.capacity()
-                + t.top_logprobs.0.capacity())
-                * 4
-            + t.texts.capacity() * std::mem::size_of::<String>()
+    /// Heap bytes of the step's buffers: what they hold (`Held::Used`: the
+    /// ring's byte budget) or keep reserved (`Held::Reserved`: what a
+    /// recycled step costs). Every field is named, so none is left out.
+    pub fn heap_bytes(&self, held: Held) -> usize {
+        let Step {
+            step_id: _,
+            start_ns: _,
+            end_ns: _,
+            waiting: _,
+            running: _,
+            kv_usage: _,
+            batch,
+            preempted,
+            finished,
+            tokens,
+        } = self;
+        let n = |len: usize, cap: usize| if held == Held::Used { len } else { cap };
+        n(batch.len(), batch.capacity()) * std::mem::size_of::<BatchEntry>()
+            + (n(preempted.len(), preempted.capacity()) + n(finished.len(), finished.capacity()))
+                * std::mem::size_of::<ReqKey>()
+            + tokens.heap_bytes(held)
     }
+}
+
+/// Which heap bytes [`Step::heap_bytes`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The bytes in use (lengths).
+    Used,
+    /// The bytes reserved (capacities).
+    Reserved,
 }
 
 /// One chunk of tokens handed to a client stream.
