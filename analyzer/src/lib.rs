@@ -13,6 +13,7 @@
 //! window through the index, with one request's token detail on demand.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod analysis;
 pub mod attribution;

@@ -2,6 +2,11 @@
 //! --json`. Scripts and the incident workflow depend on these names: extend,
 //! never rename. Units are in the key (`_ms`, `_unix_ns`); absent values are
 //! null.
+//!
+//! A field is its JSON key, and what each key means is written once, in
+//! docs/analysis.md ("JSON"), for the people who read the JSON; fields say
+//! more here only where the code needs it.
+#![allow(missing_docs)]
 
 use crate::analysis::Analysis;
 use crate::attribution::{Cause, TokenTiming};

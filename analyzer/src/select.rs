@@ -144,8 +144,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 /// What an export covers.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// Inclusive window in unix nanoseconds; None: unbounded on that side.
+    /// Start of the inclusive window, unix nanoseconds; None: unbounded.
     pub from_unix_ns: Option<u64>,
+    /// End of the inclusive window, unix nanoseconds; None: unbounded.
     pub to_unix_ns: Option<u64>,
     /// Only these requests; None: all.
     pub requests: Option<HashSet<RequestIx>>,

@@ -690,8 +690,8 @@ unsafe fn gather_typed<S: Src, T: Num>(
 /// Convert the `N` values at `src` into `dst[..N]`. A loop of known length
 /// unrolls, where a 5-value loop of unknown length spends more on its own
 /// control than on the values; top-5 is what requests usually ask for
-/// (longer rows amortize the loop). Rows of 5 at batch 256: -11 % on the
-/// vLLM-shaped step, -9 % on numpy columns (interleaved A/B).
+/// (longer rows amortize the loop). What it saves is measured by
+/// `benches/python_probe.py` (docs/performance.md), not written here.
 ///
 /// # Safety
 /// `src` points at `N` readable, aligned `S`; `dst` holds at least `N` slots.

@@ -7,11 +7,14 @@
 //! in here — never the analyzer or the viewer — so what loads into an engine
 //! process stays small.
 
+#![deny(missing_docs)]
+
 mod attrs;
 mod convert;
 mod intern;
 mod layout;
 mod probe;
+mod step_builder;
 
 use pyo3::prelude::*;
 

@@ -10,9 +10,10 @@ use crate::convert::{
     extend_f32, extend_flags, extend_u32, inner_lengths, lookup_each, u32s, Matrix,
 };
 use crate::intern::{Interner, Site};
+use crate::step_builder::{self, Scratch};
 use probe_core::event::{
     AdapterErrors, BatchEntry, CaptureLevel, EmitBatch, FinishReason, HookErrors, ProcessInfo,
-    Record, RequestArrival, RequestFinish, SamplingParams, SpecialTokens, Step, TokenRun,
+    Record, RequestArrival, RequestFinish, SamplingParams, SpecialTokens, Step,
 };
 use probe_core::{clock, FsyncPolicy, Probe, ProbeConfig};
 use pyo3::exceptions::PyValueError;
@@ -607,47 +608,6 @@ impl NativeProbe {
     }
 }
 
-/// Per-step working columns, reused from step to step so recording does not
-/// allocate.
-#[derive(Default)]
-pub struct Scratch {
-    keys: Vec<u32>,
-    slots: Vec<u32>,
-    prefill: Vec<u32>,
-    decode: Vec<u32>,
-    cached: Vec<u32>,
-    firsts: Vec<u32>,
-    counts: Vec<u32>,
-    has_lp: Vec<u32>,
-    rows: Vec<u32>,
-    picked: Vec<u32>,
-    raw_lp: Vec<f32>,
-    raw_ranks: Vec<u32>,
-    /// Slots of preempted and finished requests (unused, but `keys` gives them).
-    other_slots: Vec<u32>,
-    /// Tokens in this step's runs, and those of them in runs with logprobs.
-    tokens: usize,
-    flagged_tokens: usize,
-}
-
-impl Scratch {
-    fn clear(&mut self) {
-        for v in [
-            &mut self.keys,
-            &mut self.slots,
-            &mut self.prefill,
-            &mut self.decode,
-            &mut self.cached,
-            &mut self.firsts,
-            &mut self.counts,
-            &mut self.has_lp,
-            &mut self.other_slots,
-        ] {
-            v.clear();
-        }
-    }
-}
-
 struct StepArgs<'a, 'py> {
     batch_reqs: &'a Bound<'py, PyAny>,
     prefill: &'a Bound<'py, PyAny>,
@@ -791,60 +751,15 @@ impl NativeProbe {
             .kept_k(a.top_k)
             .map(|k| k as u8)
             .filter(|_| self.capture != CaptureLevel::Metadata);
-        // First output indices: as given, or continued from what this probe
-        // recorded; either way each request's count moves on past its run.
-        let outputs = &mut interner.live().outputs[..];
-        if !firsts_given {
-            sc.firsts.extend(
-                sc.slots
-                    .iter()
-                    .map(|&slot| outputs.get(slot as usize).copied().unwrap_or(0)),
-            );
-        }
-        for ((&slot, &first), &count) in sc.slots.iter().zip(&sc.firsts).zip(&sc.counts) {
-            if let Some(o) = outputs.get_mut(slot as usize) {
-                *o = first.saturating_add(count);
-            }
-        }
-        // The runs (those of 0 tokens left out), written into reserved space
-        // with the length set once at the end: a `push` per run keeps the
-        // length in memory, and each run then waits for the previous one's
-        // store — that cost more than everything else here.
-        let runs = &mut step.tokens.runs;
-        runs.reserve(nr);
-        let start = runs.len();
-        let spare = &mut runs.spare_capacity_mut()[..nr];
-        let (mut n, mut flagged, mut written) = (0usize, 0usize, 0usize);
-        let columns = sc
-            .keys
-            .iter()
-            .zip(&sc.firsts)
-            .zip(&sc.counts)
-            .zip(&sc.has_lp);
-        for (((&req, &first), &count), &has) in columns {
-            let has = has != 0;
-            n += count as usize;
-            flagged += if has { count as usize } else { 0 };
-            spare[written].write(TokenRun {
-                req,
-                first_index: first,
-                count,
-                top_k: keep_k.filter(|_| has),
-            });
-            written += usize::from(count > 0);
-        }
-        // SAFETY: the first `written` slots after `start` were written above.
-        unsafe { runs.set_len(start + written) };
-        sc.tokens = n;
-        sc.flagged_tokens = flagged;
+        step_builder::carry_outputs(sc, firsts_given, &mut interner.live().outputs);
+        step_builder::write_runs(&mut step.tokens.runs, sc, keep_k);
         Ok(())
     }
 
     /// Candidates kept per token for a step handing over `top_k` (negative:
     /// no logprob data): at most the configured cap, and what a run records.
     fn kept_k(&self, top_k: i64) -> Option<usize> {
-        let k = usize::try_from(top_k).ok()?;
-        Some(k.min(self.top_k_cap as usize).min(u8::MAX as usize))
+        step_builder::kept_k(top_k, self.top_k_cap)
     }
 
     /// The token columns of a step whose runs are in place.
@@ -908,20 +823,16 @@ impl NativeProbe {
             let picked = rows == flagged;
             if keep < k || (!picked && sc.has_lp.contains(&0)) {
                 let has_row = |run: usize| !picked || sc.has_lp[run] != 0;
-                select_rows(t, &sc.counts, &sc.has_lp, has_row, k, keep);
+                step_builder::select_rows(t, &sc.counts, &sc.has_lp, has_row, k, keep);
             }
         }
         Ok(())
     }
 }
 
-/// Prefill and decode tokens per batch entry from what was scheduled and
-/// the tokens computed before the step: positions before the prompt's end
-/// plus the outputs recorded so far (less the last one, whose token is fed
-/// back) are prefill work — the prompt, or outputs recomputed after a
-/// preemption; from there on it is decode. The prompt length comes from
-/// the arrival record; for a request whose arrival this probe did not see
-/// it counts as 0, so only its outputs tell prefill from decode.
+/// Prefill and decode tokens per batch entry from what was scheduled and the
+/// tokens computed before the step (read here, split by
+/// [`step_builder::split_work`]).
 fn classify(interner: &mut Interner, a: &StepArgs<'_, '_>, sc: &mut Scratch) -> PyResult<()> {
     let (Some(scheduled), Some(computed)) = (a.scheduled, a.computed) else {
         return Err(PyValueError::new_err(
@@ -930,34 +841,26 @@ fn classify(interner: &mut Interner, a: &StepArgs<'_, '_>, sc: &mut Scratch) -> 
     };
     let nb = sc.keys.len();
     // Per batch entry, or the engine's request-id -> tokens dict as it is.
-    match lookup_each(scheduled, a.batch_reqs, &mut sc.prefill) {
+    match lookup_each(scheduled, a.batch_reqs, &mut sc.scheduled) {
         Some(done) => {
             done?;
-            if sc.prefill.contains(&u32::MAX) {
+            if sc.scheduled.contains(&u32::MAX) {
                 return Err(PyValueError::new_err(
                     "record_step: a batch request has no entry in the scheduled dict",
                 ));
             }
         }
-        None => extend_u32(scheduled, &mut sc.prefill)?,
+        None => extend_u32(scheduled, &mut sc.scheduled)?,
     }
-    extend_u32(computed, &mut sc.decode)?;
-    if sc.prefill.len() != nb {
-        return Err(mismatch("scheduled", sc.prefill.len(), nb));
+    extend_u32(computed, &mut sc.computed)?;
+    if sc.scheduled.len() != nb {
+        return Err(mismatch("scheduled", sc.scheduled.len(), nb));
     }
-    if sc.decode.len() != nb {
-        return Err(mismatch("computed", sc.decode.len(), nb));
+    if sc.computed.len() != nb {
+        return Err(mismatch("computed", sc.computed.len(), nb));
     }
     let live = interner.live();
-    for ((p_out, d_out), &slot) in sc.prefill.iter_mut().zip(&mut sc.decode).zip(&sc.slots) {
-        let (n, computed) = (*p_out, *d_out);
-        let slot = slot as usize;
-        let prompt = live.prompts.get(slot).copied().flatten().unwrap_or(0);
-        let outputs = live.outputs.get(slot).copied().unwrap_or(0);
-        let decoding =
-            outputs > 0 && u64::from(computed) + 1 >= u64::from(prompt) + u64::from(outputs);
-        (*p_out, *d_out) = if decoding { (0, n) } else { (n, 0) };
-    }
+    step_builder::split_work(sc, &live.prompts, &live.outputs);
     Ok(())
 }
 
@@ -1030,35 +933,7 @@ fn gather_logprobs(
     }
     // The rows kept, in token order: named per run, or in run order — rows
     // for every token (the flags pick) or only for the flagged runs' tokens.
-    let every_token = height == n;
-    let mut cursor = 0usize;
-    // Into reserved space with the length in a local (see `fill_composition`).
-    let picked = &mut sc.picked;
-    picked.clear();
-    picked.reserve(sc.flagged_tokens);
-    let spare = &mut picked.spare_capacity_mut()[..sc.flagged_tokens];
-    let mut len = 0usize;
-    for (run, (&count, &has)) in sc.counts.iter().zip(&sc.has_lp).enumerate() {
-        let start = match sc.rows.get(run) {
-            Some(&r) => r,
-            None => {
-                let s = cursor as u32;
-                if every_token || has != 0 {
-                    cursor += count as usize;
-                }
-                s
-            }
-        };
-        if has != 0 {
-            for (slot, j) in spare[len..len + count as usize].iter_mut().zip(0..) {
-                slot.write(start.saturating_add(j));
-            }
-            len += count as usize;
-        }
-    }
-    // SAFETY: the flagged runs' counts add up to `flagged_tokens`, every one
-    // of the first `len` slots was written.
-    unsafe { picked.set_len(len) };
+    step_builder::pick_rows(sc, height == n);
     if let Some(&r) = sc.picked.iter().find(|&&r| r as usize >= height) {
         return Err(PyValueError::new_err(format!(
             "record_step: a token needs logprob row {r}, the columns hold {height} rows"
@@ -1087,43 +962,6 @@ fn gather_logprobs(
         return Err(mismatch("logprobs", t.logprobs.len(), picked.len()));
     }
     Ok(())
-}
-
-/// Compact logprob columns in place: drop the rows the columns hold for runs
-/// without logprobs, and cut each token's candidates from `k` to `keep`.
-/// `counts` and `has_lp` are per run as given (runs of 0 tokens included:
-/// they own no rows); `has_row(run)` says whether the columns hold rows for
-/// that run's tokens.
-fn select_rows(
-    t: &mut probe_core::event::SampledTokens,
-    counts: &[u32],
-    has_lp: &[u32],
-    has_row: impl Fn(usize) -> bool,
-    k: usize,
-    keep: usize,
-) {
-    let (mut src, mut dst) = (0usize, 0usize);
-    for (run, &count) in counts.iter().enumerate() {
-        if !has_row(run) {
-            continue;
-        }
-        for _ in 0..count {
-            if has_lp[run] != 0 {
-                t.logprobs.0[dst] = t.logprobs.0[src];
-                t.ranks.0[dst] = t.ranks.0[src];
-                for c in 0..keep {
-                    t.top_ids.0[dst * keep + c] = t.top_ids.0[src * k + c];
-                    t.top_logprobs.0[dst * keep + c] = t.top_logprobs.0[src * k + c];
-                }
-                dst += 1;
-            }
-            src += 1;
-        }
-    }
-    t.logprobs.0.truncate(dst);
-    t.ranks.0.truncate(dst);
-    t.top_ids.0.truncate(dst * keep);
-    t.top_logprobs.0.truncate(dst * keep);
 }
 
 /// CLOCK_MONOTONIC nanoseconds, the probe's clock (equal to `time.monotonic_ns()` on Linux).

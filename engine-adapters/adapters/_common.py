@@ -86,6 +86,24 @@ class Guard:
             )
 
 
+def live_rows(ids: list[Any], live: Any) -> list[int] | None:
+    """Which rows of a step's batch belong to requests still live: None when
+    all do, else their indices.
+
+    The overlap loops (SGLang's, TensorRT-LLM's) launch step N+1 before step
+    N's result finishes a request, so a finished request can ride along one
+    more step (its output is discarded). Its trace ended with its finish: the
+    row is left out rather than re-opening the request."""
+    if all(rid in live for rid in ids):
+        return None
+    return [i for i, rid in enumerate(ids) if rid in live]
+
+
+def pick(rows: list[Any] | None, keep: list[int]) -> list[Any] | None:
+    """The rows at `keep`, in order (None stays None)."""
+    return None if rows is None else [rows[i] for i in keep]
+
+
 def unix_to_mono_ns(unix_s: float | None) -> int | None:
     """A wall-clock time (seconds) as CLOCK_MONOTONIC ns, via the current offset."""
     if unix_s is None:

@@ -10,6 +10,7 @@
 //! - [`otlp`]: one OpenTelemetry span per request, sent to a collector.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod html;
 pub mod otlp;

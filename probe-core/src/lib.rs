@@ -15,6 +15,39 @@
 //! user's file.
 //!
 //! This crate knows nothing of Python, engines or dataframes.
+//!
+//! # Recording a step and reading it back
+//!
+//! ```
+//! use probe_core::event::{BatchEntry, Record, TokenRun};
+//! use probe_core::{read_trace, Probe, ProbeConfig};
+//! use std::time::Duration;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut probe = Probe::start(ProbeConfig::new(dir.path()))?;
+//!
+//! // One engine iteration: request 0 decoded one token, id 42.
+//! let mut step = probe.take_step(); // a recycled step: no allocation in steady state
+//! step.step_id = 1;
+//! (step.start_ns, step.end_ns) = (1_000, 2_000);
+//! step.batch.push(BatchEntry { req: 0, prefill_tokens: 0, cached_tokens: 0, decode_tokens: 1 });
+//! step.tokens.runs.push(TokenRun { req: 0, first_index: 0, count: 1, top_k: None });
+//! step.tokens.ids.0.push(42);
+//! assert!(probe.record(Record::Step(step))); // false: dropped and counted, never blocked
+//! assert!(probe.shutdown(Duration::from_secs(5)).clean);
+//!
+//! let trace = read_trace(dir.path())?;
+//! let tokens: Vec<_> = trace.processes[0]
+//!     .records()
+//!     .filter_map(|r| match r {
+//!         Record::Step(s) => Some(s.tokens.iter().map(|t| t.token_id).collect::<Vec<_>>()),
+//!         _ => None,
+//!     })
+//!     .flatten()
+//!     .collect();
+//! assert_eq!(tokens, [Some(42)]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

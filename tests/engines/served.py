@@ -297,6 +297,7 @@ class EngineSide:
     tokens: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # internal id -> tokens
     unnamed: int = 0  # tokens of requests whose arrival record was dropped
     arrived: dict[str, int] = field(default_factory=dict)  # internal id -> arrival (CLOCK_MONOTONIC ns)
+    by_completion: dict[str, list[str]] | None = None  # completion id -> internal ids (see engine_id)
     total: int = 0
     dropped_tokens: int = 0
     dropped_records: int = 0
@@ -356,8 +357,20 @@ def engine_side(trace_dir: Path) -> EngineSide:
 def engine_id(side: EngineSide, completion_id: str) -> str | None:
     """The engine's internal id of a completion: vLLM names prompt 0 of
     response X "X-0" (and may append a suffix of its own); SGLang's is X."""
-    want = completion_id + "-0"
-    found = [i for i in side.tokens if i in (want, completion_id) or i.startswith(want + "-")]
+    if side.by_completion is None:
+        # Indexed once: a soak has tens of thousands of each.
+        side.by_completion = defaultdict(list)
+        for iid in side.tokens:
+            names = {iid}
+            if iid.endswith("-0"):
+                names.add(iid[:-2])
+            at = iid.find("-0-")
+            while at >= 0:
+                names.add(iid[:at])
+                at = iid.find("-0-", at + 1)
+            for name in names:
+                side.by_completion[name].append(iid)
+    found = side.by_completion.get(completion_id, [])
     assert len(found) <= 1, found
     return found[0] if found else None
 

@@ -27,6 +27,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from served import Server, sse_events  # noqa: E402
 from trace_tokens import requests_of, tokens_by_request  # noqa: E402
 
 SCENARIOS = HERE / "sglang_scenarios.py"
@@ -451,79 +452,33 @@ def test_each_dp_scheduler_records_its_own_requests(data_parallel):
 TRACEPARENT_HTTP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def _free_port() -> int:
-    """A free port below 55536: SGLang up to 0.5.20 derives a gRPC port as
-    port + 10000 and refuses to start when that passes 65535."""
-    import random
-    import socket
-
-    while True:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", random.randrange(20000, 55536)))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-
-
 def _stream_completion(port: int, prompt: str, headers: dict | None = None) -> dict:
     """One streaming completion with logprobs; the response id and the chunks."""
-    import urllib.request
-
-    body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 16, "stream": True,
-                       "temperature": 0.0, "logprobs": 3}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 16, "stream": True, "temperature": 0.0,
+            "logprobs": 3}
     chunks: list[dict] = []
     rid = None
-    with urllib.request.urlopen(req) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if not event.get("choices"):
-                continue
-            rid = event["id"]
-            chunks.append(event["choices"][0])
+    for event in sse_events(port, body, headers):
+        if not event.get("choices"):
+            continue
+        rid = event["id"]
+        chunks.append(event["choices"][0])
     return {"id": rid, "chunks": chunks}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import signal
     import threading
-    import time
-    import urllib.request
 
     tmp = tmp_path_factory.mktemp("serve")
-    trace_dir = tmp / "trace"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if "TOKTRACE" not in k}
-    env.update(TOKTRACE_DIR=str(trace_dir), SGLANG_USE_CPU_ENGINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(STUB), env.get("PYTHONPATH")])))
-    log = open(tmp / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sglang.launch_server", "--model-path", str(MODEL),
-         "--served-model-name", "tiny", "--device", "cpu", "--attention-backend", "torch_native",
-         "--sampling-backend", "pytorch", "--disable-cuda-graph", "--dtype", "float32",
-         "--mem-fraction-static", "0.05", "--context-length", "512", "--log-level", "warning",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(tmp, tmp / "trace", engine="sglang")
+    results: list[dict] = [{} for _ in range(6)]
     try:
-        # Up when /health answers; a server that died fails the test at once.
-        while True:
-            assert server.poll() is None, (tmp / "server.log").read_text()[-6000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        results: list[dict] = [{} for _ in range(6)]
+        server.start()
 
         def client(i: int) -> None:
             headers = {"traceparent": TRACEPARENT_HTTP} if i == 0 else None
-            results[i] = _stream_completion(port, f"the little girl saw {i} red balls and", headers)
+            results[i] = _stream_completion(server.port, f"the little girl saw {i} red balls and", headers)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
         for t in threads:
@@ -531,10 +486,8 @@ def served(tmp_path_factory):
         for t in threads:
             t.join()
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait()
-        log.close()
-    return results, Trace(trace_dir)
+        server.stop()
+    return results, Trace(server.trace_dir)
 
 
 def test_serve_streams_are_traced_with_emit_times(served):

@@ -5,6 +5,7 @@
 //! failure to open a trace becomes the command's error ([`opened`]).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod progress;
 pub mod view;

@@ -491,19 +491,10 @@ def _record(rec: Any, st: _SchedState, launch: tuple, before: list[tuple[int, in
     """Record the step from the rows' growth; returns when its batch was launched."""
     step_id, t0, comp, waiting, running, kv, preempted = launch
     ids, prefill, decode, cached, reqs = comp
-    live = st.live
-    if any(rid not in live for rid in ids):
-        # The overlap loop launches step N+1 before step N's result finishes a
-        # request, so a finished request can ride along one more step (its
-        # output is discarded). Its trace ended with its finish: the row is left
-        # out rather than re-opening the request.
-        keep = [i for i, rid in enumerate(ids) if rid in live]
-        ids = [ids[i] for i in keep]
-        prefill = [prefill[i] for i in keep]
-        decode = [decode[i] for i in keep]
-        cached = [cached[i] for i in keep] if cached is not None else None
-        reqs = [reqs[i] for i in keep]
-        before = [before[i] for i in keep]
+    keep = C.live_rows(ids, st.live)  # the overlap loop's finished rows go
+    if keep is not None:
+        ids, prefill, decode, cached, reqs, before = (
+            C.pick(rows, keep) for rows in (ids, prefill, decode, cached, reqs, before))
     run_ids: list[str] = []
     first: list[int] = []
     tokens: list[list[int]] = []

@@ -36,7 +36,7 @@ __all__ = ["LAYOUTS", "apply", "layout_for", "parse_version", "supported"]
 # hook points read in the 2025 and 2026 sources (v1_x.py) are the same names
 # with compatible signatures across it.
 LAYOUTS: list[tuple[Version, Version, str]] = [
-    ((1, 0, 0), (1, 3, 999), "toktrace.adapters.tensorrt_llm.v1_x"),
+    ((1, 0, 0), (1, 3, C.ANY_PATCH), "toktrace.adapters.tensorrt_llm.v1_x"),
 ]
 
 
@@ -46,7 +46,7 @@ def layout_for(version: str) -> str | None:
 
 def supported() -> str:
     """The supported range, as the warning names it."""
-    return ", ".join(f"{a[0]}.{a[1]}.x–{b[0]}.{b[1]}.x" for a, b, _ in LAYOUTS)
+    return C.ranges_text(LAYOUTS)
 
 
 def apply(tensorrt_llm: ModuleType) -> None:

@@ -888,16 +888,9 @@ def _flush(st: _ExecState, rec: Any, end_ns: int | None, finished: list[int] | N
     launch, runs, updated_ns, exit_ns = done
     step_id, t0, ids, _reqs, prefill, decode, cached, waiting, running, kv, preempted = launch
     live = st.reqs
-    if any(rid not in live for rid in ids):
-        # The overlap loop launches step N+1 before step N's tokens finish a
-        # request, so a finished request can ride along one more step (its
-        # output is discarded). Its trace ended with its finish: the row is
-        # left out rather than re-opening the request.
-        keep = [i for i, rid in enumerate(ids) if rid in live]
-        ids = [ids[i] for i in keep]
-        prefill = [prefill[i] for i in keep]
-        decode = [decode[i] for i in keep]
-        cached = [cached[i] for i in keep]
+    keep = C.live_rows(ids, live)  # the overlap loop's finished rows go
+    if keep is not None:
+        ids, prefill, decode, cached = (C.pick(rows, keep) for rows in (ids, prefill, decode, cached))
         runs = [r for r in runs if r[0] in live]
     if not ids:
         return  # a batch whose every row was discarded produced nothing to attribute

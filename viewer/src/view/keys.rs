@@ -13,22 +13,27 @@ pub enum Action {
     Help,
     /// Back to the previous screen (the requests list at the bottom).
     Back,
-    /// Selection up / down by one.
+    /// Selection up by one.
     Up,
+    /// Selection down by one.
     Down,
-    /// Selection by a page.
+    /// Selection up by a page.
     PageUp,
+    /// Selection down by a page.
     PageDown,
-    /// First / last.
+    /// The first row.
     Top,
+    /// The last row.
     Bottom,
-    /// Sideways: the member of a step (concurrency), nothing elsewhere.
+    /// Sideways to the previous member of a step (concurrency), nothing elsewhere.
     Left,
+    /// Sideways to the next member of a step (concurrency), nothing elsewhere.
     Right,
     /// Open what is selected: a request (list, concurrency).
     Open,
-    /// Next / previous slow token.
+    /// The next slow token.
     NextSlow,
+    /// The previous slow token.
     PrevSlow,
     /// The slowest token of the request.
     Slowest,
@@ -36,16 +41,21 @@ pub enum Action {
     Culprit,
     /// The concurrency view around the selected token (or back to the tokens).
     Concurrency,
-    /// Requests list: next sort order, reverse it, only interfered requests.
+    /// Requests list: the next sort order.
     Sort,
+    /// Requests list: reverse the order.
     Reverse,
+    /// Requests list: only the requests others interfered with, or all again.
     Interfered,
     /// Requests list: start typing a filter.
     Filter,
-    /// While typing a filter: a character, erase one, done, cancel.
+    /// While typing a filter: a character.
     Type(char),
+    /// While typing a filter: erase the last character.
     Erase,
+    /// While typing a filter: keep it.
     Done,
+    /// While typing a filter: drop it.
     Cancel,
 }
 
