@@ -15,6 +15,9 @@ cargo fmt --all --check
 stage "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+stage "cargo doc (no warnings: every intra-doc link resolves)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
 # Release: the CLI the wheel bundles is built in release too, so polars compiles
 # for one profile only.
 stage "cargo test"

@@ -1,12 +1,14 @@
 //! toktrace-analyzer: turns a trace into answers — which tokens of a request
 //! were slow, and whose work made them slow.
 //!
-//! [`load`] folds a trace directory (every process, merged on one clock,
-//! frontend emits joined to engine tokens) into compact tables ([`data`]);
-//! [`Analysis`] fits the trace's own step-time model ([`step_model`]), computes
-//! per-request latency metrics ([`metrics`]), splits every token's gap into
-//! expected work and excess laid at the culprits' doors ([`attribution`]),
-//! recognises each engine's warm-up ([`warmup`]) and flags accuracy problems. [`report`] gives the stable JSON shapes of the CLI,
+//! [`load`](mod@load) folds a trace directory (every process, merged on one
+//! clock, frontend emits joined to engine tokens) into compact tables
+//! ([`data`]); [`Analysis`] fits the trace's own step-time model
+//! ([`step_model`]), computes per-request latency metrics ([`metrics`]),
+//! splits every token's gap into expected work and excess laid at the
+//! culprits' doors ([`attribution`]), recognises each engine's warm-up
+//! ([`warmup`]) and flags accuracy problems. [`report`] gives the stable JSON
+//! shapes of the CLI,
 //! [`frames`] the same as polars DataFrames. [`index`] keeps, next to a large
 //! trace, what it takes to load one request's stretch of time alone, and
 //! [`open`] is how every command opens a trace: whole, or one request's

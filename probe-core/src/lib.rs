@@ -8,8 +8,10 @@
 //! and counts. A drain thread frames each record (length + CRC32C + bincode
 //! payload) into append-only, size-rotated segment files under one directory per
 //! process, within a disk budget, repeating what later segments need to stand
-//! alone ([`writer`]). Every byte on disk is defined in [`format`] alone. [`reader`] reads a trace directory, a process directory or a single
-//! segment back, surviving torn tails and corrupt frames. [`files`] is how
+//! alone ([`writer`]). Every byte on disk is defined in
+//! [`format`](mod@format) alone. [`reader`] reads a trace directory, a
+//! process directory or a single segment back, surviving torn tails and
+//! corrupt frames. [`files`] is how
 //! every toktrace crate writes a file outside a process directory (the index,
 //! exports): aside and renamed, never through a symlink or over another
 //! user's file.
