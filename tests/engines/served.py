@@ -425,3 +425,52 @@ def check_accounting_of_finished(side: EngineSide, done: list[Completion]) -> No
         assert [t["index"] for t in toks] == list(range(c.completion_tokens or 0)), iid
         if c.token_ids:
             assert [t["token_id"] for t in toks] == c.token_ids, iid
+
+
+# ===== a soak: many streaming clients against a stressed probe =====
+
+
+@dataclass
+class Soak:
+    """What a soak left: the stopped server (its trace), what the clients got."""
+
+    server: Server
+    done: list[Completion]
+    seconds: float
+    clients_from_ns: int  # CLOCK_MONOTONIC when the clients started
+
+
+def run_soak(workdir: Path, engine: str) -> Soak:
+    """SOAK_SECONDS of CLIENTS streaming clients against ``engine``'s server
+    traced with the STRESSED ring and segments."""
+    server = Server(workdir, workdir / "trace", env=STRESSED, engine=engine)
+    server.start()
+    try:
+        t0, clients_from_ns = time.monotonic(), time.monotonic_ns()
+        done = load(server.port, SOAK_SECONDS, CLIENTS, engine=engine)
+        seconds = time.monotonic() - t0
+    finally:
+        server.stop()
+    return Soak(server, done, seconds, clients_from_ns)
+
+
+def check_soak(soak: Soak) -> None:
+    """Every token a client received is traced or counted dropped; the load
+    did stress the probe; the trace reads. Reports the soak's figures."""
+    errors = [c.error for c in soak.done if c.error]
+    assert not errors, errors[:3]
+    side = engine_side(soak.server.trace_dir)
+    assert not side.warnings, side.warnings
+    assert side.processes == 1, side.processes
+    figures = check_accounting(side, soak.done, soak.clients_from_ns)
+    assert side.dropped_tokens > 0, "the ring never overflowed: the load did not stress it"
+    assert side.total > side.dropped_tokens, "almost nothing was traced"
+    assert side.segments >= 4, f"segments did not rotate ({side.segments})"
+    assert figures["checked"] > 100
+    # The analyzer reads the trace whole.
+    summary = run_cli("summary", str(soak.server.trace_dir), "--json")
+    assert summary.returncode == 0, summary.stderr
+    report("soak", engine=soak.server.engine, clients=CLIENTS, seconds=round(soak.seconds, 1),
+           requests=len(soak.done), ring_slots=int(STRESSED["TOKTRACE_RING_SLOTS"]),
+           flush_ms=int(STRESSED["TOKTRACE_FLUSH_MS"]), tokens_per_s=round(figures["received"] / soak.seconds, 1),
+           segments=side.segments, dropped_records=side.dropped_records, unnamed_tokens=side.unnamed, **figures)

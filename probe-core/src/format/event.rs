@@ -371,10 +371,10 @@ impl SampledTokens {
             texts,
         } = self;
         runs.clear();
-        for column in [&mut ids.0, &mut ranks.0, &mut top_ids.0] {
-            column.clear();
-        }
+        ids.0.clear();
         logprobs.0.clear();
+        ranks.0.clear();
+        top_ids.0.clear();
         top_logprobs.0.clear();
         texts.clear();
     }
