@@ -87,10 +87,10 @@ install_toktrace "$SGLANG_VENV"
 stage "pytest on real SGLang"
 "$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py"
 
-# A minute of streaming load on SGLang's HTTP server with a tiny ring: every
-# token received is traced or counted dropped (Tier 2: faults-sglang, longer).
-stage "pytest: SGLang's HTTP server under load"
-"$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang_faults.py"
+# SGLang's HTTP server under load (tests/engines/test_sglang_faults.py) runs in
+# Tier 2 only (scripts/extended.sh faults-sglang): with a ring of 20 records its
+# drain keeps up in some runs, and the test's own "the ring overflowed"
+# precondition then fails, so it cannot guard CI until its stress is reliable.
 
 # The first release of the SGLang layout line (0.5.13-0.5.23 share one
 # layout, 0.5.13-0.5.20 with shims of their own: ranks on Scheduler.ps,
