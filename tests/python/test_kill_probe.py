@@ -79,8 +79,9 @@ def test_a_probe_driver_killed_many_times_leaves_readable_traces(tmp_path: Path)
     for n in range(KILLS):
         trace_dir = tmp_path / f"kill-{n}"
         handed = kill_once(trace_dir, rng)
-        if not trace_dir.exists():
-            # Killed before the drain's first write: nothing to read, all lost.
+        if not any(trace_dir.rglob("seg-*.tts")):
+            # Killed before the drain's first write (the directory may already
+            # exist, its first segment not yet): nothing to read, all lost.
             lost_steps.append(len(handed))
             lost_ms.append((max(handed.values()) - min(handed.values())) / 1e6 if handed else 0.0)
             continue
