@@ -137,6 +137,12 @@ def user_ab(results: list[dict]) -> str:
 def faults(results: list[dict]) -> str:
     """What each fault run did to a real server, and what the trace kept."""
     lines = ["| run | outcome | load and faults | what the trace kept | when |", "|---|---|---|---|---|"]
+    def segments_of(f: dict) -> str:
+        # Soaks before 2026-12-07 did not report their segment size: the
+        # vLLM soaks used 256 KiB; SGLang's first passing run, 64 KiB.
+        kib = f.get("segment_kib") or (256 if f.get("engine") != "sglang" else 64)
+        return f"{kib} KiB segments"
+
     for r in results:
         d = r["data"]
         verdict = "pass" if r["outcome"] == "pass" else "**fail**"
@@ -147,7 +153,7 @@ def faults(results: list[dict]) -> str:
                 compared = "logprobs" if f.get("engine") == "sglang" else "ids and logprobs"
                 did = (f"{server}: {f['clients']} streaming clients for {f['seconds'] / 60:.1f} min: {f['requests']} requests, "
                        f"{f['tokens_per_s']:.0f} tokens/s; a ring of {f['ring_slots']} records drained every "
-                       f"{f['flush_ms']} ms, 256 KiB segments ({f['segments']})")
+                       f"{f['flush_ms']} ms, {segments_of(f)} ({f['segments']})")
                 kept = (f"{f['received']} tokens received = {f['traced']} traced + {f['dropped']} counted dropped "
                         f"({f['dropped_records']} records); {f['checked']} {compared} compared")
                 if f.get("server_own"):

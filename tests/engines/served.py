@@ -494,5 +494,6 @@ def check_soak(soak: Soak) -> None:
     assert summary.returncode == 0, summary.stderr
     report("soak", engine=soak.server.engine, clients=CLIENTS, seconds=round(soak.seconds, 1),
            requests=len(soak.done), ring_slots=int(soak.server.env["TOKTRACE_RING_SLOTS"]),
+           segment_kib=int(soak.server.env["TOKTRACE_SEGMENT_BYTES"].rstrip("K")),
            flush_ms=int(STRESSED["TOKTRACE_FLUSH_MS"]), tokens_per_s=round(figures["received"] / soak.seconds, 1),
            segments=side.segments, dropped_records=side.dropped_records, unnamed_tokens=side.unnamed, **figures)
