@@ -104,7 +104,10 @@ fn steps(a: &Analysis, selected: &[StepIx]) -> PolarsResult<DataFrame> {
 
 fn slices(a: &Analysis, sel: &Selection, steps: &[StepIx]) -> PolarsResult<DataFrame> {
     let d = &a.data;
-    let named = |r: RequestIx| sel.requests.as_ref().is_none_or(|ids| ids.contains(&r));
+    // With steps chosen, a step's slices come whole (see Selection::steps).
+    let named = |r: RequestIx| {
+        sel.steps.is_some() || sel.requests.as_ref().is_none_or(|ids| ids.contains(&r))
+    };
     let s: Vec<&crate::data::Slice> = steps
         .iter()
         .flat_map(|&step| d.slices_of(step))

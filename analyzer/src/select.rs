@@ -148,8 +148,13 @@ pub struct Selection {
     pub from_unix_ns: Option<u64>,
     /// End of the inclusive window, unix nanoseconds; None: unbounded.
     pub to_unix_ns: Option<u64>,
-    /// Only these requests; None: all.
+    /// Only these requests (their rows, tokens and interference; and their
+    /// slices, unless `steps` is given); None: all.
     pub requests: Option<HashSet<RequestIx>>,
+    /// Only these steps, with every request's slice of them; None: all.
+    /// (The fleet dataset takes new steps and newly finished requests
+    /// apart: a step's slices go with the step.)
+    pub steps: Option<HashSet<StepIx>>,
 }
 
 impl Selection {
@@ -175,6 +180,7 @@ impl Selection {
             from_unix_ns: from.map(resolve),
             to_unix_ns: to.map(resolve),
             requests,
+            steps: None,
         };
         if let (None, None, Some(ids)) = (from, to, &selection.requests) {
             let spans: Vec<(u64, u64)> = ids.iter().filter_map(|&r| lifetime(a, r)).collect();
@@ -196,6 +202,9 @@ impl Selection {
 
     /// Whether a step is covered.
     pub fn step(&self, a: &Analysis, s: StepIx) -> bool {
+        if self.steps.as_ref().is_some_and(|steps| !steps.contains(&s)) {
+            return false;
+        }
         let step = &a.data.steps[s as usize];
         let p = &a.data.processes[step.process as usize];
         self.overlaps(p.unix_ns(step.start_ns), p.unix_ns(step.end_ns))
@@ -215,7 +224,10 @@ impl Selection {
 
     /// Whether this selection keeps everything (no filtering needed).
     pub fn is_all(&self) -> bool {
-        self.from_unix_ns.is_none() && self.to_unix_ns.is_none() && self.requests.is_none()
+        self.from_unix_ns.is_none()
+            && self.to_unix_ns.is_none()
+            && self.requests.is_none()
+            && self.steps.is_none()
     }
 }
 
@@ -306,6 +318,7 @@ mod tests {
             from_unix_ns: Some(10),
             to_unix_ns: Some(20),
             requests: None,
+            steps: None,
         };
         assert!(s.overlaps(5, 10) && s.overlaps(20, 30) && s.overlaps(12, 13));
         assert!(!s.overlaps(0, 9) && !s.overlaps(21, 22));

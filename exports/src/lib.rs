@@ -3,6 +3,8 @@
 //! [`Selection`](toktrace_analyzer::select::Selection) (time window, requests).
 //!
 //! - [`tables`]: the analyzer's frames as Parquet, Arrow IPC or CSV;
+//! - [`dataset`]: the frames added, incrementally, to a Hive-partitioned
+//!   Parquet dataset of many traces (the fleet dataset);
 //! - [`perfetto`]: a Perfetto timeline (engine steps with counters, one track
 //!   per request with its tokens), written packet by packet through a small
 //!   protobuf encoder ([`protobuf`]);
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod dataset;
 pub mod html;
 pub mod otlp;
 pub mod perfetto;

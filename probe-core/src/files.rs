@@ -23,6 +23,39 @@ pub fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// An exclusive advisory lock (`flock`) on a lock file, held until dropped:
+/// another process taking the same lock waits. The file is created if
+/// missing, never through a symlink planted at its path.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Wait for the lock on `path` and take it.
+    pub fn acquire(path: &Path) -> io::Result<FileLock> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; no memory is
+            // passed. The lock goes with the descriptor when `File` drops.
+            let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
 /// The uid owning `path` when it is not this process's (the path itself, not
 /// what a symlink there points to). `None` when it is ours or does not exist.
 pub fn foreign_owner(path: &Path) -> Option<u32> {
@@ -158,6 +191,38 @@ fn check_destination(dest: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_waits_for_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let held = FileLock::acquire(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let _lock = FileLock::acquire(&path).unwrap();
+                tx.send(()).unwrap();
+            })
+        };
+        // The waiter cannot have the lock while it is held here (a lost
+        // wake-up would only make this test wait, never pass wrongly).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "taken while held");
+        drop(held);
+        rx.recv().unwrap();
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn a_lock_is_never_taken_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        let path = dir.path().join("x.lock");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(FileLock::acquire(&path).is_err());
+    }
 
     #[test]
     fn a_file_is_written_whole_and_nothing_is_left_beside_it() {

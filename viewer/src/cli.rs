@@ -122,6 +122,13 @@ pub enum Command {
     ///                      (engines, models, clock anchors, step models) under
     ///                      the key-value metadata key `toktrace`; `ipc` (Arrow,
     ///                      Feather v2) is what `toktrace.load()` reads.
+    ///                      With --dataset ROOT instead of --out, parquet adds
+    ///                      the traces to a fleet dataset: ROOT/<table>/
+    ///                      day=YYYY-MM-DD/host=H/<capture>-<part>.parquet, every
+    ///                      row with its capture_id, engine, engine_version and
+    ///                      model; only what is new since the last export is
+    ///                      added (run it periodically; a request is added once
+    ///                      it has finished). See docs/fleet.md.
     ///   perfetto           one protobuf trace file for ui.perfetto.dev: engine
     ///                      steps with counters, one track per request with its
     ///                      tokens, gaps and culprits.
@@ -142,14 +149,17 @@ pub enum Command {
     ///
     /// Examples:
     ///   toktrace export TRACE --format parquet --out review/
+    ///   toktrace export /var/tmp/toktrace/* --format parquet --dataset /shared/fleet
     ///   toktrace export TRACE --format perfetto --out slow.pftrace --request cmpl-42
     ///   toktrace export TRACE --format csv --out window/ --from 60s --to 90s
     ///   toktrace export TRACE --format html --out incident.html
     ///   toktrace export TRACE --format otlp --endpoint http://localhost:4317
     #[command(verbatim_doc_comment)]
     Export {
-        /// Trace directory, process directory or segment file.
-        dir: PathBuf,
+        /// Trace directory, process directory or segment file; several only
+        /// with --dataset (each one a capture).
+        #[arg(required = true, num_args = 1..)]
+        dirs: Vec<PathBuf>,
         /// File format.
         #[arg(long, value_enum)]
         format: ExportFormat,
@@ -157,6 +167,10 @@ pub enum Command {
         /// for perfetto/html; not for otlp.
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
+        /// The fleet dataset to add the traces to (parquet only; created if
+        /// missing). Re-running adds only what is new.
+        #[arg(long, value_name = "ROOT", conflicts_with_all = ["out", "endpoint", "from", "to", "requests"])]
+        dataset: Option<PathBuf>,
         /// OTLP collector to send spans to (otlp only), e.g.
         /// http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP).
         #[arg(long, value_name = "URL", conflicts_with = "out")]

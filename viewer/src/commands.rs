@@ -69,9 +69,10 @@ pub fn run(command: Command) -> Result<()> {
             use_index: !no_index,
         }),
         Command::Export {
-            dir,
+            dirs,
             format,
             out,
+            dataset,
             endpoint,
             protocol,
             allow_remote_http,
@@ -80,10 +81,11 @@ pub fn run(command: Command) -> Result<()> {
             requests,
             analysis,
         } => export::export(
-            &dir,
+            &dirs,
             &export::ExportArgs {
                 format,
                 out,
+                dataset,
                 endpoint,
                 protocol,
                 allow_remote_http,

@@ -17,6 +17,7 @@ use toktrace_exports::tables::TableFormat;
 pub struct ExportArgs {
     pub format: ExportFormat,
     pub out: Option<PathBuf>,
+    pub dataset: Option<PathBuf>,
     pub endpoint: Option<String>,
     pub protocol: OtlpProtocol,
     pub allow_remote_http: bool,
@@ -39,7 +40,16 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// `toktrace export`.
-pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<()> {
+pub fn export(dirs: &[PathBuf], args: &ExportArgs, analysis: &AnalysisArgs) -> Result<()> {
+    if let Some(root) = &args.dataset {
+        if args.format != ExportFormat::Parquet {
+            return Err(UsageError("--dataset takes --format parquet").into());
+        }
+        return add_to_dataset(dirs, root, analysis);
+    }
+    let [dir] = dirs else {
+        return Err(UsageError("one trace at a time, except with --dataset").into());
+    };
     // Refuse a bad destination before the (possibly long) analysis.
     let out = match (args.format, &args.out, &args.endpoint) {
         (ExportFormat::Otlp, _, Some(endpoint)) => {
@@ -54,6 +64,9 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
         (_, Some(out), None) => out.as_path(),
         (_, _, Some(_)) => {
             return Err(UsageError("--endpoint is for --format otlp; give --out PATH").into())
+        }
+        (ExportFormat::Parquet, None, None) => {
+            return Err(UsageError("give --out DIR, or --dataset ROOT for a fleet dataset").into())
         }
         (_, None, None) => return Err(UsageError("give --out PATH for this format").into()),
     };
@@ -140,6 +153,52 @@ pub fn export(dir: &Path, args: &ExportArgs, analysis: &AnalysisArgs) -> Result<
             Ok(())
         }
     }
+}
+
+/// `export --dataset`: each trace in turn, analysed whole, what is new in it
+/// added. A trace that fails is reported and the others still go in; the
+/// exit status says one failed.
+fn add_to_dataset(dirs: &[PathBuf], root: &Path, analysis: &AnalysisArgs) -> Result<()> {
+    let options = LoadOptions {
+        detail: Detail::All,
+        decode_slices: true,
+        ..Default::default()
+    };
+    let mut failed = 0;
+    for dir in dirs {
+        let added =
+            analyze(dir, &options, analysis).and_then(|a| toktrace_exports::dataset::add(&a, root));
+        match added {
+            Ok(added) if added.rows.is_empty() => eprintln!(
+                "toktrace: {}: nothing new for capture {}",
+                dir.display(),
+                added.capture_id
+            ),
+            Ok(added) => {
+                let rows: Vec<String> = added
+                    .rows
+                    .iter()
+                    .map(|(table, n)| format!("{n} {table}"))
+                    .collect();
+                eprintln!(
+                    "toktrace: {}: capture {} ({}): added {}",
+                    dir.display(),
+                    added.capture_id,
+                    added.partition,
+                    rows.join(", ")
+                );
+            }
+            Err(e) if dirs.len() == 1 => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("toktrace: error: {}: {e:#}", dir.display());
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} traces were not added", dirs.len());
+    }
+    Ok(())
 }
 
 /// Start an output file (written aside, renamed into place by `commit`), its
