@@ -195,6 +195,63 @@ pub enum Command {
         #[command(flatten)]
         analysis: AnalysisArgs,
     },
+    /// Fleet questions over a dataset written by `export --dataset`,
+    /// answered in place by the embedded engine (polars, lazy: only the
+    /// partitions and columns a query needs are read).
+    ///
+    /// Questions (one of):
+    ///   --worst-itl      the requests with the worst p99 inter-token latency,
+    ///                    and the engine, release, host and capture they ran in
+    ///   --offenders      the requests whose work delayed others' tokens most
+    ///   --stalls         stalls, interference and the worst p99 ITL per --by
+    ///                    (model, engine-version, host or day)
+    ///   --sql QUERY      any SQL over the tables steps, slices, tokens,
+    ///                    requests, interference (columns: docs/fleet.md)
+    ///
+    /// The named questions are SQL files that DuckDB and Spark run as they are
+    /// (`--show-sql` prints the one that would run; the Python package's
+    /// `toktrace.fleet` runs them there). `day` and `host` are text.
+    ///
+    /// Examples:
+    ///   toktrace fleet /shared/fleet --worst-itl --from 2026-12-01
+    ///   toktrace fleet /shared/fleet --stalls --by engine-version --json
+    ///   toktrace fleet /shared/fleet --sql "SELECT host, count(*) AS steps FROM steps GROUP BY host"
+    #[command(verbatim_doc_comment)]
+    #[command(group(clap::ArgGroup::new("question").required(true).args(["worst_itl", "offenders", "stalls", "sql"])))]
+    Fleet {
+        /// The dataset's root directory.
+        root: PathBuf,
+        /// The requests with the worst p99 inter-token latency.
+        #[arg(long)]
+        worst_itl: bool,
+        /// The requests that delayed others the most.
+        #[arg(long)]
+        offenders: bool,
+        /// Stalls and interference per group (see --by).
+        #[arg(long)]
+        stalls: bool,
+        /// The group of --stalls.
+        #[arg(long, value_enum, default_value_t = StallsBy::Model)]
+        by: StallsBy,
+        /// Run this SQL instead of a named question.
+        #[arg(long, value_name = "QUERY")]
+        sql: Option<String>,
+        /// First day (UTC, YYYY-MM-DD) of the captures asked about.
+        #[arg(long, value_name = "DAY")]
+        from: Option<String>,
+        /// Last day (UTC, YYYY-MM-DD) of the captures asked about.
+        #[arg(long, value_name = "DAY")]
+        to: Option<String>,
+        /// Rows at most, for --worst-itl and --offenders.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+        /// Print a JSON array of rows instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Print the SQL that would run, and stop.
+        #[arg(long)]
+        show_sql: bool,
+    },
     /// The terminal viewer: requests, one request's tokens, and the
     /// concurrency around a slow token (press ? inside for the keys).
     ///
@@ -301,6 +358,44 @@ pub enum SortKey {
     Interference,
     /// Arrival to last token.
     E2e,
+}
+
+/// What `fleet` is asked (made from its flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetQuestion {
+    /// `--worst-itl`.
+    WorstItl,
+    /// `--offenders`.
+    Offenders,
+    /// `--stalls`.
+    Stalls,
+    /// `--sql QUERY`.
+    Sql(String),
+}
+
+/// The groups of `fleet --stalls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StallsBy {
+    /// The served model.
+    Model,
+    /// The engine's release.
+    EngineVersion,
+    /// The host.
+    Host,
+    /// The capture's start day.
+    Day,
+}
+
+impl StallsBy {
+    /// The dataset column.
+    pub fn column(self) -> &'static str {
+        match self {
+            StallsBy::Model => "model",
+            StallsBy::EngineVersion => "engine_version",
+            StallsBy::Host => "host",
+            StallsBy::Day => "day",
+        }
+    }
 }
 
 /// Formats of `export`.

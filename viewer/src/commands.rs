@@ -1,8 +1,9 @@
 //! What each subcommand does.
 
 use crate::analyze;
-use crate::cli::Command;
+use crate::cli::{Command, FleetQuestion};
 use crate::export;
+use crate::fleet;
 use anyhow::Result;
 use probe_core::reader::read_trace;
 use serde_json::json;
@@ -68,6 +69,37 @@ pub fn run(command: Command) -> Result<()> {
             tokenizer: tokenizer.as_deref(),
             use_index: !no_index,
         }),
+        Command::Fleet {
+            root,
+            worst_itl,
+            offenders,
+            stalls,
+            by,
+            sql,
+            from,
+            to,
+            limit,
+            json,
+            show_sql,
+        } => {
+            // clap's group lets exactly one question through.
+            let question = match (worst_itl, offenders, stalls, sql) {
+                (_, _, _, Some(sql)) => FleetQuestion::Sql(sql),
+                (true, _, _, None) => FleetQuestion::WorstItl,
+                (_, true, _, None) => FleetQuestion::Offenders,
+                _ => FleetQuestion::Stalls,
+            };
+            fleet::fleet(&fleet::FleetArgs {
+                root,
+                question,
+                by,
+                from,
+                to,
+                limit,
+                json,
+                show_sql,
+            })
+        }
         Command::Export {
             dirs,
             format,

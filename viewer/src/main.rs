@@ -6,6 +6,7 @@ mod analyze;
 mod cli;
 mod commands;
 mod export;
+mod fleet;
 
 use std::process::ExitCode;
 
