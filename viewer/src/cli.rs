@@ -123,8 +123,8 @@ pub enum Command {
     ///                      the key-value metadata key `toktrace`; `ipc` (Arrow,
     ///                      Feather v2) is what `toktrace.load()` reads.
     ///                      With --dataset ROOT instead of --out, parquet adds
-    ///                      the traces to a fleet dataset: ROOT/<table>/
-    ///                      day=YYYY-MM-DD/host=H/<capture>-<part>.parquet, every
+    ///                      the traces to a fleet dataset: ROOT/TABLE/
+    ///                      day=YYYY-MM-DD/host=H/CAPTURE-PART.parquet, every
     ///                      row with its capture_id, engine, engine_version and
     ///                      model; only what is new since the last export is
     ///                      added (run it periodically; a request is added once
