@@ -178,6 +178,17 @@ def faults(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fleet_spark(results: list[dict]) -> str:
+    lines = ["| run | outcome | questions compared | Java | when |", "|---|---|---:|---|---|"]
+    for r in results:
+        d = r["data"]
+        verdict = "pass" if r["outcome"] == "pass" else "**fail**"
+        lines.append(f"| {d.get('item', r['item'])} | {verdict} | {d.get('passed', 0)} equal, {d.get('failed', 0)} "
+                     f"differing | {d.get('java', '')} | {provenance(r)} |")
+    return "\n".join(lines) + "\n\nSpark SQL (PySpark, local mode) against `toktrace fleet` over the fixture traces' " \
+        "dataset, rows in order, floats within 1e-9 relative (`scripts/extended.sh fleet-spark`).\n"
+
+
 TABLES: dict[str, Callable[[list[dict]], str]] = {
     "python-probe": python_probe,
     "compat-vllm": compat,
@@ -186,6 +197,7 @@ TABLES: dict[str, Callable[[list[dict]], str]] = {
     "user-ab-vllm": user_ab,
     "faults-vllm": faults,
     "faults-sglang": faults,
+    "fleet-spark": fleet_spark,
 }
 
 
