@@ -75,6 +75,17 @@ ensure_chromium() {
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
+# Java 17 or later for PySpark (Debian's openjdk-17-jre-headless when missing).
+ensure_java() {
+    if java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then
+        return 0
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    $sudo apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >&2
+}
+
 # Build the toktrace wheel (probe extension + bundled CLI) once per source
 # state, into the cache; prints the wheel's path.
 build_wheel() {

@@ -3,7 +3,8 @@
 # Rust tests, the Python package tests on CPython 3.11-3.13 with direct reads
 # on and off, and the adapter tests on real engine code: vLLM 0.32 and 0.26 on
 # CPU, vLLM 0.34 in the scheduler-level harness, SGLang 0.5.23 and 0.5.13 on
-# CPU. The long runs (every release, soaks, benchmarks) are Tier 2:
+# CPU; the fleet questions on Spark. The long runs (every release, soaks,
+# benchmarks) are Tier 2:
 # scripts/extended.sh.
 # Usage: scripts/test.sh
 source "$(dirname "$0")/lib.sh"
@@ -43,6 +44,16 @@ for minor in 11 12 13; do
     stage "pytest (CPython 3.$minor, C API only: TOKTRACE_DIRECT_READS=0)"
     TOKTRACE_DIRECT_READS=0 "$VENV/bin/python" -m pytest -q "$REPO/tests/python"
 done
+
+# The fleet questions on Spark SQL, equal to `toktrace fleet`'s (DuckDB's
+# equality ran with the package tests above).
+stage "Spark environment (PySpark, Java 17)"
+ensure_java
+SPARK_VENV="$(venv_for fleet-spark "$REPO/tests/fleet/requirements-spark.txt" "$(python_for 11)")"
+install_toktrace "$SPARK_VENV"
+
+stage "pytest: fleet questions on Spark"
+"$SPARK_VENV/bin/python" -m pytest -q "$REPO/tests/fleet/test_spark.py"
 
 stage "vLLM environment"
 VLLM_VENV="$(bash "$REPO/scripts/setup-vllm.sh")"
@@ -88,9 +99,7 @@ stage "pytest on real SGLang"
 "$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py"
 
 # SGLang's HTTP server under load (tests/engines/test_sglang_faults.py) runs in
-# Tier 2 only (scripts/extended.sh faults-sglang): with a ring of 20 records its
-# drain keeps up in some runs, and the test's own "the ring overflowed"
-# precondition then fails, so it cannot guard CI until its stress is reliable.
+# Tier 2 (scripts/extended.sh faults-sglang), for many minutes.
 
 # The first release of the SGLang layout line (0.5.13-0.5.23 share one
 # layout, 0.5.13-0.5.20 with shims of their own: ranks on Scheduler.ps,
