@@ -31,15 +31,20 @@ pub struct Frames {
     pub interference: DataFrame,
 }
 
+/// The frames' names, in the order [`Frames::named`] gives them (also the
+/// fleet dataset's table names).
+pub const NAMES: [&str; 5] = ["steps", "slices", "tokens", "requests", "interference"];
+
 impl Frames {
     /// Name and frame, in a fixed order.
     pub fn named(&mut self) -> [(&'static str, &mut DataFrame); 5] {
+        let [steps, slices, tokens, requests, interference] = NAMES;
         [
-            ("steps", &mut self.steps),
-            ("slices", &mut self.slices),
-            ("tokens", &mut self.tokens),
-            ("requests", &mut self.requests),
-            ("interference", &mut self.interference),
+            (steps, &mut self.steps),
+            (slices, &mut self.slices),
+            (tokens, &mut self.tokens),
+            (requests, &mut self.requests),
+            (interference, &mut self.interference),
         ]
     }
 }

@@ -24,10 +24,10 @@
 //! is repaired by the next export, which writes the same part again.
 
 use anyhow::{bail, Context, Result};
-use probe_core::files::{FileLock, PendingFile};
+use probe_core::files::{write_atomically, FileLock, PendingFile};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use toktrace_analyzer::data::{RequestIx, StepIx};
 use toktrace_analyzer::frames::frames;
 use toktrace_analyzer::polars::prelude::{
@@ -52,8 +52,6 @@ pub struct Added {
     pub partition: String,
     /// Rows added per table (tables with none are left out).
     pub rows: Vec<(&'static str, usize)>,
-    /// Files written.
-    pub files: Vec<PathBuf>,
 }
 
 /// What has been exported of one capture (`_toktrace/captures/<id>.json`).
@@ -120,7 +118,7 @@ pub fn add(a: &Analysis, root: &Path) -> Result<Added> {
         && selection.requests.as_ref().is_some_and(|r| r.is_empty())
     {
         record.processes = marks;
-        write_record(&record_path, &record)?;
+        write_json(&record_path, &record)?;
         return Ok(added);
     }
 
@@ -151,11 +149,10 @@ pub fn add(a: &Analysis, root: &Path) -> Result<Added> {
         file.commit()
             .with_context(|| format!("writing {}", path.display()))?;
         added.rows.push((table, frame.height()));
-        added.files.push(path);
     }
     record.parts += 1;
     record.processes = marks;
-    write_record(&record_path, &record)?;
+    write_json(&record_path, &record)?;
     for name in names {
         remember_process(&meta, name, &capture_id)?;
     }
@@ -234,11 +231,7 @@ fn remember_process(meta: &Path, name: &str, capture_id: &str) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let mut file = PendingFile::create(&path, 0o666)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, capture_id.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.commit()
+    write_atomically(&path, capture_id.as_bytes(), 0o666)
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -355,17 +348,9 @@ fn read_record(path: &Path) -> Result<Option<CaptureRecord>> {
     }
 }
 
-fn write_record(path: &Path, record: &CaptureRecord) -> Result<()> {
-    write_json(path, record)
-}
-
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut file =
-        PendingFile::create(path, 0o666).with_context(|| format!("creating {}", path.display()))?;
-    serde_json::to_writer_pretty(&mut file, value)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.commit()
-        .with_context(|| format!("writing {}", path.display()))
+    let bytes = serde_json::to_vec_pretty(value).context("encoding the dataset's record")?;
+    write_atomically(path, &bytes, 0o666).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -21,9 +21,6 @@ const WORST_ITL: &str = include_str!("../../bindings-python/python/toktrace/quer
 const OFFENDERS: &str = include_str!("../../bindings-python/python/toktrace/queries/offenders.sql");
 const STALLS: &str = include_str!("../../bindings-python/python/toktrace/queries/stalls.sql");
 
-/// The dataset's tables (see toktrace-exports' `dataset`).
-const TABLES: [&str; 5] = ["steps", "slices", "tokens", "requests", "interference"];
-
 /// What `fleet` was asked.
 #[derive(Debug, Clone)]
 pub struct FleetArgs {
@@ -93,7 +90,7 @@ pub fn answer(root: &Path, sql: &str) -> Result<DataFrame> {
         );
     }
     let mut ctx = SQLContext::new();
-    for table in TABLES {
+    for table in toktrace_analyzer::frames::NAMES {
         let dir = root.join(table);
         if dir.is_dir() {
             ctx.register(table, scan(&dir)?);
