@@ -56,6 +56,7 @@
 pub mod clock;
 pub mod drain;
 pub mod files;
+pub mod follow;
 pub mod format;
 pub mod reader;
 pub mod ring;

@@ -186,7 +186,7 @@ pub fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, ReadError> {
 
 /// The format version the preamble at the start of `bytes` declares, when
 /// this reader knows it.
-fn format_version(path: &Path, bytes: &[u8]) -> Result<u16, ReadError> {
+pub(crate) fn format_version(path: &Path, bytes: &[u8]) -> Result<u16, ReadError> {
     let version = frame::parse_preamble(bytes).ok_or_else(|| ReadError::NotATrace {
         path: path.to_path_buf(),
         why: "no toktrace magic at the start of the file".into(),
@@ -206,6 +206,27 @@ fn format_version(path: &Path, bytes: &[u8]) -> Result<u16, ReadError> {
 /// `base` of the segment file (offsets in records and warnings are file
 /// offsets). A frame cut by the end of `bytes` is a torn tail.
 fn decode_frames(bytes: &[u8], from: usize, base: u64, segment: &mut Segment) {
+    decode_frames_until(bytes, from, base, segment, Tail::Torn);
+}
+
+/// What a frame cut by the end of the bytes means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// The file is complete: the writer stopped mid-write.
+    Torn,
+    /// The file is still being written: the rest of the frame is on its way.
+    Pending,
+}
+
+/// [`decode_frames`], telling what a cut last frame means; returns where
+/// decoding stopped (the end of `bytes`, or the start of a pending frame).
+pub(crate) fn decode_frames_until(
+    bytes: &[u8],
+    from: usize,
+    base: u64,
+    segment: &mut Segment,
+    tail: Tail,
+) -> usize {
     let path = segment.path.clone();
     let at = |pos: usize| base + pos as u64;
     let mut pos = from;
@@ -245,6 +266,7 @@ fn decode_frames(bytes: &[u8], from: usize, base: u64, segment: &mut Segment) {
                     });
                     pos = next;
                 }
+                None if tail == Tail::Pending => return pos,
                 None => {
                     segment.warnings.push(ReadWarning::TornTail {
                         path: path.clone(),
@@ -256,6 +278,7 @@ fn decode_frames(bytes: &[u8], from: usize, base: u64, segment: &mut Segment) {
             },
         }
     }
+    bytes.len()
 }
 
 /// Read only some byte ranges of a segment: what an index says holds the
@@ -350,7 +373,7 @@ pub fn read_segment_into(path: &Path, buf: &mut Vec<u8>) -> Result<Segment, Read
     decode_segment(path, buf)
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> ReadError {
+pub(crate) fn io_error(path: &Path, e: std::io::Error) -> ReadError {
     if e.kind() == std::io::ErrorKind::NotFound {
         ReadError::NotFound(path.to_path_buf())
     } else {
@@ -443,7 +466,7 @@ impl Trace {
 }
 
 /// Segment files directly inside `dir`, by index.
-fn segment_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>, ReadError> {
+pub(crate) fn segment_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>, ReadError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
         let entry = entry.map_err(|e| io_error(dir, e))?;
