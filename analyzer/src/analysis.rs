@@ -340,7 +340,7 @@ pub fn find_request(data: &TraceData, id: &str) -> Vec<RequestIx> {
 
 /// A token is slow when its excess over the model exceeds the request's own
 /// median gap (and 1 ms): its gap was at least about twice what it should be.
-fn slow_threshold_ns(l: &Latency) -> f64 {
+pub(crate) fn slow_threshold_ns(l: &Latency) -> f64 {
     l.itl
         .map(|q| q.p50 as f64)
         .unwrap_or(0.0)

@@ -18,12 +18,12 @@
 //! noise), and so does all of it in the engine's warm-up ([`crate::warmup`]). Only tokens after the first are attributed; the first
 //! token's wait is the request's TTFT.
 
-use crate::data::{RequestIx, StepIx, TraceData};
+use crate::data::{RequestIx, StepIx, StepRow, TraceData};
 use crate::step_model::StepModel;
 use crate::warmup::Warmup;
 
 /// What caused a share of a token's excess.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// Prefill computed in the token's own step.
@@ -35,6 +35,9 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, in the order reports list them.
+    pub const ALL: [Cause; 3] = [Cause::CoScheduledPrefill, Cause::Queued, Cause::Preemption];
+
     /// The name the JSON and the exports use.
     pub fn name(self) -> &'static str {
         match self {
@@ -122,25 +125,31 @@ pub fn fit_processes(data: &TraceData) -> Vec<ProcessModel> {
             let steps: Vec<_> = data.steps.iter().filter(|s| s.process == p).collect();
             let warmup = crate::warmup::detect(&steps);
             let skip = warmup.map_or(1, |w| (w.steps as usize).max(1));
-            let model = StepModel::fit(steps.iter().skip(skip).copied());
-            let mut pauses: Vec<u64> = steps
-                .windows(2)
-                .map(|w| w[1].start_ns.saturating_sub(w[0].end_ns))
-                .collect();
-            let mut decode: Vec<u64> = steps
-                .iter()
-                .skip(skip)
-                .filter(|s| s.prefill_tokens == 0 && s.decode_tokens > 0)
-                .map(|s| s.duration_ns())
-                .collect();
-            ProcessModel {
-                model,
-                pause_ns: median(&mut pauses),
-                decode_step_ns: median(&mut decode),
-                warmup,
-            }
+            fit_steps(&steps, skip, warmup)
         })
         .collect()
+}
+
+/// The model of one process from its steps, leaving out the first `skip`
+/// (the warm-up, which `warmup` describes when there was one).
+pub fn fit_steps(steps: &[&StepRow], skip: usize, warmup: Option<Warmup>) -> ProcessModel {
+    let model = StepModel::fit(steps.iter().skip(skip).copied());
+    let mut pauses: Vec<u64> = steps
+        .windows(2)
+        .map(|w| w[1].start_ns.saturating_sub(w[0].end_ns))
+        .collect();
+    let mut decode: Vec<u64> = steps
+        .iter()
+        .skip(skip)
+        .filter(|s| s.prefill_tokens == 0 && s.decode_tokens > 0)
+        .map(|s| s.duration_ns())
+        .collect();
+    ProcessModel {
+        model,
+        pause_ns: median(&mut pauses),
+        decode_step_ns: median(&mut decode),
+        warmup,
+    }
 }
 
 fn median(v: &mut [u64]) -> f64 {

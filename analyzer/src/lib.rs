@@ -22,6 +22,7 @@ pub mod attribution;
 pub mod data;
 pub mod frames;
 pub mod index;
+pub mod live;
 pub mod load;
 pub mod metrics;
 pub mod open;

@@ -141,13 +141,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
         .extend(files.warnings.iter().map(|w| w.to_string()));
     let mut frontends = Vec::new();
     for (pix, pf) in files.processes.iter().enumerate() {
-        let mut folder = ProcessFolder::new(pix as u32, data.requests.len() as RequestIx, options);
-        folder.process.dir = pf.dir.clone();
-        folder.process.name = pf
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let mut folder = ProcessFolder::for_dir(pix as u32, &pf.dir, &data, options);
         // Decoding the next segment on a second thread while this one is
         // folded roughly halves the load on two cores; one segment waits in
         // the channel, so memory stays at about two decoded segments.
@@ -191,17 +185,39 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
             }
             Ok(())
         })?;
-        let (process, frontend) = folder.finish(&mut data);
-        data.processes.push(process);
-        if let Some(f) = frontend {
-            frontends.push(f);
-        }
+        folder.close(&mut data, &mut frontends);
     }
-    share_host_clocks(&mut data.processes);
-    join_frontends(&mut data, frontends);
-    name_sequences(&mut data);
-    data.index_slices();
+    finish_trace(&mut data, frontends);
     Ok(data)
+}
+
+/// Fold records already in memory — what `toktrace watch` keeps of a trace
+/// being written — into [`TraceData`], exactly as [`load`] folds segments:
+/// one (process directory, its records in file order) per process.
+pub fn fold<I: IntoIterator<Item = Record>>(
+    processes: impl IntoIterator<Item = (PathBuf, I)>,
+    options: &LoadOptions,
+) -> TraceData {
+    let mut data = TraceData::default();
+    let mut frontends = Vec::new();
+    for (pix, (dir, records)) in processes.into_iter().enumerate() {
+        let mut folder = ProcessFolder::for_dir(pix as u32, &dir, &data, options);
+        for record in records {
+            folder.record(record, &mut data);
+        }
+        folder.close(&mut data, &mut frontends);
+    }
+    finish_trace(&mut data, frontends);
+    data
+}
+
+/// What is done once every process is folded: clocks shared per host,
+/// frontends joined to engine requests, `n > 1` sequences named, slices indexed.
+fn finish_trace(data: &mut TraceData, frontends: Vec<Vec<FrontendRequest>>) {
+    share_host_clocks(&mut data.processes);
+    join_frontends(data, frontends);
+    name_sequences(data);
+    data.index_slices();
 }
 
 /// Requests that share a client-visible id — the sequences of an `n > 1`
@@ -400,6 +416,24 @@ impl SpecialSet {
 }
 
 impl<'o> ProcessFolder<'o> {
+    /// A folder for the process directory `dir`, the `ix`-th of the trace.
+    fn for_dir(ix: u32, dir: &Path, data: &TraceData, options: &'o LoadOptions) -> Self {
+        let mut folder = ProcessFolder::new(ix, data.requests.len() as RequestIx, options);
+        folder.process.dir = dir.to_path_buf();
+        folder.process.name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        folder
+    }
+
+    /// Close the process into `data`, its frontend requests into `frontends`.
+    fn close(self, data: &mut TraceData, frontends: &mut Vec<Vec<FrontendRequest>>) {
+        let (process, frontend) = self.finish(data);
+        data.processes.push(process);
+        frontends.extend(frontend);
+    }
+
     fn new(ix: u32, base: RequestIx, options: &'o LoadOptions) -> Self {
         ProcessFolder {
             ix,

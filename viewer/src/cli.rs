@@ -252,6 +252,74 @@ pub enum Command {
         #[arg(long)]
         show_sql: bool,
     },
+    /// Follow a trace while the engine writes it: each stall printed with its
+    /// culprits as it happens, a one-line summary kept fresh on stderr, and
+    /// optionally Prometheus metrics and OTLP spans.
+    ///
+    /// Run it beside the engine, in its own process (never inside the
+    /// server): it only reads TRACE_DIR. It follows new process directories
+    /// (an engine restart, a second replica), new segments, growing tails and
+    /// segments the disk budget deletes. A stall is a token whose gap exceeds
+    /// what the step model expects by more than max(the request's usual gap so
+    /// far, 1 ms); its culprits are the requests whose prefill filled its step
+    /// or the steps it sat out. Memory stays bounded over hours: what is kept
+    /// is the last --window-steps steps of each engine process, back to the
+    /// first step of the oldest request still running (at most --max-steps).
+    ///
+    /// --prometheus ADDR serves /metrics (per process: steps, tokens, probe
+    /// drops, TTFT / inter-token / step-time histograms, stalls, interference
+    /// seconds by cause; names in docs/live.md). --otlp URL sends each
+    /// finished request's span (those of `export --format otlp`) as it
+    /// finishes.
+    ///
+    /// Examples:
+    ///   toktrace watch /var/log/toktrace
+    ///   toktrace watch /var/log/toktrace --prometheus 0.0.0.0:9464 --json > stalls.jsonl
+    ///   toktrace watch /var/log/toktrace --otlp http://localhost:4318 --protocol http
+    ///
+    /// Exit codes: 0 stopped by --exit-when-idle or --once; 1 TRACE_DIR
+    /// missing or unreadable, a segment of an unsupported format, the
+    /// metrics address taken; 2 bad command line.
+    #[command(verbatim_doc_comment)]
+    Watch {
+        /// The trace directory the engine writes (TOKTRACE_DIR), or one
+        /// process directory; it must exist, it may still be empty.
+        dir: PathBuf,
+        /// Print each stall as a JSON object on its own line (fields in
+        /// docs/live.md) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        prometheus: Option<std::net::SocketAddr>,
+        /// Send each finished request's span to this OTLP collector, e.g.
+        /// http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP).
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
+        /// OTLP transport.
+        #[arg(long, value_enum, default_value_t = OtlpProtocol::Grpc, requires = "otlp")]
+        protocol: OtlpProtocol,
+        /// Send to an --otlp collector that is not on this machine (spans
+        /// hold what the model answered; this build speaks plain http).
+        #[arg(long, requires = "otlp")]
+        allow_remote_http: bool,
+        /// How often to look for new records, milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+        poll_ms: u64,
+        /// Steps per engine process always kept (the step model's window).
+        #[arg(long, value_name = "N", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(64..=1_000_000))]
+        window_steps: u64,
+        /// Steps per engine process kept at most.
+        #[arg(long, value_name = "N", default_value_t = 32768, value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
+        max_steps: u64,
+        /// Stop once nothing new was written for this many seconds (after
+        /// something was): for scripts that watch one run.
+        #[arg(long, value_name = "S")]
+        exit_when_idle: Option<f64>,
+        /// Read what is there, judge it, print, and stop.
+        #[arg(long, conflicts_with = "exit_when_idle")]
+        once: bool,
+    },
     /// The terminal viewer: requests, one request's tokens, and the
     /// concurrency around a slow token (press ? inside for the keys).
     ///

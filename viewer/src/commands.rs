@@ -69,6 +69,39 @@ pub fn run(command: Command) -> Result<()> {
             tokenizer: tokenizer.as_deref(),
             use_index: !no_index,
         }),
+        Command::Watch {
+            dir,
+            json,
+            prometheus,
+            otlp,
+            protocol,
+            allow_remote_http,
+            poll_ms,
+            window_steps,
+            max_steps,
+            exit_when_idle,
+            once,
+        } => {
+            let exit_when_idle = match exit_when_idle {
+                Some(s) if !(s.is_finite() && s >= 0.0) => {
+                    return Err(crate::export::UsageError("--exit-when-idle takes seconds, at least 0").into())
+                }
+                s => s.map(std::time::Duration::from_secs_f64),
+            };
+            crate::watch::watch(crate::watch::WatchArgs {
+                dir,
+                json,
+                prometheus,
+                otlp,
+                protocol,
+                allow_remote_http,
+                poll: std::time::Duration::from_millis(poll_ms),
+                window_steps: window_steps as usize,
+                max_steps: max_steps as usize,
+                exit_when_idle,
+                once,
+            })
+        }
         Command::Fleet {
             root,
             worst_itl,

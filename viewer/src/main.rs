@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod export;
 mod fleet;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -85,6 +85,14 @@ pub struct WorkloadConfig {
     pub start_ns: u64,
     /// Segment size of the probes, bytes.
     pub segment_bytes: u64,
+    /// Write in real time, this many simulated seconds per wall second
+    /// (None: as fast as possible). Paced, the simulated clock starts at the
+    /// machine's monotonic clock, so the trace reads like a live engine's.
+    pub pace: Option<f64>,
+    /// The engine probe's ring, records (None: the probe's default). A small
+    /// ring with `pace` drops records the way an overloaded probe does; they
+    /// are counted, and the run is not waited on to avoid them.
+    pub ring_slots: Option<usize>,
 }
 
 impl Default for WorkloadConfig {
@@ -110,6 +118,8 @@ impl Default for WorkloadConfig {
             special_rate: 0.0,
             start_ns: 1_000_000_000,
             segment_bytes: 64 << 20,
+            pace: None,
+            ring_slots: None,
         }
     }
 }
@@ -126,6 +136,14 @@ impl WorkloadConfig {
         };
         if self.tokens.is_none() && self.requests.is_none() {
             return Err("set a token limit or a request limit, or the workload never ends".into());
+        }
+        if let Some(pace) = self.pace {
+            if !(pace.is_finite() && pace > 0.0) {
+                return Err(format!("pace must be a positive number, not {pace}"));
+            }
+        }
+        if self.ring_slots == Some(0) {
+            return Err("the ring needs at least 1 slot".into());
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(format!("rate must be a positive number, not {}", self.rate));
@@ -247,6 +265,17 @@ impl fmt::Display for Summary {
 pub fn generate(config: &WorkloadConfig, dir: &Path) -> anyhow::Result<Summary> {
     config.validate().map_err(anyhow::Error::msg)?;
     let wall = Instant::now();
+    let paced;
+    let config = match config.pace {
+        Some(_) => {
+            paced = WorkloadConfig {
+                start_ns: probe_core::clock::monotonic_ns(),
+                ..config.clone()
+            };
+            &paced
+        }
+        None => config,
+    };
     let mut recorder = record::Recorder::start(config, dir)?;
     let mut sim = Sim::new(config);
     let mut arrivals = Vec::new();
@@ -263,6 +292,11 @@ pub fn generate(config: &WorkloadConfig, dir: &Path) -> anyhow::Result<Summary> 
                 break;
             }
             last_end = step.end_ns;
+            if let Some(speed) = config.pace {
+                // Hand the step over when it would have ended.
+                let due = wall + Duration::from_secs_f64((step.end_ns - config.start_ns) as f64 / 1e9 / speed);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             recorder.step(step, &finished)?;
         }
         Ok(())

@@ -67,6 +67,8 @@ pub struct Recorder {
     queued_records: u64,
     queued_tokens: u64,
     refused: u64,
+    /// A small ring was asked for: records may drop, and are counted.
+    lossy: bool,
 }
 
 fn probe_config(cfg: &WorkloadConfig, root: &Path, role: &str) -> ProbeConfig {
@@ -76,6 +78,11 @@ fn probe_config(cfg: &WorkloadConfig, root: &Path, role: &str) -> ProbeConfig {
     pc.writer.disk_budget_bytes = u64::MAX;
     pc.writer.fsync = FsyncPolicy::Never;
     pc.on_error = std::sync::Arc::new(|msg| eprintln!("toktrace-workload: {msg}"));
+    if role == "engine-core" {
+        if let Some(slots) = cfg.ring_slots {
+            pc.ring_slots = slots;
+        }
+    }
     pc
 }
 
@@ -164,6 +171,7 @@ impl Recorder {
             queued_records: 0,
             queued_tokens: 0,
             refused: 0,
+            lossy: cfg.ring_slots.is_some(),
         };
         rec.put_engine(Record::Process(process_info(cfg, "engine-core")));
         if rec.frontend.is_some() {
@@ -268,6 +276,10 @@ impl Recorder {
             }
         }
         self.queued_tokens += tokens;
+        // With a ring chosen small on purpose, losses are the point: never wait.
+        if self.lossy {
+            return Ok(());
+        }
         if self.queued_records >= FLUSH_EVERY_RECORDS || self.queued_tokens >= FLUSH_EVERY_TOKENS {
             self.flush()?;
         }

@@ -1,0 +1,763 @@
+//! Live analysis of a trace being written: what `toktrace watch` computes
+//! beside a running engine.
+//!
+//! Records come in as a [`probe_core::follow::Follower`] reads them
+//! ([`LiveTrace::ingest`]). Two kinds of figures come out:
+//! - **exact counts**, kept as records arrive and never forgotten: steps,
+//!   tokens, drops, arrivals, finishes, and the histograms of step times and
+//!   inter-token gaps — over a finished trace they equal `toktrace summary`;
+//! - **judgements** ([`LiveTrace::tick`]): stalls with their culprits, TTFTs,
+//!   interference by cause. They come from the analyzer's own code run on
+//!   what is kept of the trace (its records folded by [`crate::load::fold`],
+//!   step models fitted on them), so a live verdict is the offline one as it
+//!   could be made at the time: the step model is the recent steps' and a
+//!   request's usual gap is its gaps so far.
+//!
+//! Memory is bounded by what is kept, per engine process: the records of the
+//! last [`LiveOptions::window_steps`] steps, extended back to the first step
+//! of the oldest request still running (so its context and its whole answer
+//! are there), never beyond [`LiveOptions::max_steps`]; the arrivals of
+//! requests in flight or in those steps; a few numbers per request in flight.
+//! A frontend keeps its records as far back as the engines do.
+
+use crate::analysis::{slow_threshold_ns, Analysis, SLOW_FLOOR_NS};
+use crate::attribution::{fit_steps, Cause, ProcessModel};
+use crate::data::{RequestIx, StepRow, TraceData};
+use crate::load::{fold, LoadOptions};
+use crate::warmup::{Warmup, WARMUP_WINDOW};
+use probe_core::event::{DropCounts, Record, RequestArrival};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How much of the trace is kept.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Steps per engine process always kept: what the step model is fitted on.
+    pub window_steps: usize,
+    /// Steps per engine process kept at most, however old the oldest request
+    /// in flight: past this, the oldest steps go and that request's early
+    /// tokens with them.
+    pub max_steps: usize,
+    /// A TTFT is judged, and a finished request handed out, once the
+    /// process's newest step ended this long after the token or finish:
+    /// the frontend's records (its arrival, its emits) have been written by then.
+    pub settle_ns: u64,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            window_steps: 2048,
+            max_steps: 32_768,
+            settle_ns: 1_000_000_000,
+        }
+    }
+}
+
+/// Bucket bounds of a histogram, seconds.
+pub const TTFT_BOUNDS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Inter-token gaps and step times, seconds.
+pub const GAP_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A cumulative histogram of seconds, as Prometheus exposes one.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    /// Upper bounds, seconds.
+    pub bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative).
+    pub counts: Vec<u64>,
+    /// Sum of all observations, seconds.
+    pub sum: f64,
+    /// All observations (those above the last bound included).
+    pub count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe_ns(&mut self, ns: u64) {
+        let s = ns as f64 / 1e9;
+        if let Some(i) = self.bounds.iter().position(|&b| s <= b) {
+            self.counts[i] += 1;
+        }
+        self.sum += s;
+        self.count += 1;
+    }
+
+    /// Observations at or below each bound, cumulative.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let mut total = 0;
+        self.bounds.iter().zip(&self.counts).map(move |(&b, &c)| {
+            total += c;
+            (b, total)
+        })
+    }
+}
+
+/// What is known of one traced process, exactly, over everything read.
+#[derive(Debug, Clone)]
+pub struct ProcessFigures {
+    /// Directory name (host, pid, start time).
+    pub name: String,
+    /// Host, from the segment header ("" until read).
+    pub host: String,
+    /// Role: engine-core, frontend, scheduler, …
+    pub role: String,
+    /// Engine and its version, from the process record.
+    pub engine: String,
+    /// The engine's version.
+    pub engine_version: String,
+    /// Steps recorded.
+    pub steps: u64,
+    /// Tokens sampled in them.
+    pub tokens: u64,
+    /// Tokens handed to clients (a frontend).
+    pub emitted: u64,
+    /// Requests that arrived (each once, however many segments repeat it).
+    pub arrived: u64,
+    /// Requests that finished.
+    pub finished: u64,
+    /// The probe's loss counters, the latest.
+    pub drops: DropCounts,
+    /// Segments the disk budget deleted, as the probe counted them.
+    pub segments_removed: u64,
+    /// Step durations.
+    pub step_time: Histogram,
+    /// Inter-token gaps (exit to exit) of every request.
+    pub itl: Histogram,
+    /// Time to first token of requests whose arrival is known.
+    pub ttft: Histogram,
+    /// Tokens judged stalls.
+    pub stalls: u64,
+    /// Delay laid on other requests' work, nanoseconds, by cause.
+    pub interference_ns: HashMap<Cause, f64>,
+    /// Requests in flight now.
+    pub running: usize,
+}
+
+impl ProcessFigures {
+    fn new(name: String) -> ProcessFigures {
+        ProcessFigures {
+            name,
+            host: String::new(),
+            role: String::new(),
+            engine: String::new(),
+            engine_version: String::new(),
+            steps: 0,
+            tokens: 0,
+            emitted: 0,
+            arrived: 0,
+            finished: 0,
+            drops: DropCounts::default(),
+            segments_removed: 0,
+            step_time: Histogram::new(GAP_BOUNDS),
+            itl: Histogram::new(GAP_BOUNDS),
+            ttft: Histogram::new(TTFT_BOUNDS),
+            stalls: 0,
+            interference_ns: HashMap::new(),
+            running: 0,
+        }
+    }
+}
+
+/// One culprit of a live stall.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LiveCulprit {
+    /// Its id, as `toktrace` shows ids.
+    pub request: String,
+    /// Delay laid at its door, milliseconds.
+    pub delay_ms: f64,
+    /// How.
+    pub cause: Cause,
+}
+
+/// A token judged a stall as the trace was written.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LiveStall {
+    /// The engine process (directory name).
+    pub process: String,
+    /// The stalled request, as `toktrace` shows ids.
+    pub request: String,
+    /// The token's index in its answer.
+    pub token_index: u32,
+    /// The engine's number for the step that ended the gap.
+    pub step_id: u64,
+    /// When that step ended, the process's monotonic nanoseconds.
+    pub step_end_ns: u64,
+    /// And in unix nanoseconds.
+    pub step_end_unix_ns: u64,
+    /// The gap, milliseconds.
+    pub gap_ms: f64,
+    /// What the step model expected of it.
+    pub expected_ms: f64,
+    /// Gap minus expected.
+    pub excess_ms: f64,
+    /// The request's usual gap so far (the stall threshold is the larger of
+    /// it and 1 ms).
+    pub threshold_ms: f64,
+    /// Who caused the excess, largest share first.
+    pub culprits: Vec<LiveCulprit>,
+}
+
+/// What one tick found.
+#[derive(Default)]
+pub struct Tick {
+    /// Stalls among the tokens of steps new since the last tick.
+    pub stalls: Vec<LiveStall>,
+    /// Requests that finished and settled since the last tick, in the
+    /// analysis of what is kept (when [`LiveTrace::tick`] was asked for them).
+    pub finished: Option<(Analysis, Vec<RequestIx>)>,
+}
+
+/// Per-request numbers kept while it is in flight.
+#[derive(Debug, Clone, Copy, Default)]
+struct InFlight {
+    /// Exit of its last token (0 before the first).
+    last_exit_ns: u64,
+    /// First step it was scheduled in (its start), for what is kept.
+    first_step_ns: Option<u64>,
+    /// Its arrival, or the end of the last step it was in.
+    last_seen_ns: u64,
+    /// Its TTFT was judged.
+    ttft_done: bool,
+    /// When it finished (engine clock), once it has.
+    finish_ns: Option<u64>,
+    /// Its finish was handed out by a tick.
+    handed_out: bool,
+}
+
+impl InFlight {
+    fn running(&self) -> bool {
+        self.finish_ns.is_none()
+    }
+}
+
+/// A process's tokens are judged once its step model stands on this many
+/// steps (after its warm-up): a model of three steps calls anything a stall.
+/// Until then its stalls wait, and are judged late rather than wrongly.
+pub const MIN_STEPS_TO_JUDGE: usize = 64;
+
+/// A request's usual gap (its median) is its own once it has more gaps than
+/// this; before, a stall would set its own threshold.
+const MIN_GAPS_FOR_USUAL: usize = 8;
+
+/// A request not seen in a step for this long, without a finish (its finish
+/// record was dropped), is forgotten: it would hold the window back forever.
+const STALE_NS: u64 = 600_000_000_000;
+
+/// One process directory as followed.
+struct LiveProcess {
+    dir: PathBuf,
+    figures: ProcessFigures,
+    /// Records outside time, the latest of each kind.
+    header: Option<Record>,
+    info: Option<Record>,
+    /// Arrivals of requests in flight or in kept steps, by key.
+    arrivals: HashMap<u32, RequestArrival>,
+    /// Steps, finishes and emits, in file order.
+    window: VecDeque<Record>,
+    window_steps: usize,
+    /// Requests in flight (and finished ones not yet handed out), by key.
+    requests: HashMap<u32, InFlight>,
+    /// End of the newest step judged.
+    judged_until_ns: u64,
+    /// End of the newest step read (of the newest emit, for a frontend).
+    newest_ns: u64,
+    /// When `newest_ns` last moved, by the watcher's clock: a process that
+    /// went quiet has written all it will for now.
+    advanced_at: Option<Instant>,
+    /// The warm-up, once the process's first steps have shown it.
+    warmup: Option<Warmup>,
+    warmup_settled: bool,
+    /// Steps dropped past `max_steps` (answers of old requests cut short).
+    evicted_steps: u64,
+}
+
+impl LiveProcess {
+    fn new(dir: &Path) -> LiveProcess {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        LiveProcess {
+            dir: dir.to_path_buf(),
+            figures: ProcessFigures::new(name),
+            header: None,
+            info: None,
+            arrivals: HashMap::new(),
+            window: VecDeque::new(),
+            window_steps: 0,
+            requests: HashMap::new(),
+            judged_until_ns: 0,
+            newest_ns: 0,
+            advanced_at: None,
+            warmup: None,
+            warmup_settled: false,
+            evicted_steps: 0,
+        }
+    }
+
+    fn is_engine(&self) -> bool {
+        self.figures.steps > 0
+    }
+
+    fn ingest(&mut self, record: Record, now: Instant) {
+        let before = self.newest_ns;
+        self.take(record);
+        if self.newest_ns > before {
+            self.advanced_at = Some(now);
+        }
+    }
+
+    fn take(&mut self, record: Record) {
+        let f = &mut self.figures;
+        match record {
+            Record::Header(ref h) => {
+                if f.host.is_empty() {
+                    f.host.clone_from(&h.host);
+                }
+                if f.role.is_empty() {
+                    f.role.clone_from(&h.role);
+                }
+                if self.header.is_none() {
+                    self.header = Some(record);
+                }
+            }
+            Record::Process(ref info) => {
+                f.engine.clone_from(&info.engine);
+                f.engine_version.clone_from(&info.engine_version);
+                if !info.role.is_empty() {
+                    f.role.clone_from(&info.role);
+                }
+                self.info = Some(record);
+            }
+            Record::Arrival(a) => {
+                // Every segment repeats the arrivals in flight: count once.
+                if !self.requests.contains_key(&a.req) {
+                    f.arrived += 1;
+                    let state = InFlight {
+                        last_seen_ns: a.arrival_ns,
+                        ..InFlight::default()
+                    };
+                    self.requests.insert(a.req, state);
+                    self.arrivals.insert(a.req, a);
+                }
+            }
+            Record::Step(ref s) => {
+                f.steps += 1;
+                f.tokens += s.tokens.len() as u64;
+                f.step_time.observe_ns(s.end_ns.saturating_sub(s.start_ns));
+                self.newest_ns = self.newest_ns.max(s.end_ns);
+                for b in &s.batch {
+                    let r = self.requests.entry(b.req).or_default();
+                    r.first_step_ns.get_or_insert(s.start_ns);
+                    r.last_seen_ns = s.end_ns;
+                }
+                if s.tokens.check().is_ok() {
+                    for t in s.tokens.iter() {
+                        let r = self.requests.entry(t.req).or_default();
+                        if r.last_exit_ns > 0 {
+                            f.itl.observe_ns(s.end_ns.saturating_sub(r.last_exit_ns));
+                        }
+                        r.last_exit_ns = s.end_ns;
+                    }
+                }
+                self.window_steps += 1;
+                self.window.push_back(record);
+            }
+            Record::Finish(ref fin) => {
+                f.finished += 1;
+                self.requests.entry(fin.req).or_default().finish_ns = Some(fin.time_ns);
+                self.window.push_back(record);
+            }
+            Record::Emit(ref batch) => {
+                f.emitted += batch.emits.iter().map(|e| u64::from(e.count)).sum::<u64>();
+                if let Some(t) = batch.emits.iter().map(|e| e.time_ns).max() {
+                    self.newest_ns = self.newest_ns.max(t);
+                }
+                self.window.push_back(record);
+            }
+            Record::Drops(d) => {
+                if d.records() >= f.drops.records() {
+                    f.drops = d;
+                }
+            }
+            Record::SegmentsRemoved(s) => f.segments_removed = u64::from(s.before),
+            Record::AdapterErrors(_) => {}
+        }
+    }
+
+    /// The records kept, in an order the loader folds as it would the files.
+    fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        let mut arrivals: Vec<&RequestArrival> = self.arrivals.values().collect();
+        arrivals.sort_by_key(|a| (a.arrival_ns, a.req));
+        self.header
+            .iter()
+            .chain(self.info.iter())
+            .cloned()
+            .chain(arrivals.into_iter().cloned().map(Record::Arrival))
+            .chain(self.window.iter().cloned())
+    }
+
+    /// Forget what no judgement needs any more: steps older than both the
+    /// window and the oldest request in flight (past `max_steps`, the oldest
+    /// steps whatever they hold), then requests that finished before the
+    /// oldest step kept. `horizon_ns` bounds a frontend's records.
+    fn trim(&mut self, options: &LiveOptions, horizon_ns: Option<u64>) {
+        let newest = self.newest_ns;
+        self.requests
+            .retain(|_, r| !(r.running() && r.last_seen_ns.saturating_add(STALE_NS) < newest));
+        // Steps are kept back to the first of the oldest request not yet
+        // handed out: its TTFT and span need every token.
+        let oldest_running = self
+            .requests
+            .values()
+            .filter(|r| !r.handed_out)
+            .filter_map(|r| r.first_step_ns)
+            .min();
+        loop {
+            let Some(front) = self.window.front() else { break };
+            let time = record_time(front);
+            let drop = if self.is_engine() {
+                let past_window = self.window_steps > options.window_steps;
+                let before_running = oldest_running.map_or(true, |t| time < t);
+                let over_cap = self.window_steps > options.max_steps;
+                over_cap || (past_window && before_running)
+            } else {
+                horizon_ns.is_some_and(|h| time < h)
+            };
+            if !drop {
+                break;
+            }
+            if matches!(front, Record::Step(_)) {
+                if self.window_steps > options.max_steps {
+                    self.evicted_steps += 1;
+                }
+                self.window_steps -= 1;
+            }
+            self.window.pop_front();
+        }
+        let kept_from = self
+            .window
+            .front()
+            .map_or(self.newest_ns, record_time)
+            .min(horizon_ns.unwrap_or(u64::MAX));
+        // A finished request goes once handed out and older than
+        // everything kept.
+        self.requests
+            .retain(|_, r| !(r.handed_out && r.finish_ns.is_some_and(|f| f < kept_from)));
+        let requests = &self.requests;
+        self.arrivals.retain(|k, _| requests.contains_key(k));
+        self.figures.running = self
+            .requests
+            .values()
+            .filter(|r| r.running())
+            .count();
+    }
+}
+
+/// The time a kept record is about.
+fn record_time(r: &Record) -> u64 {
+    r.time_span().map_or(0, |(from, _)| from)
+}
+
+/// A trace being written, as far as it has been read.
+pub struct LiveTrace {
+    options: LiveOptions,
+    /// Nothing more will be written: judge whatever the models say now.
+    closing: bool,
+    processes: Vec<LiveProcess>,
+    by_dir: HashMap<PathBuf, usize>,
+}
+
+impl LiveTrace {
+    /// Nothing read yet.
+    pub fn new(options: LiveOptions) -> LiveTrace {
+        LiveTrace {
+            options,
+            closing: false,
+            processes: Vec::new(),
+            by_dir: HashMap::new(),
+        }
+    }
+
+    /// Take in the records a follower read from one process directory at
+    /// `now` (the watcher's clock).
+    pub fn ingest(&mut self, dir: &Path, records: impl IntoIterator<Item = Record>, now: Instant) {
+        let ix = match self.by_dir.get(dir) {
+            Some(&ix) => ix,
+            None => {
+                self.processes.push(LiveProcess::new(dir));
+                self.by_dir.insert(dir.to_path_buf(), self.processes.len() - 1);
+                self.processes.len() - 1
+            }
+        };
+        let p = &mut self.processes[ix];
+        for r in records {
+            p.ingest(r, now);
+        }
+    }
+
+    /// The exact figures of every process, in the order first read.
+    pub fn figures(&self) -> impl Iterator<Item = &ProcessFigures> {
+        self.processes.iter().map(|p| &p.figures)
+    }
+
+    /// Steps kept, over all processes (what the memory bound is about).
+    pub fn kept_steps(&self) -> usize {
+        self.processes.iter().map(|p| p.window_steps).sum()
+    }
+
+    /// Steps dropped past the cap, over all processes.
+    pub fn evicted_steps(&self) -> u64 {
+        self.processes.iter().map(|p| p.evicted_steps).sum()
+    }
+
+    /// Nothing more is coming (the watch stops): the next ticks judge every
+    /// process, however few steps its model stands on, and settle everything.
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// Judge what is new: stalls in steps read since the last tick, TTFTs
+    /// and finished requests that settled; then forget what is no longer
+    /// needed. With `want_finished`, the settled finished requests come
+    /// back with the analysis they were judged in (for their spans).
+    pub fn tick(&mut self, want_finished: bool, now: Instant) -> Tick {
+        let mut tick = Tick::default();
+        let news = self.processes.iter().filter(|p| p.is_engine()).any(|p| {
+            p.newest_ns > p.judged_until_ns
+                || p.requests
+                    .values()
+                    .any(|r| (!r.ttft_done && r.last_exit_ns > 0) || (r.finish_ns.is_some() && !r.handed_out))
+        });
+        if !news {
+            return tick;
+        }
+        let order: Vec<usize> = (0..self.processes.len()).collect();
+        let data = fold(
+            order.iter().map(|&i| {
+                let p = &self.processes[i];
+                (p.dir.clone(), p.records().collect::<Vec<_>>())
+            }),
+            &LoadOptions::default(),
+        );
+        let models = self.models(&data);
+        let ready: Vec<bool> = models
+            .iter()
+            .map(|m| self.closing || m.model.is_some_and(|x| x.steps >= MIN_STEPS_TO_JUDGE))
+            .collect();
+        let deadlines = models.iter().map(|m| 5.0 * m.decode_step_ns).collect();
+        let analysis = Analysis::with_models(data, models, deadlines);
+        self.judge(&analysis, &ready, &mut tick);
+        let finished = self.settle(&analysis, now);
+        if want_finished && !finished.is_empty() {
+            tick.finished = Some((analysis, finished));
+        }
+        for (p, ready) in self.processes.iter_mut().zip(ready) {
+            if p.is_engine() && ready {
+                p.judged_until_ns = p.newest_ns;
+            }
+        }
+        self.trim();
+        tick
+    }
+
+    /// Step models of the kept steps; each process's warm-up as its first
+    /// steps showed it (a window that starts mid-trace would see none).
+    fn models(&mut self, data: &TraceData) -> Vec<ProcessModel> {
+        self.processes
+            .iter_mut()
+            .enumerate()
+            .map(|(i, p)| {
+                let steps: Vec<&StepRow> =
+                    data.steps.iter().filter(|s| s.process == i as u32).collect();
+                if !p.warmup_settled && p.evicted_steps == 0 && p.figures.steps as usize == steps.len()
+                {
+                    p.warmup = crate::warmup::detect(&steps);
+                    p.warmup_settled = steps.len() >= WARMUP_WINDOW + 8;
+                }
+                // The first step carries some warm-up even when short.
+                let warm = p.warmup.map_or(0, |w| w.steps as usize);
+                let skip = if p.figures.steps as usize == steps.len() {
+                    warm.max(1)
+                } else {
+                    0
+                };
+                fit_steps(&steps, skip.min(steps.len()), p.warmup)
+            })
+            .collect()
+    }
+
+    /// Stalls among the tokens of steps that ended after the last judgement.
+    fn judge(&mut self, a: &Analysis, ready: &[bool], tick: &mut Tick) {
+        let data = &a.data;
+        for (r, req) in data.requests.iter().enumerate() {
+            if !ready.get(req.process as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some(p) = self.processes.get_mut(req.process as usize) else {
+                continue;
+            };
+            let judged = p.judged_until_ns;
+            let newest = req
+                .token_step
+                .last()
+                .map_or(0, |&s| data.steps[s as usize].end_ns);
+            if newest <= judged {
+                continue;
+            }
+            // The request's usual gap so far, but never more than the
+            // engine's usual decode gap: a request that has only ever been
+            // slow (few gaps yet, or all of them stalled) would otherwise
+            // call its stalls usual. Offline, its median over the whole
+            // answer settles this.
+            let m = &a.models[req.process as usize];
+            let engine_usual = (m.decode_step_ns + m.pause_ns).max(SLOW_FLOOR_NS);
+            let own = slow_threshold_ns(&a.reports[r].latency);
+            let threshold = if req.token_step.len() > MIN_GAPS_FOR_USUAL && m.decode_step_ns > 0.0 {
+                own.min(engine_usual)
+            } else if m.decode_step_ns > 0.0 {
+                engine_usual
+            } else {
+                own
+            };
+            for t in a.timings(r as RequestIx) {
+                if t.exit_ns <= judged || t.position == 0 {
+                    continue;
+                }
+                for s in &t.shares {
+                    *p.figures.interference_ns.entry(s.cause).or_default() += s.ns;
+                }
+                if t.excess_ns <= threshold {
+                    continue;
+                }
+                p.figures.stalls += 1;
+                let step = &data.steps[t.step as usize];
+                let mut culprits: Vec<LiveCulprit> = Vec::new();
+                for s in &t.shares {
+                    let name = data.requests[s.culprit as usize].display_id();
+                    match culprits.iter_mut().find(|c| c.request == name && c.cause == s.cause) {
+                        Some(c) => c.delay_ms += s.ns / 1e6,
+                        None => culprits.push(LiveCulprit {
+                            request: name.to_string(),
+                            delay_ms: s.ns / 1e6,
+                            cause: s.cause,
+                        }),
+                    }
+                }
+                culprits.sort_by(|x, y| y.delay_ms.total_cmp(&x.delay_ms));
+                tick.stalls.push(LiveStall {
+                    process: p.figures.name.clone(),
+                    request: req.display_id().to_string(),
+                    token_index: t.index,
+                    step_id: step.step_id,
+                    step_end_ns: step.end_ns,
+                    step_end_unix_ns: data.processes[req.process as usize].unix_ns(step.end_ns),
+                    gap_ms: t.gap_ns as f64 / 1e6,
+                    expected_ms: t.expected_ns / 1e6,
+                    excess_ms: t.excess_ns / 1e6,
+                    threshold_ms: threshold / 1e6,
+                    culprits,
+                });
+            }
+        }
+        tick.stalls.sort_by_key(|s| s.step_end_unix_ns);
+    }
+
+    /// TTFTs of requests whose first token settled; finished requests that
+    /// settled (returned, and marked handed out).
+    fn settle(&mut self, a: &Analysis, now: Instant) -> Vec<RequestIx> {
+        let mut finished = Vec::new();
+        let settle = self.options.settle_ns;
+        for (r, req) in a.data.requests.iter().enumerate() {
+            let Some(p) = self.processes.get_mut(req.process as usize) else {
+                continue;
+            };
+            let newest = p.newest_ns;
+            let quiet = p
+                .advanced_at
+                .is_some_and(|t| now.saturating_duration_since(t).as_nanos() >= u128::from(settle));
+            let settled = |t: u64| quiet || t.saturating_add(settle) <= newest;
+            let Some(state) = p.requests.get_mut(&req.key) else {
+                continue;
+            };
+            // As the analyzer does: from the arrival to the first token recorded.
+            if !state.ttft_done {
+                if let Some(&first) = req.token_step.first() {
+                    let exit = a.data.steps[first as usize].end_ns;
+                    if settled(exit) {
+                        state.ttft_done = true;
+                        if let Some(arrival) = req.arrival_ns() {
+                            p.figures.ttft.observe_ns(exit.saturating_sub(arrival));
+                        }
+                    }
+                }
+            }
+            if let Some(f) = state.finish_ns {
+                if !state.handed_out && settled(f) {
+                    state.handed_out = true;
+                    state.ttft_done = true;
+                    finished.push(r as RequestIx);
+                }
+            }
+        }
+        finished
+    }
+
+    fn trim(&mut self) {
+        // A frontend keeps its records as far back as the engines on its
+        // host keep theirs (one host's processes share a clock).
+        let mut horizon: HashMap<String, u64> = HashMap::new();
+        for p in self.processes.iter().filter(|p| p.is_engine()) {
+            let from = p.window.front().map_or(p.newest_ns, record_time);
+            let h = horizon.entry(p.figures.host.clone()).or_insert(u64::MAX);
+            *h = (*h).min(from);
+        }
+        let running: HashSet<String> = self
+            .processes
+            .iter()
+            .flat_map(|p| {
+                p.requests
+                    .iter()
+                    .filter(|(_, r)| r.running())
+                    .filter_map(|(k, _)| p.arrivals.get(k).map(|a| a.internal_id.clone()))
+            })
+            .collect();
+        for p in &mut self.processes {
+            // A frontend with no engine on its host keeps ten minutes.
+            let own = p.newest_ns.saturating_sub(STALE_NS);
+            let h = if p.is_engine() {
+                None
+            } else {
+                Some(horizon.get(&p.figures.host).copied().unwrap_or(own))
+            };
+            p.trim(&self.options, h);
+            if !p.is_engine() {
+                // A frontend's requests: kept while their engine runs them,
+                // else as far back as the engines keep.
+                let h = h.unwrap_or(0);
+                let arrivals = &p.arrivals;
+                p.requests.retain(|k, _| {
+                    arrivals
+                        .get(k)
+                        .is_some_and(|a| running.contains(&a.internal_id) || a.arrival_ns >= h)
+                });
+                let requests = &p.requests;
+                p.arrivals.retain(|k, _| requests.contains_key(k));
+            }
+        }
+    }
+}
