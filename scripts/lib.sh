@@ -86,6 +86,18 @@ ensure_java() {
     $sudo apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >&2
 }
 
+# Prometheus for the live test: Debian's package (the binary only is used;
+# the test starts it with its own configuration and data directory).
+ensure_prometheus() {
+    if command -v prometheus >/dev/null 2>&1; then
+        return 0
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    $sudo apt-get install -y -qq --no-install-recommends prometheus >&2
+}
+
 # Build the toktrace wheel (probe extension + bundled CLI) once per source
 # state, into the cache; prints the wheel's path.
 build_wheel() {

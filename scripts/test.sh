@@ -47,6 +47,14 @@ done
 
 # The fleet questions on Spark SQL, equal to `toktrace fleet`'s (DuckDB's
 # equality ran with the package tests above).
+stage "Prometheus (Debian's), for toktrace watch"
+ensure_prometheus
+cargo build --release --locked -p toktrace-workload
+
+stage "pytest: toktrace watch scraped by Prometheus, spans to an OTLP receiver"
+TOKTRACE_WORKLOAD="$CARGO_TARGET_DIR/release/toktrace-workload" \
+    "$(venv_for "test-py311" "$REPO/tests/requirements.txt" "$(python_for 11)")/bin/python" -m pytest -q "$REPO/tests/live"
+
 stage "Spark environment (PySpark, Java 17)"
 ensure_java
 SPARK_VENV="$(venv_for fleet-spark "$REPO/tests/fleet/requirements-spark.txt" "$(python_for 11)")"

@@ -345,13 +345,13 @@ impl LiveProcess {
             }
             Record::Arrival(a) => {
                 // Every segment repeats the arrivals in flight: count once.
-                if !self.requests.contains_key(&a.req) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.requests.entry(a.req)
+                {
                     f.arrived += 1;
-                    let state = InFlight {
+                    slot.insert(InFlight {
                         last_seen_ns: a.arrival_ns,
                         ..InFlight::default()
-                    };
-                    self.requests.insert(a.req, state);
+                    });
                     self.arrivals.insert(a.req, a);
                 }
             }
@@ -427,12 +427,11 @@ impl LiveProcess {
             .filter(|r| !r.handed_out)
             .filter_map(|r| r.first_step_ns)
             .min();
-        loop {
-            let Some(front) = self.window.front() else { break };
+        while let Some(front) = self.window.front() {
             let time = record_time(front);
             let drop = if self.is_engine() {
                 let past_window = self.window_steps > options.window_steps;
-                let before_running = oldest_running.map_or(true, |t| time < t);
+                let before_running = oldest_running.is_none_or(|t| time < t);
                 let over_cap = self.window_steps > options.max_steps;
                 over_cap || (past_window && before_running)
             } else {
@@ -460,11 +459,7 @@ impl LiveProcess {
             .retain(|_, r| !(r.handed_out && r.finish_ns.is_some_and(|f| f < kept_from)));
         let requests = &self.requests;
         self.arrivals.retain(|k, _| requests.contains_key(k));
-        self.figures.running = self
-            .requests
-            .values()
-            .filter(|r| r.running())
-            .count();
+        self.figures.running = self.requests.values().filter(|r| r.running()).count();
     }
 }
 
@@ -500,7 +495,8 @@ impl LiveTrace {
             Some(&ix) => ix,
             None => {
                 self.processes.push(LiveProcess::new(dir));
-                self.by_dir.insert(dir.to_path_buf(), self.processes.len() - 1);
+                self.by_dir
+                    .insert(dir.to_path_buf(), self.processes.len() - 1);
                 self.processes.len() - 1
             }
         };
@@ -539,9 +535,9 @@ impl LiveTrace {
         let mut tick = Tick::default();
         let news = self.processes.iter().filter(|p| p.is_engine()).any(|p| {
             p.newest_ns > p.judged_until_ns
-                || p.requests
-                    .values()
-                    .any(|r| (!r.ttft_done && r.last_exit_ns > 0) || (r.finish_ns.is_some() && !r.handed_out))
+                || p.requests.values().any(|r| {
+                    (!r.ttft_done && r.last_exit_ns > 0) || (r.finish_ns.is_some() && !r.handed_out)
+                })
         });
         if !news {
             return tick;
@@ -582,9 +578,14 @@ impl LiveTrace {
             .iter_mut()
             .enumerate()
             .map(|(i, p)| {
-                let steps: Vec<&StepRow> =
-                    data.steps.iter().filter(|s| s.process == i as u32).collect();
-                if !p.warmup_settled && p.evicted_steps == 0 && p.figures.steps as usize == steps.len()
+                let steps: Vec<&StepRow> = data
+                    .steps
+                    .iter()
+                    .filter(|s| s.process == i as u32)
+                    .collect();
+                if !p.warmup_settled
+                    && p.evicted_steps == 0
+                    && p.figures.steps as usize == steps.len()
                 {
                     p.warmup = crate::warmup::detect(&steps);
                     p.warmup_settled = steps.len() >= WARMUP_WINDOW + 8;
@@ -649,7 +650,10 @@ impl LiveTrace {
                 let mut culprits: Vec<LiveCulprit> = Vec::new();
                 for s in &t.shares {
                     let name = data.requests[s.culprit as usize].display_id();
-                    match culprits.iter_mut().find(|c| c.request == name && c.cause == s.cause) {
+                    match culprits
+                        .iter_mut()
+                        .find(|c| c.request == name && c.cause == s.cause)
+                    {
                         Some(c) => c.delay_ms += s.ns / 1e6,
                         None => culprits.push(LiveCulprit {
                             request: name.to_string(),

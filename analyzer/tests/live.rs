@@ -132,7 +132,11 @@ fn check_stalls(name: &str, chunk: usize, dir: &Path, stalls: &[LiveStall]) {
                 .iter()
                 .find(|s| ids.contains(&s.request.as_str()) && s.token_index == t.index);
             let Some(found) = found else {
-                let same: Vec<_> = stalls.iter().filter(|s| ids.contains(&s.request.as_str())).map(|s| (s.token_index, s.excess_ms, s.threshold_ms)).collect();
+                let same: Vec<_> = stalls
+                    .iter()
+                    .filter(|s| ids.contains(&s.request.as_str()))
+                    .map(|s| (s.token_index, s.excess_ms, s.threshold_ms))
+                    .collect();
                 panic!("{name} chunk {chunk}: {} token {} ({:.0} ms over, gap {:.0}, expected {:.0}) not found live; live has {same:?}", ids[0], t.index, t.excess_ns / 1e6, t.gap_ns as f64 / 1e6, t.expected_ns / 1e6);
             };
             let culprit = t
@@ -191,4 +195,3 @@ fn a_long_trace_is_trimmed_to_the_window_and_counts_stay_exact() {
     assert!(live.kept_steps() <= 2_000, "kept {}", live.kept_steps());
     check_stalls("workload", 50, keep.path(), &stalls);
 }
-

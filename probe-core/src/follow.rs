@@ -137,7 +137,7 @@ impl Follower {
         // under us (the disk budget), what was read of it stands.
         let mut pending: Vec<(u32, PathBuf)> = files
             .into_iter()
-            .filter(|(ix, _)| cursor.segment.map_or(true, |cur| *ix >= cur))
+            .filter(|(ix, _)| cursor.segment.is_none_or(|cur| *ix >= cur))
             .collect();
         let last = pending.len();
         for (i, (ix, path)) in pending.drain(..).enumerate() {
@@ -222,9 +222,9 @@ fn read_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Record, RequestFinish};
     use crate::format::frame::{encode_frame, preamble};
     use crate::format::FORMAT_VERSION;
-    use crate::event::{Record, RequestFinish};
     use std::io::Write;
 
     fn frame(req: u32) -> Vec<u8> {
@@ -302,7 +302,10 @@ mod tests {
         append(&seg1, &frame(3));
         let polled = f.poll().expect("polls");
         assert_eq!(keys(&polled), vec![3]);
-        assert!(matches!(polled.warnings[..], [ReadWarning::TornTail { .. }]));
+        assert!(matches!(
+            polled.warnings[..],
+            [ReadWarning::TornTail { .. }]
+        ));
     }
 
     #[test]

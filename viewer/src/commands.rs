@@ -84,7 +84,10 @@ pub fn run(command: Command) -> Result<()> {
         } => {
             let exit_when_idle = match exit_when_idle {
                 Some(s) if !(s.is_finite() && s >= 0.0) => {
-                    return Err(crate::export::UsageError("--exit-when-idle takes seconds, at least 0").into())
+                    return Err(crate::export::UsageError(
+                        "--exit-when-idle takes seconds, at least 0",
+                    )
+                    .into())
                 }
                 s => s.map(std::time::Duration::from_secs_f64),
             };

@@ -294,7 +294,8 @@ pub fn generate(config: &WorkloadConfig, dir: &Path) -> anyhow::Result<Summary> 
             last_end = step.end_ns;
             if let Some(speed) = config.pace {
                 // Hand the step over when it would have ended.
-                let due = wall + Duration::from_secs_f64((step.end_ns - config.start_ns) as f64 / 1e9 / speed);
+                let due = wall
+                    + Duration::from_secs_f64((step.end_ns - config.start_ns) as f64 / 1e9 / speed);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
             recorder.step(step, &finished)?;

@@ -82,12 +82,18 @@ pub fn render(live: &LiveTrace, watcher: &WatcherFigures) -> String {
     let c = |out: &mut String, name, help, f: fn(&ProcessFigures) -> f64| {
         counter(out, live, name, help, f)
     };
-    c(&mut out, "toktrace_steps_total", "Engine iterations recorded.", |p| {
-        p.steps as f64
-    });
-    c(&mut out, "toktrace_tokens_total", "Tokens sampled in recorded steps.", |p| {
-        p.tokens as f64
-    });
+    c(
+        &mut out,
+        "toktrace_steps_total",
+        "Engine iterations recorded.",
+        |p| p.steps as f64,
+    );
+    c(
+        &mut out,
+        "toktrace_tokens_total",
+        "Tokens sampled in recorded steps.",
+        |p| p.tokens as f64,
+    );
     c(
         &mut out,
         "toktrace_emitted_tokens_total",
@@ -155,7 +161,12 @@ pub fn render(live: &LiveTrace, watcher: &WatcherFigures) -> String {
         "Requests in flight.",
     );
     for p in live.figures() {
-        let _ = writeln!(out, "toktrace_requests_running{{{}}} {}", labels(p), p.running);
+        let _ = writeln!(
+            out,
+            "toktrace_requests_running{{{}}} {}",
+            labels(p),
+            p.running
+        );
     }
     histogram(
         &mut out,

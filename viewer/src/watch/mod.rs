@@ -53,8 +53,8 @@ pub fn watch(args: WatchArgs) -> Result<()> {
     if let Some(url) = &args.otlp {
         toktrace_exports::otlp::check_endpoint(url, args.allow_remote_http)?;
     }
-    let mut follower = Follower::new(&args.dir)
-        .with_context(|| format!("cannot watch {}", args.dir.display()))?;
+    let mut follower =
+        Follower::new(&args.dir).with_context(|| format!("cannot watch {}", args.dir.display()))?;
     let options = LiveOptions {
         window_steps: args.window_steps,
         max_steps: args.max_steps.max(args.window_steps),
@@ -100,7 +100,8 @@ pub fn watch(args: WatchArgs) -> Result<()> {
         });
         let stopping = args.once || idle;
         if stopping {
-            // Nothing more is coming: let everything settle.
+            // Nothing more is coming: judge and settle everything.
+            live.close();
             now += settle + Duration::from_secs(1);
         }
         let tick = live.tick(sender.is_some(), now);
@@ -144,9 +145,8 @@ fn lag_ms(stall: &LiveStall, live: &LiveTrace, local_host: &str) -> Option<f64> 
         .figures()
         .find(|f| f.name == stall.process)
         .is_some_and(|f| f.host == local_host);
-    same_host.then(|| {
-        probe_core::clock::monotonic_ns().saturating_sub(stall.step_end_ns) as f64 / 1e6
-    })
+    same_host
+        .then(|| probe_core::clock::monotonic_ns().saturating_sub(stall.step_end_ns) as f64 / 1e6)
 }
 
 fn print_stall(
@@ -242,7 +242,10 @@ impl Status {
         } else {
             STATUS_EVERY_LOGGED
         };
-        if self.last.is_some_and(|t| now.saturating_duration_since(t) < every) {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
             return;
         }
         self.last = Some(now);
