@@ -71,7 +71,6 @@ pub fn watch(args: WatchArgs) -> Result<()> {
         Some(url) => Some(spans::Sender::start(url.clone(), args.protocol)?),
         None => None,
     };
-    let local_host = probe_core::writer::hostname();
     let mut watcher = metrics::WatcherFigures::default();
     let mut status = Status::new();
     let mut last_news: Option<Instant> = None;
@@ -107,7 +106,7 @@ pub fn watch(args: WatchArgs) -> Result<()> {
         let tick = live.tick(sender.is_some(), now);
         for stall in &tick.stalls {
             status.clear();
-            let lag_ms = lag_ms(stall, &live, &local_host);
+            let lag_ms = lag_ms(stall);
             print_stall(&mut out, stall, lag_ms, args.json)?;
         }
         out.flush()?;
@@ -138,21 +137,16 @@ pub fn watch(args: WatchArgs) -> Result<()> {
     }
 }
 
-/// How long after the step ended the stall was printed, when the engine's
-/// clock is this machine's (same host: both are CLOCK_MONOTONIC).
-fn lag_ms(stall: &LiveStall, live: &LiveTrace, local_host: &str) -> Option<f64> {
-    let same_host = live
-        .figures()
-        .find(|f| f.name == stall.process)
-        .is_some_and(|f| f.host == local_host);
-    same_host
-        .then(|| probe_core::clock::monotonic_ns().saturating_sub(stall.step_end_ns) as f64 / 1e6)
+/// How long after the step ended the stall was printed, by the wall clock
+/// (the engine's host's and this one's: any difference between them adds in).
+fn lag_ms(stall: &LiveStall) -> f64 {
+    (i128::from(probe_core::clock::unix_ns()) - i128::from(stall.step_end_unix_ns)) as f64 / 1e6
 }
 
 fn print_stall(
     out: &mut impl Write,
     stall: &LiveStall,
-    lag_ms: Option<f64>,
+    lag_ms: f64,
     json: bool,
 ) -> std::io::Result<()> {
     if json {
