@@ -22,14 +22,23 @@
 //! take away rows already written. Every file is written aside and renamed;
 //! the capture's record is updated last, under a lock, so a crash in between
 //! is repaired by the next export, which writes the same part again.
+//!
+//! Nor does an export re-read what it has no use for: the capture's record
+//! keeps, per process, the first segment a later export needs (where the
+//! oldest request still running began), and [`read_plan`] reads from there.
+//! A trace growing by a segment an hour is read a segment or two at a time.
 
 use anyhow::{bail, Context, Result};
+use probe_core::event::Record;
 use probe_core::files::{write_atomically, FileLock, PendingFile};
+use probe_core::format::parse_segment_file_name;
+use probe_core::reader::{Segment, TraceFiles};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use toktrace_analyzer::data::{RequestIx, StepIx};
 use toktrace_analyzer::frames::frames;
+use toktrace_analyzer::load::ReadPlan;
 use toktrace_analyzer::polars::prelude::{
     Column, DataFrame, IntoColumn, KeyValueMetadata, NamedFrom, ParquetWriter, Series,
 };
@@ -74,11 +83,108 @@ struct ProcessMark {
     last_step: Option<u64>,
     /// The latest finish exported (the process's monotonic clock, ns).
     finished_through_ns: Option<u64>,
+    /// The first segment the next export must read: the one that holds the
+    /// first step of the oldest request not yet exported (for a frontend,
+    /// the first record of that time), else the newest. Segments before it
+    /// hold nothing a later export needs and are never read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume_segment: Option<u32>,
+}
+
+/// What one segment read holds, as far as the next export's plan goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSpan {
+    /// Its index in the process directory.
+    pub index: u32,
+    /// The first and last step ids in it, when it holds steps.
+    pub steps: Option<(u64, u64)>,
+    /// The latest time any record in it speaks of (the process's clock).
+    pub last_ns: u64,
+}
+
+impl SegmentSpan {
+    /// The span of a decoded segment (None for a file not named as a segment).
+    pub fn of(segment: &Segment) -> Option<SegmentSpan> {
+        let index = segment
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_segment_file_name)?;
+        let mut span = SegmentSpan {
+            index,
+            steps: None,
+            last_ns: 0,
+        };
+        for r in &segment.records {
+            if let Record::Step(s) = &r.record {
+                span.steps = Some(match span.steps {
+                    None => (s.step_id, s.step_id),
+                    Some((a, b)) => (a.min(s.step_id), b.max(s.step_id)),
+                });
+            }
+            if let Some((_, to)) = r.record.time_span() {
+                span.last_ns = span.last_ns.max(to);
+            }
+        }
+        Some(span)
+    }
+}
+
+/// The segments an export read, per process directory name.
+pub type SegmentsRead = BTreeMap<String, Vec<SegmentSpan>>;
+
+/// What an export of `files` into `root` needs to read: None for the whole
+/// trace (its first export), else each process's segments from its resume
+/// point on. The ranges are the files' lengths now: what is written after
+/// waits for the next export.
+pub fn read_plan(root: &Path, files: &TraceFiles) -> Result<Option<ReadPlan>> {
+    let meta = root.join("_toktrace");
+    if !meta.is_dir() {
+        return Ok(None);
+    }
+    let names: Vec<String> = files
+        .processes
+        .iter()
+        .filter_map(|p| p.dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let capture_id = capture_id_of(&meta, &refs)?;
+    let record_path = meta.join("captures").join(format!("{capture_id}.json"));
+    let Some(record) = read_record(&record_path)? else {
+        return Ok(None);
+    };
+    let mut plan = ReadPlan::new();
+    let mut skipped = false;
+    for (pf, name) in files.processes.iter().zip(&names) {
+        let resume = record.processes.get(name).and_then(|m| m.resume_segment);
+        for path in &pf.segments {
+            let index = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_segment_file_name);
+            if let (Some(resume), Some(index)) = (resume, index) {
+                if index < resume {
+                    skipped = true;
+                    continue;
+                }
+            }
+            // Deleted since it was listed: nothing to read.
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            plan.insert(path.clone(), vec![0..meta.len()]);
+        }
+    }
+    Ok(skipped.then_some(plan))
 }
 
 /// Add what is new in the analysed trace `a` to the dataset at `root`
-/// (created if missing).
-pub fn add(a: &Analysis, root: &Path) -> Result<Added> {
+/// (created if missing); `read` is what the load read of it (see
+/// [`read_plan`]), from which the next export's resume points are set.
+pub fn add(a: &Analysis, root: &Path, read: &SegmentsRead) -> Result<Added> {
     let meta = root.join("_toktrace");
     for dir in [meta.join("captures"), meta.join("processes")] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -113,7 +219,8 @@ pub fn add(a: &Analysis, root: &Path) -> Result<Added> {
         ..Default::default()
     };
 
-    let (selection, marks) = new_since(a, &record.processes);
+    let (selection, mut marks) = new_since(a, &record.processes);
+    resume_points(a, read, &mut marks);
     if selection.steps.as_ref().is_some_and(|s| s.is_empty())
         && selection.requests.as_ref().is_some_and(|r| r.is_empty())
     {
@@ -158,6 +265,51 @@ pub fn add(a: &Analysis, root: &Path) -> Result<Added> {
     }
     drop(lock);
     Ok(added)
+}
+
+/// Set each process's resume segment: the segment of the first step of its
+/// oldest request not finished (so every token of it is read again), or for
+/// a frontend the first segment reaching the oldest such request's arrival;
+/// with none running, the newest segment read (it may still grow).
+fn resume_points(a: &Analysis, read: &SegmentsRead, marks: &mut BTreeMap<String, ProcessMark>) {
+    let d = &a.data;
+    let running = || d.requests.iter().filter(|r| r.finish_ns.is_none());
+    let oldest_arrival = running().filter_map(|r| r.arrival_ns()).min();
+    for (pix, p) in d.processes.iter().enumerate() {
+        let Some(spans) = read.get(&p.name).filter(|s| !s.is_empty()) else {
+            continue; // nothing read: the old resume point stands
+        };
+        let newest = spans.iter().map(|s| s.index).max();
+        let resume = if p.steps > 0 {
+            let oldest_step = running()
+                .filter(|r| r.process == pix as u32)
+                .filter_map(|r| r.first_scheduled)
+                .map(|s| d.steps[s as usize].step_id)
+                .min();
+            match oldest_step {
+                Some(id) => spans
+                    .iter()
+                    .filter(|s| s.steps.is_some_and(|(first, _)| first <= id))
+                    .map(|s| s.index)
+                    .max()
+                    .or_else(|| spans.iter().map(|s| s.index).min()),
+                None => newest,
+            }
+        } else {
+            match oldest_arrival {
+                Some(t) => spans
+                    .iter()
+                    .filter(|s| s.last_ns >= t)
+                    .map(|s| s.index)
+                    .min()
+                    .or(newest),
+                None => newest,
+            }
+        };
+        if let Some(resume) = resume {
+            marks.entry(p.name.clone()).or_default().resume_segment = Some(resume);
+        }
+    }
 }
 
 /// The steps and the finished requests past each process's mark, and the

@@ -7,6 +7,7 @@ as a periodic export would see it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -136,11 +137,15 @@ def test_exported_in_pieces_equals_exported_whole(tmp_path: Path) -> None:
     growing = tmp_path / "growing" / proc_dir.name
     growing.mkdir(parents=True)
     pieces = tmp_path / "pieces"
+    said = []
     for upto in (1, len(segments) // 2, len(segments) - 1, len(segments)):
         for seg in segments[:upto]:
             if not (growing / seg.name).exists():
                 shutil.copy(seg, growing / seg.name)
-        add(pieces, growing.parent)
+        said.append(add(pieces, growing.parent).stderr)
+    # Later exports read only the segments still needed, not the whole trace.
+    read = [re.search(r"reading (\d+) of (\d+) segments", s) for s in said[2:]]
+    assert all(m and int(m[1]) < int(m[2]) for m in read), said
     at_once = tmp_path / "at-once"
     add(at_once, whole)
     order = {"steps": "process, step", "slices": "process, step, request_id", "tokens": "request_id, index",

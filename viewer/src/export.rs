@@ -159,15 +159,9 @@ pub fn export(dirs: &[PathBuf], args: &ExportArgs, analysis: &AnalysisArgs) -> R
 /// added. A trace that fails is reported and the others still go in; the
 /// exit status says one failed.
 fn add_to_dataset(dirs: &[PathBuf], root: &Path, analysis: &AnalysisArgs) -> Result<()> {
-    let options = LoadOptions {
-        detail: Detail::All,
-        decode_slices: true,
-        ..Default::default()
-    };
     let mut failed = 0;
     for dir in dirs {
-        let added =
-            analyze(dir, &options, analysis).and_then(|a| toktrace_exports::dataset::add(&a, root));
+        let added = add_one(dir, root, analysis);
         match added {
             Ok(added) if added.rows.is_empty() => eprintln!(
                 "toktrace: {}: nothing new for capture {}",
@@ -199,6 +193,57 @@ fn add_to_dataset(dirs: &[PathBuf], root: &Path, analysis: &AnalysisArgs) -> Res
         anyhow::bail!("{failed} of {} traces were not added", dirs.len());
     }
     Ok(())
+}
+
+/// Add one trace: read what the dataset's record says is still needed
+/// (everything, the first time), analyse it, add what is new.
+fn add_one(
+    dir: &Path,
+    root: &Path,
+    analysis: &AnalysisArgs,
+) -> Result<toktrace_exports::dataset::Added> {
+    use toktrace_exports::dataset::{read_plan, SegmentSpan, SegmentsRead};
+    let files = probe_core::reader::list_trace(dir)?;
+    let plan = read_plan(root, &files)?;
+    if let Some(plan) = &plan {
+        let all: usize = files.processes.iter().map(|p| p.segments.len()).sum();
+        eprintln!(
+            "toktrace: {}: reading {} of {} segments (the rest were exported and hold nothing still needed)",
+            dir.display(),
+            plan.len(),
+            all
+        );
+    }
+    let names: Vec<String> = files
+        .processes
+        .iter()
+        .map(|p| {
+            p.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let read: std::sync::Arc<std::sync::Mutex<SegmentsRead>> = Default::default();
+    let sink = read.clone();
+    let options = LoadOptions {
+        detail: Detail::All,
+        decode_slices: true,
+        plan: plan.map(std::sync::Arc::new),
+        on_segment: Some(std::sync::Arc::new(move |pix, segment| {
+            let (Some(name), Some(span)) = (names.get(pix as usize), SegmentSpan::of(segment))
+            else {
+                return;
+            };
+            if let Ok(mut read) = sink.lock() {
+                read.entry(name.clone()).or_default().push(span);
+            }
+        })),
+        ..Default::default()
+    };
+    let a = analyze(dir, &options, analysis)?;
+    let read = read.lock().map(|r| r.clone()).unwrap_or_default();
+    toktrace_exports::dataset::add(&a, root, &read)
 }
 
 /// Start an output file (written aside, renamed into place by `commit`), its
