@@ -29,7 +29,7 @@
 //! A trace growing by a segment an hour is read a segment or two at a time.
 
 use anyhow::{bail, Context, Result};
-use probe_core::event::Record;
+use probe_core::event::{ClockAnchor, Record};
 use probe_core::files::{write_atomically, FileLock, PendingFile};
 use probe_core::format::parse_segment_file_name;
 use probe_core::reader::{Segment, TraceFiles};
@@ -89,6 +89,12 @@ struct ProcessMark {
     /// hold nothing a later export needs and are never read again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     resume_segment: Option<u32>,
+    /// The clock anchor its first export converted times with. Every
+    /// segment carries its own, a few nanoseconds apart; an export that
+    /// starts at a later segment converts with this one, so a step's unix
+    /// time is the same in every part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    anchor: Option<ClockAnchor>,
 }
 
 /// What one segment read holds, as far as the next export's plan goes.
@@ -184,13 +190,14 @@ pub fn read_plan(root: &Path, files: &TraceFiles) -> Result<Option<ReadPlan>> {
 /// Add what is new in the analysed trace `a` to the dataset at `root`
 /// (created if missing); `read` is what the load read of it (see
 /// [`read_plan`]), from which the next export's resume points are set.
-pub fn add(a: &Analysis, root: &Path, read: &SegmentsRead) -> Result<Added> {
+pub fn add(a: &mut Analysis, root: &Path, read: &SegmentsRead) -> Result<Added> {
     let meta = root.join("_toktrace");
     for dir in [meta.join("captures"), meta.join("processes")] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     check_schema(&meta)?;
-    let names: Vec<&str> = a.data.processes.iter().map(|p| p.name.as_str()).collect();
+    let owned: Vec<String> = a.data.processes.iter().map(|p| p.name.clone()).collect();
+    let names: Vec<&str> = owned.iter().map(String::as_str).collect();
     if names.is_empty() {
         bail!("the trace has no processes to export");
     }
@@ -212,6 +219,16 @@ pub fn add(a: &Analysis, root: &Path, read: &SegmentsRead) -> Result<Added> {
             processes: BTreeMap::new(),
         }
     });
+    for p in &mut a.data.processes {
+        match record.processes.get(&p.name).and_then(|m| m.anchor) {
+            Some(anchor) => p.anchor = anchor,
+            None => {
+                let anchor = p.anchor;
+                record.processes.entry(p.name.clone()).or_default().anchor = Some(anchor);
+            }
+        }
+    }
+    let a = &*a;
     let partition = format!("day={}/host={}", record.day, record.host);
     let mut added = Added {
         capture_id: capture_id.clone(),

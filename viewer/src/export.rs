@@ -241,9 +241,9 @@ fn add_one(
         })),
         ..Default::default()
     };
-    let a = analyze(dir, &options, analysis)?;
+    let mut a = analyze(dir, &options, analysis)?;
     let read = read.lock().map(|r| r.clone()).unwrap_or_default();
-    toktrace_exports::dataset::add(&a, root, &read)
+    toktrace_exports::dataset::add(&mut a, root, &read)
 }
 
 /// Start an output file (written aside, renamed into place by `commit`), its
