@@ -189,7 +189,37 @@ def fleet_spark(results: list[dict]) -> str:
         "dataset, rows in order, floats within 1e-9 relative (`scripts/extended.sh fleet-spark`).\n"
 
 
+def fleet_scale(results: list[dict]) -> str:
+    out = []
+    for r in results:
+        d = r["data"]
+        if r["outcome"] != "pass" or "queries" not in d:
+            out.append(f"**{r['item']}: failed** ({provenance(r)})\n")
+            continue
+        mb = d["dataset_bytes"] / 1e6
+        tables = ", ".join(f"{t} {b / d['token_rows']:.1f}" for t, b in d["table_bytes"].items())
+        out.append(
+            f"{d['token_rows']:,} token rows from {d['captures']} captures on {d['hosts']} hosts: "
+            f"{mb:,.0f} MB on disk, **{d['bytes_per_token']:.1f} bytes per token** ({tables}). "
+            f"First export of a 2 M-token capture: median {d['export_s_median']:.1f} s, worst "
+            f"{d['export_s_max']:.1f} s ({d['cores']} cores; the whole build took {d['build_s'] / 60:.0f} min, "
+            f"recording included).\n")
+        out.append("| periodic export of a growing trace | segments present | segments read | seconds |")
+        out.append("|---|---:|---|---:|")
+        for i, p in enumerate(d["periodic_exports"], 1):
+            out.append(f"| {i} | {p['segments_present']} | {p['read']} | {p['seconds']:.2f} |")
+        out.append(f"| the same trace exported whole, once | | all | {d['whole_export_s']:.2f} |")
+        out.append("")
+        out.append("| question | `toktrace fleet` (polars) s | DuckDB s | rows |")
+        out.append("|---|---:|---:|---:|")
+        for q, t in d["queries"].items():
+            out.append(f"| {q} | {t['polars_s']:.2f} | {t['duckdb_s']:.2f} | {t['rows']} |")
+        out.append(f"\n({provenance(r)})\n")
+    return "\n".join(out)
+
+
 TABLES: dict[str, Callable[[list[dict]], str]] = {
+    "fleet-scale": fleet_scale,
     "python-probe": python_probe,
     "compat-vllm": compat,
     "compat-sglang": compat,

@@ -443,6 +443,52 @@ def check_accounting_of_finished(side: EngineSide, done: list[Completion]) -> No
 # ===== a soak: many streaming clients against a stressed probe =====
 
 
+class Watcher:
+    """`toktrace watch` beside the server, as an SRE would run it: its
+    Prometheus exposition read over HTTP."""
+
+    def __init__(self, trace_dir: Path, workdir: Path) -> None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.out = workdir / "watch.jsonl"
+        self.proc = subprocess.Popen(
+            [toktrace_cli(), "watch", str(trace_dir), "--json", "--poll-ms", "100",
+             "--prometheus", f"127.0.0.1:{self.port}"],
+            stdout=open(self.out, "w"), stderr=open(workdir / "watch.err", "w"))
+
+    def metrics(self) -> dict[tuple[str, str], float]:
+        """(metric, process) -> value, for the per-process series."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("#") or "process=" not in line:
+                continue
+            name, rest = line.split("{", 1)
+            labels, value = rest.rsplit("} ", 1)
+            process = labels.split('process="', 1)[1].split('"', 1)[0]
+            if "le=" not in labels and "cause=" not in labels:
+                out[(name, process)] = float(value)
+        return out
+
+    def settled(self, expected_steps: dict[str, int], seconds: float = 120) -> dict[tuple[str, str], float]:
+        """Its figures once it has read every step written (bounded so a
+        failure does not hang; not a timing assertion)."""
+        end = time.monotonic() + seconds
+        got: dict[tuple[str, str], float] = {}
+        while time.monotonic() < end:
+            got = self.metrics()
+            if all(got.get(("toktrace_steps_total", p)) == n for p, n in expected_steps.items()):
+                time.sleep(2)  # TTFTs settle a second after the last step
+                return self.metrics()
+            time.sleep(0.5)
+        raise AssertionError(f"watch never caught up: {got}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 @dataclass
 class Soak:
     """What a soak left: the stopped server (its trace), what the clients got."""
@@ -451,6 +497,7 @@ class Soak:
     done: list[Completion]
     seconds: float
     before: EngineSide  # the trace once the server was up, before any client
+    watched: dict[tuple[str, str], float]  # what `toktrace watch` counted, live
 
 
 def quiet_side(server: Server) -> EngineSide:
@@ -466,15 +513,43 @@ def run_soak(workdir: Path, engine: str) -> Soak:
     """SOAK_SECONDS of CLIENTS streaming clients against ``engine``'s server
     traced with the STRESSED ring and segments."""
     server = Server(workdir, workdir / "trace", env=STRESSED_BY_ENGINE[engine], engine=engine)
-    server.start()
+    watcher = Watcher(workdir / "trace", workdir)
     try:
-        before = quiet_side(server)
-        t0 = time.monotonic()
-        done = load(server.port, SOAK_SECONDS, CLIENTS, engine=engine)
-        seconds = time.monotonic() - t0
+        server.start()
+        try:
+            before = quiet_side(server)
+            t0 = time.monotonic()
+            done = load(server.port, SOAK_SECONDS, CLIENTS, engine=engine)
+            seconds = time.monotonic() - t0
+        finally:
+            server.stop()
+        summary = run_cli("summary", str(server.trace_dir), "--json")
+        assert summary.returncode == 0, summary.stderr
+        steps = {p["name"]: p["steps"] for p in json.loads(summary.stdout)["processes"]}
+        watched = watcher.settled(steps)
     finally:
-        server.stop()
-    return Soak(server, done, seconds, before)
+        watcher.stop()
+    return Soak(server, done, seconds, before, watched)
+
+
+def check_watched(soak: Soak, summary: dict) -> None:
+    """What `toktrace watch` counted while the server ran equals what the
+    analyzer reads in the finished trace: steps, tokens, drops, TTFTs."""
+    requests = run_cli("requests", str(soak.server.trace_dir), "--json", "--include-warmup")
+    assert requests.returncode == 0, requests.stderr
+    ttfts = sum(1 for r in json.loads(requests.stdout) if r["ttft_ms"] is not None)
+    w = soak.watched
+    for p in summary["processes"]:
+        name = p["name"]
+        assert w[("toktrace_steps_total", name)] == p["steps"], name
+        assert w[("toktrace_tokens_total", name)] == p["tokens"], name
+        assert w[("toktrace_emitted_tokens_total", name)] == p["emitted_tokens"], name
+        assert w[("toktrace_dropped_records_total", name)] == p["dropped_records"], name
+        assert w[("toktrace_dropped_tokens_total", name)] == p["dropped_tokens"], name
+    assert sum(v for (m, _), v in w.items() if m == "toktrace_ttft_seconds_count") == ttfts
+    live_stalls = sum(v for (m, _), v in w.items() if m == "toktrace_stalls_total")
+    report("watch", engine=soak.server.engine, steps=summary["steps"], ttfts=ttfts,
+           live_stalls=int(live_stalls), offline_stalls=summary["stalls"])
 
 
 def check_soak(soak: Soak) -> None:
@@ -492,6 +567,7 @@ def check_soak(soak: Soak) -> None:
     # The analyzer reads the trace whole.
     summary = run_cli("summary", str(soak.server.trace_dir), "--json")
     assert summary.returncode == 0, summary.stderr
+    check_watched(soak, json.loads(summary.stdout))
     report("soak", engine=soak.server.engine, clients=CLIENTS, seconds=round(soak.seconds, 1),
            requests=len(soak.done), ring_slots=int(soak.server.env["TOKTRACE_RING_SLOTS"]),
            segment_kib=int(soak.server.env["TOKTRACE_SEGMENT_BYTES"].rstrip("K")),

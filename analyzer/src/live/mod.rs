@@ -20,13 +20,20 @@
 //! requests in flight or in those steps; a few numbers per request in flight.
 //! A frontend keeps its records as far back as the engines do.
 
+
+mod figures;
+mod kept;
+
+pub use figures::{Histogram, ProcessFigures, GAP_BOUNDS, TTFT_BOUNDS};
+
 use crate::analysis::{slow_threshold_ns, Analysis, SLOW_FLOOR_NS};
 use crate::attribution::{fit_steps, Cause, ProcessModel};
 use crate::data::{RequestIx, StepRow, TraceData};
 use crate::load::{fold, LoadOptions};
-use crate::warmup::{Warmup, WARMUP_WINDOW};
-use probe_core::event::{DropCounts, Record, RequestArrival};
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::warmup::WARMUP_WINDOW;
+use kept::{record_time, LiveProcess, STALE_NS};
+use probe_core::event::Record;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,123 +58,6 @@ impl Default for LiveOptions {
             window_steps: 2048,
             max_steps: 32_768,
             settle_ns: 1_000_000_000,
-        }
-    }
-}
-
-/// Bucket bounds of a histogram, seconds.
-pub const TTFT_BOUNDS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-/// Inter-token gaps and step times, seconds.
-pub const GAP_BOUNDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-/// A cumulative histogram of seconds, as Prometheus exposes one.
-#[derive(Debug, Clone)]
-pub struct Histogram {
-    /// Upper bounds, seconds.
-    pub bounds: &'static [f64],
-    /// Observations at or below each bound (not cumulative).
-    pub counts: Vec<u64>,
-    /// Sum of all observations, seconds.
-    pub sum: f64,
-    /// All observations (those above the last bound included).
-    pub count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe_ns(&mut self, ns: u64) {
-        let s = ns as f64 / 1e9;
-        if let Some(i) = self.bounds.iter().position(|&b| s <= b) {
-            self.counts[i] += 1;
-        }
-        self.sum += s;
-        self.count += 1;
-    }
-
-    /// Observations at or below each bound, cumulative.
-    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
-        let mut total = 0;
-        self.bounds.iter().zip(&self.counts).map(move |(&b, &c)| {
-            total += c;
-            (b, total)
-        })
-    }
-}
-
-/// What is known of one traced process, exactly, over everything read.
-#[derive(Debug, Clone)]
-pub struct ProcessFigures {
-    /// Directory name (host, pid, start time).
-    pub name: String,
-    /// Host, from the segment header ("" until read).
-    pub host: String,
-    /// Role: engine-core, frontend, scheduler, …
-    pub role: String,
-    /// Engine and its version, from the process record.
-    pub engine: String,
-    /// The engine's version.
-    pub engine_version: String,
-    /// Steps recorded.
-    pub steps: u64,
-    /// Tokens sampled in them.
-    pub tokens: u64,
-    /// Tokens handed to clients (a frontend).
-    pub emitted: u64,
-    /// Requests that arrived (each once, however many segments repeat it).
-    pub arrived: u64,
-    /// Requests that finished.
-    pub finished: u64,
-    /// The probe's loss counters, the latest.
-    pub drops: DropCounts,
-    /// Segments the disk budget deleted, as the probe counted them.
-    pub segments_removed: u64,
-    /// Step durations.
-    pub step_time: Histogram,
-    /// Inter-token gaps (exit to exit) of every request.
-    pub itl: Histogram,
-    /// Time to first token of requests whose arrival is known.
-    pub ttft: Histogram,
-    /// Tokens judged stalls.
-    pub stalls: u64,
-    /// Delay laid on other requests' work, nanoseconds, by cause.
-    pub interference_ns: HashMap<Cause, f64>,
-    /// Requests in flight now.
-    pub running: usize,
-}
-
-impl ProcessFigures {
-    fn new(name: String) -> ProcessFigures {
-        ProcessFigures {
-            name,
-            host: String::new(),
-            role: String::new(),
-            engine: String::new(),
-            engine_version: String::new(),
-            steps: 0,
-            tokens: 0,
-            emitted: 0,
-            arrived: 0,
-            finished: 0,
-            drops: DropCounts::default(),
-            segments_removed: 0,
-            step_time: Histogram::new(GAP_BOUNDS),
-            itl: Histogram::new(GAP_BOUNDS),
-            ttft: Histogram::new(TTFT_BOUNDS),
-            stalls: 0,
-            interference_ns: HashMap::new(),
-            running: 0,
         }
     }
 }
@@ -221,29 +111,6 @@ pub struct Tick {
     pub finished: Option<(Analysis, Vec<RequestIx>)>,
 }
 
-/// Per-request numbers kept while it is in flight.
-#[derive(Debug, Clone, Copy, Default)]
-struct InFlight {
-    /// Exit of its last token (0 before the first).
-    last_exit_ns: u64,
-    /// First step it was scheduled in (its start), for what is kept.
-    first_step_ns: Option<u64>,
-    /// Its arrival, or the end of the last step it was in.
-    last_seen_ns: u64,
-    /// Its TTFT was judged.
-    ttft_done: bool,
-    /// When it finished (engine clock), once it has.
-    finish_ns: Option<u64>,
-    /// Its finish was handed out by a tick.
-    handed_out: bool,
-}
-
-impl InFlight {
-    fn running(&self) -> bool {
-        self.finish_ns.is_none()
-    }
-}
-
 /// A process's tokens are judged once its step model stands on this many
 /// steps (after its warm-up): a model of three steps calls anything a stall.
 /// Until then its stalls wait, and are judged late rather than wrongly.
@@ -252,221 +119,6 @@ pub const MIN_STEPS_TO_JUDGE: usize = 64;
 /// A request's usual gap (its median) is its own once it has more gaps than
 /// this; before, a stall would set its own threshold.
 const MIN_GAPS_FOR_USUAL: usize = 8;
-
-/// A request not seen in a step for this long, without a finish (its finish
-/// record was dropped), is forgotten: it would hold the window back forever.
-const STALE_NS: u64 = 600_000_000_000;
-
-/// One process directory as followed.
-struct LiveProcess {
-    dir: PathBuf,
-    figures: ProcessFigures,
-    /// Records outside time, the latest of each kind.
-    header: Option<Record>,
-    info: Option<Record>,
-    /// Arrivals of requests in flight or in kept steps, by key.
-    arrivals: HashMap<u32, RequestArrival>,
-    /// Steps, finishes and emits, in file order.
-    window: VecDeque<Record>,
-    window_steps: usize,
-    /// Requests in flight (and finished ones not yet handed out), by key.
-    requests: HashMap<u32, InFlight>,
-    /// End of the newest step judged.
-    judged_until_ns: u64,
-    /// End of the newest step read (of the newest emit, for a frontend).
-    newest_ns: u64,
-    /// When `newest_ns` last moved, by the watcher's clock: a process that
-    /// went quiet has written all it will for now.
-    advanced_at: Option<Instant>,
-    /// The warm-up, once the process's first steps have shown it.
-    warmup: Option<Warmup>,
-    warmup_settled: bool,
-    /// Steps dropped past `max_steps` (answers of old requests cut short).
-    evicted_steps: u64,
-}
-
-impl LiveProcess {
-    fn new(dir: &Path) -> LiveProcess {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        LiveProcess {
-            dir: dir.to_path_buf(),
-            figures: ProcessFigures::new(name),
-            header: None,
-            info: None,
-            arrivals: HashMap::new(),
-            window: VecDeque::new(),
-            window_steps: 0,
-            requests: HashMap::new(),
-            judged_until_ns: 0,
-            newest_ns: 0,
-            advanced_at: None,
-            warmup: None,
-            warmup_settled: false,
-            evicted_steps: 0,
-        }
-    }
-
-    fn is_engine(&self) -> bool {
-        self.figures.steps > 0
-    }
-
-    fn ingest(&mut self, record: Record, now: Instant) {
-        let before = self.newest_ns;
-        self.take(record);
-        if self.newest_ns > before {
-            self.advanced_at = Some(now);
-        }
-    }
-
-    fn take(&mut self, record: Record) {
-        let f = &mut self.figures;
-        match record {
-            Record::Header(ref h) => {
-                if f.host.is_empty() {
-                    f.host.clone_from(&h.host);
-                }
-                if f.role.is_empty() {
-                    f.role.clone_from(&h.role);
-                }
-                if self.header.is_none() {
-                    self.header = Some(record);
-                }
-            }
-            Record::Process(ref info) => {
-                f.engine.clone_from(&info.engine);
-                f.engine_version.clone_from(&info.engine_version);
-                if !info.role.is_empty() {
-                    f.role.clone_from(&info.role);
-                }
-                self.info = Some(record);
-            }
-            Record::Arrival(a) => {
-                // Every segment repeats the arrivals in flight: count once.
-                if let std::collections::hash_map::Entry::Vacant(slot) = self.requests.entry(a.req)
-                {
-                    f.arrived += 1;
-                    slot.insert(InFlight {
-                        last_seen_ns: a.arrival_ns,
-                        ..InFlight::default()
-                    });
-                    self.arrivals.insert(a.req, a);
-                }
-            }
-            Record::Step(ref s) => {
-                f.steps += 1;
-                f.tokens += s.tokens.len() as u64;
-                f.step_time.observe_ns(s.end_ns.saturating_sub(s.start_ns));
-                self.newest_ns = self.newest_ns.max(s.end_ns);
-                for b in &s.batch {
-                    let r = self.requests.entry(b.req).or_default();
-                    r.first_step_ns.get_or_insert(s.start_ns);
-                    r.last_seen_ns = s.end_ns;
-                }
-                if s.tokens.check().is_ok() {
-                    for t in s.tokens.iter() {
-                        let r = self.requests.entry(t.req).or_default();
-                        if r.last_exit_ns > 0 {
-                            f.itl.observe_ns(s.end_ns.saturating_sub(r.last_exit_ns));
-                        }
-                        r.last_exit_ns = s.end_ns;
-                    }
-                }
-                self.window_steps += 1;
-                self.window.push_back(record);
-            }
-            Record::Finish(ref fin) => {
-                f.finished += 1;
-                self.requests.entry(fin.req).or_default().finish_ns = Some(fin.time_ns);
-                self.window.push_back(record);
-            }
-            Record::Emit(ref batch) => {
-                f.emitted += batch.emits.iter().map(|e| u64::from(e.count)).sum::<u64>();
-                if let Some(t) = batch.emits.iter().map(|e| e.time_ns).max() {
-                    self.newest_ns = self.newest_ns.max(t);
-                }
-                self.window.push_back(record);
-            }
-            Record::Drops(d) => {
-                if d.records() >= f.drops.records() {
-                    f.drops = d;
-                }
-            }
-            Record::SegmentsRemoved(s) => f.segments_removed = u64::from(s.before),
-            Record::AdapterErrors(_) => {}
-        }
-    }
-
-    /// The records kept, in an order the loader folds as it would the files.
-    fn records(&self) -> impl Iterator<Item = Record> + '_ {
-        let mut arrivals: Vec<&RequestArrival> = self.arrivals.values().collect();
-        arrivals.sort_by_key(|a| (a.arrival_ns, a.req));
-        self.header
-            .iter()
-            .chain(self.info.iter())
-            .cloned()
-            .chain(arrivals.into_iter().cloned().map(Record::Arrival))
-            .chain(self.window.iter().cloned())
-    }
-
-    /// Forget what no judgement needs any more: steps older than both the
-    /// window and the oldest request in flight (past `max_steps`, the oldest
-    /// steps whatever they hold), then requests that finished before the
-    /// oldest step kept. `horizon_ns` bounds a frontend's records.
-    fn trim(&mut self, options: &LiveOptions, horizon_ns: Option<u64>) {
-        let newest = self.newest_ns;
-        self.requests
-            .retain(|_, r| !(r.running() && r.last_seen_ns.saturating_add(STALE_NS) < newest));
-        // Steps are kept back to the first of the oldest request not yet
-        // handed out: its TTFT and span need every token.
-        let oldest_running = self
-            .requests
-            .values()
-            .filter(|r| !r.handed_out)
-            .filter_map(|r| r.first_step_ns)
-            .min();
-        while let Some(front) = self.window.front() {
-            let time = record_time(front);
-            let drop = if self.is_engine() {
-                let past_window = self.window_steps > options.window_steps;
-                let before_running = oldest_running.is_none_or(|t| time < t);
-                let over_cap = self.window_steps > options.max_steps;
-                over_cap || (past_window && before_running)
-            } else {
-                horizon_ns.is_some_and(|h| time < h)
-            };
-            if !drop {
-                break;
-            }
-            if matches!(front, Record::Step(_)) {
-                if self.window_steps > options.max_steps {
-                    self.evicted_steps += 1;
-                }
-                self.window_steps -= 1;
-            }
-            self.window.pop_front();
-        }
-        let kept_from = self
-            .window
-            .front()
-            .map_or(self.newest_ns, record_time)
-            .min(horizon_ns.unwrap_or(u64::MAX));
-        // A finished request goes once handed out and older than
-        // everything kept.
-        self.requests
-            .retain(|_, r| !(r.handed_out && r.finish_ns.is_some_and(|f| f < kept_from)));
-        let requests = &self.requests;
-        self.arrivals.retain(|k, _| requests.contains_key(k));
-        self.figures.running = self.requests.values().filter(|r| r.running()).count();
-    }
-}
-
-/// The time a kept record is about.
-fn record_time(r: &Record) -> u64 {
-    r.time_span().map_or(0, |(from, _)| from)
-}
 
 /// A trace being written, as far as it has been read.
 pub struct LiveTrace {
