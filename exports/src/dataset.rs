@@ -181,7 +181,9 @@ pub fn read_plan(root: &Path, files: &TraceFiles) -> Result<Option<ReadPlan>> {
             let Ok(meta) = std::fs::metadata(path) else {
                 continue;
             };
-            plan.insert(path.clone(), vec![0..meta.len()]);
+            // One range: the whole file as long as it is now.
+            let whole = std::iter::once(0..meta.len()).collect();
+            plan.insert(path.clone(), whole);
         }
     }
     Ok(skipped.then_some(plan))

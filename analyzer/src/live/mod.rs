@@ -20,7 +20,6 @@
 //! requests in flight or in those steps; a few numbers per request in flight.
 //! A frontend keeps its records as far back as the engines do.
 
-
 mod figures;
 mod kept;
 
