@@ -114,7 +114,7 @@ fn real_engine_traces_give_the_offline_counts_and_stalls() {
     }
 }
 
-/// Stalls judged live against the offline ones: every large stall (50 ms
+/// Stalls judged live against the offline ones: every large stall (100 ms
 /// over the model or more) is found, on the same token, with the same main
 /// culprit; the count differs by at most half the offline count or 5 (what
 /// was known at the time: on a short trace the first steps' model is poor).
@@ -125,7 +125,7 @@ fn check_stalls(name: &str, chunk: usize, dir: &Path, stalls: &[LiveStall]) {
         let ids = [req.display_id(), req.internal_id.as_str()];
         for t in a.slow_tokens(r as u32) {
             offline_count += 1;
-            if t.excess_ns < 50e6 {
+            if t.excess_ns < 100e6 {
                 continue;
             }
             let found = stalls

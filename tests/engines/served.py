@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -465,10 +466,11 @@ class Watcher:
             if line.startswith("#") or "process=" not in line:
                 continue
             name, rest = line.split("{", 1)
-            labels, value = rest.rsplit("} ", 1)
-            process = labels.split('process="', 1)[1].split('"', 1)[0]
-            if "le=" not in labels and "cause=" not in labels:
-                out[(name, process)] = float(value)
+            text, value = rest.rsplit("} ", 1)
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', text))
+            # Per process only: not the buckets, not the split by cause.
+            if "le" not in labels and "cause" not in labels:
+                out[(name, labels["process"])] = float(value)
         return out
 
     def settled(self, expected_steps: dict[str, int], seconds: float = 120) -> dict[tuple[str, str], float]:

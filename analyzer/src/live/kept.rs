@@ -145,6 +145,13 @@ impl LiveProcess {
                     r.first_step_ns.get_or_insert(s.start_ns);
                     r.last_seen_ns = s.end_ns;
                 }
+                // The step says who finished in it: enough when the finish
+                // record itself was dropped.
+                for key in &s.finished {
+                    if let Some(r) = self.requests.get_mut(key) {
+                        r.finish_ns.get_or_insert(s.end_ns);
+                    }
+                }
                 if s.tokens.check().is_ok() {
                     for t in s.tokens.iter() {
                         let r = self.requests.entry(t.req).or_default();
@@ -179,6 +186,19 @@ impl LiveProcess {
         }
     }
 
+    /// When the newest `steps` steps kept began (0 when fewer are kept).
+    fn window_start(&self, steps: usize) -> u64 {
+        self.window
+            .iter()
+            .rev()
+            .filter_map(|r| match r {
+                Record::Step(s) => Some(s.start_ns),
+                _ => None,
+            })
+            .nth(steps.saturating_sub(1))
+            .unwrap_or(0)
+    }
+
     /// The records kept, in an order the loader folds as it would the files.
     pub(super) fn records(&self) -> impl Iterator<Item = Record> + '_ {
         let mut arrivals: Vec<&RequestArrival> = self.arrivals.values().collect();
@@ -200,11 +220,15 @@ impl LiveProcess {
         self.requests
             .retain(|_, r| !(r.running() && r.last_seen_ns.saturating_add(STALE_NS) < newest));
         // Steps are kept back to the first of the oldest request not yet
-        // handed out: its TTFT and span need every token.
+        // handed out (its TTFT and span need every token): finished ones
+        // until they settle, running ones while they are seen in the window's
+        // steps — one that is not (its finish record was dropped, or it
+        // waits preempted) must not hold every step since.
+        let window_start = self.window_start(options.window_steps);
         let oldest_running = self
             .requests
             .values()
-            .filter(|r| !r.handed_out)
+            .filter(|r| !r.handed_out && (!r.running() || r.last_seen_ns >= window_start))
             .filter_map(|r| r.first_step_ns)
             .min();
         while let Some(front) = self.window.front() {

@@ -25,8 +25,8 @@ mod kept;
 
 pub use figures::{Histogram, ProcessFigures, GAP_BOUNDS, TTFT_BOUNDS};
 
-use crate::analysis::{slow_threshold_ns, Analysis, SLOW_FLOOR_NS};
-use crate::attribution::{fit_steps, Cause, ProcessModel};
+use crate::analysis::{Analysis, SLOW_FLOOR_NS};
+use crate::attribution::{fit_steps, request_timings_into, Cause, ProcessModel};
 use crate::data::{RequestIx, StepRow, TraceData};
 use crate::load::{fold, LoadOptions};
 use crate::warmup::WARMUP_WINDOW;
@@ -115,9 +115,13 @@ pub struct Tick {
 /// Until then its stalls wait, and are judged late rather than wrongly.
 pub const MIN_STEPS_TO_JUDGE: usize = 64;
 
-/// A request's usual gap (its median) is its own once it has more gaps than
-/// this; before, a stall would set its own threshold.
+/// A request's usual gap (its median) is its own once it has this many
+/// gaps; before, a stall would set its own threshold.
 const MIN_GAPS_FOR_USUAL: usize = 8;
+
+/// A request's usual gap is taken as at most this many times the engine's
+/// usual decode gap (see `LiveTrace::judge`).
+const USUAL_CAP: f64 = 4.0;
 
 /// A trace being written, as far as it has been read.
 pub struct LiveTrace {
@@ -206,12 +210,12 @@ impl LiveTrace {
             .iter()
             .map(|m| self.closing || m.model.is_some_and(|x| x.steps >= MIN_STEPS_TO_JUDGE))
             .collect();
-        let deadlines = models.iter().map(|m| 5.0 * m.decode_step_ns).collect();
-        let analysis = Analysis::with_models(data, models, deadlines);
-        self.judge(&analysis, &ready, &mut tick);
-        let finished = self.settle(&analysis, now);
+        self.judge(&data, &models, &ready, &mut tick);
+        let finished = self.settle(&data, now);
+        // The full analysis (every request's report) only when spans want it.
         if want_finished && !finished.is_empty() {
-            tick.finished = Some((analysis, finished));
+            let deadlines = models.iter().map(|m| 5.0 * m.decode_step_ns).collect();
+            tick.finished = Some((Analysis::with_models(data, models, deadlines), finished));
         }
         for (p, ready) in self.processes.iter_mut().zip(ready) {
             if p.is_engine() && ready {
@@ -254,8 +258,15 @@ impl LiveTrace {
     }
 
     /// Stalls among the tokens of steps that ended after the last judgement.
-    fn judge(&mut self, a: &Analysis, ready: &[bool], tick: &mut Tick) {
-        let data = &a.data;
+    fn judge(
+        &mut self,
+        data: &TraceData,
+        models: &[ProcessModel],
+        ready: &[bool],
+        tick: &mut Tick,
+    ) {
+        let mut timings = Vec::new();
+        let mut gaps = Vec::new();
         for (r, req) in data.requests.iter().enumerate() {
             if !ready.get(req.process as usize).copied().unwrap_or(false) {
                 continue;
@@ -271,22 +282,26 @@ impl LiveTrace {
             if newest <= judged {
                 continue;
             }
-            // The request's usual gap so far, but never more than the
-            // engine's usual decode gap: a request that has only ever been
-            // slow (few gaps yet, or all of them stalled) would otherwise
-            // call its stalls usual. Offline, its median over the whole
-            // answer settles this.
-            let m = &a.models[req.process as usize];
-            let engine_usual = (m.decode_step_ns + m.pause_ns).max(SLOW_FLOOR_NS);
-            let own = slow_threshold_ns(&a.reports[r].latency);
-            let threshold = if req.token_step.len() > MIN_GAPS_FOR_USUAL && m.decode_step_ns > 0.0 {
-                own.min(engine_usual)
-            } else if m.decode_step_ns > 0.0 {
-                engine_usual
+            request_timings_into(data, models, r as RequestIx, &mut timings);
+            // The request's usual gap: the median of its gaps so far, as
+            // offline over its whole answer; with too few gaps yet (a stall
+            // would set its own threshold), the engine's usual decode gap.
+            // Nor more than USUAL_CAP times that: a request that has only
+            // been slow so far would call its stalls usual, where offline
+            // its later gaps settle it.
+            gaps.clear();
+            gaps.extend(timings.iter().skip(1).map(|t| t.gap_ns));
+            let m = &models[req.process as usize];
+            let engine_usual = m.decode_step_ns + m.pause_ns;
+            let usual = if m.decode_step_ns <= 0.0 {
+                median(&mut gaps)
+            } else if gaps.len() >= MIN_GAPS_FOR_USUAL {
+                median(&mut gaps).min(USUAL_CAP * engine_usual)
             } else {
-                own
+                engine_usual
             };
-            for t in a.timings(r as RequestIx) {
+            let threshold = usual.max(SLOW_FLOOR_NS);
+            for t in &timings {
                 if t.exit_ns <= judged || t.position == 0 {
                     continue;
                 }
@@ -334,10 +349,10 @@ impl LiveTrace {
 
     /// TTFTs of requests whose first token settled; finished requests that
     /// settled (returned, and marked handed out).
-    fn settle(&mut self, a: &Analysis, now: Instant) -> Vec<RequestIx> {
+    fn settle(&mut self, data: &TraceData, now: Instant) -> Vec<RequestIx> {
         let mut finished = Vec::new();
         let settle = self.options.settle_ns;
-        for (r, req) in a.data.requests.iter().enumerate() {
+        for (r, req) in data.requests.iter().enumerate() {
             let Some(p) = self.processes.get_mut(req.process as usize) else {
                 continue;
             };
@@ -352,7 +367,7 @@ impl LiveTrace {
             // As the analyzer does: from the arrival to the first token recorded.
             if !state.ttft_done {
                 if let Some(&first) = req.token_step.first() {
-                    let exit = a.data.steps[first as usize].end_ns;
+                    let exit = data.steps[first as usize].end_ns;
                     if settled(exit) {
                         state.ttft_done = true;
                         if let Some(arrival) = req.arrival_ns() {
@@ -415,4 +430,14 @@ impl LiveTrace {
             }
         }
     }
+}
+
+/// The median of `v` (0 for none), as a float.
+fn median(v: &mut [u64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    let (_, m, _) = v.select_nth_unstable(mid);
+    *m as f64
 }
