@@ -45,6 +45,10 @@ pub struct WatchArgs {
     pub once: bool,
 }
 
+/// Ticks are spaced by five times their cost, never more than this: on a
+/// starved machine a tick's wall time is mostly waiting for a core.
+const MAX_TICK_SPACING: Duration = Duration::from_millis(500);
+
 /// How often the status line is rewritten when stderr is not a terminal.
 const STATUS_EVERY_LOGGED: Duration = Duration::from_secs(10);
 
@@ -105,15 +109,15 @@ pub fn watch(args: WatchArgs) -> Result<()> {
             now += settle + Duration::from_secs(1);
         }
         // Judging re-reads what is kept: after a tick that took d, the next
-        // waits 4·d, so watch takes at most a fifth of a core however large
-        // the window grows (records are still read meanwhile).
+        // waits 4·d (at most MAX_TICK_SPACING), so a large window costs at
+        // most a fifth of a core (records are still read meanwhile).
         if !stopping && next_tick.is_some_and(|t| Instant::now() < t) {
             std::thread::sleep(args.poll);
             continue;
         }
         let started = Instant::now();
         let tick = live.tick(sender.is_some(), now);
-        next_tick = Some(started + started.elapsed() * 5);
+        next_tick = Some(started + (started.elapsed() * 5).min(MAX_TICK_SPACING));
         for stall in &tick.stalls {
             status.clear();
             let lag_ms = lag_ms(stall);
