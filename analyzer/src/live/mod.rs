@@ -15,10 +15,11 @@
 //!
 //! Memory is bounded by what is kept, per engine process: the records of the
 //! last [`LiveOptions::window_steps`] steps, extended back to the first step
-//! of the oldest request still running (so its context and its whole answer
-//! are there), never beyond [`LiveOptions::max_steps`]; the arrivals of
+//! of the oldest request not yet handed out — running and seen in those
+//! steps, or finished and not yet settled — so its context and its whole
+//! answer are there, never beyond [`LiveOptions::max_steps`]; the arrivals of
 //! requests in flight or in those steps; a few numbers per request in flight.
-//! A frontend keeps its records as far back as the engines do.
+//! A frontend keeps its records as far back as the engines on its host do.
 
 mod figures;
 mod kept;
