@@ -76,66 +76,63 @@ fn histogram(
     }
 }
 
-/// The whole exposition.
-pub fn render(live: &LiveTrace, watcher: &WatcherFigures) -> String {
-    let mut out = String::new();
-    let c = |out: &mut String, name, help, f: fn(&ProcessFigures) -> f64| {
-        counter(out, live, name, help, f)
-    };
-    c(
-        &mut out,
+/// The per-process counters: name, help, value.
+type Counter = (&'static str, &'static str, fn(&ProcessFigures) -> f64);
+
+const COUNTERS: [Counter; 9] = [
+    (
         "toktrace_steps_total",
         "Engine iterations recorded.",
         |p| p.steps as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_tokens_total",
         "Tokens sampled in recorded steps.",
         |p| p.tokens as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_emitted_tokens_total",
         "Tokens a frontend handed to clients.",
         |p| p.emitted as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_requests_arrived_total",
         "Requests that arrived.",
         |p| p.arrived as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_requests_finished_total",
         "Requests that finished.",
         |p| p.finished as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_dropped_records_total",
         "Records the probe dropped (ring full, too big, write failed).",
         |p| p.drops.records() as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_dropped_tokens_total",
         "Tokens inside the records the probe dropped.",
         |p| p.drops.tokens as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_segments_removed_total",
         "Segments the probe's disk budget deleted.",
         |p| p.segments_removed as f64,
-    );
-    c(
-        &mut out,
+    ),
+    (
         "toktrace_stalls_total",
         "Tokens whose gap exceeded the step model's expectation by more than max(the request's usual gap, 1 ms).",
         |p| p.stalls as f64,
-    );
+    ),
+];
+
+/// The whole exposition.
+pub fn render(live: &LiveTrace, watcher: &WatcherFigures) -> String {
+    let mut out = String::new();
+    for (name, help, value) in COUNTERS {
+        counter(&mut out, live, name, help, value);
+    }
     family(
         &mut out,
         "toktrace_interference_seconds_total",
