@@ -198,12 +198,10 @@ impl LiveTrace {
         if !news {
             return tick;
         }
-        let order: Vec<usize> = (0..self.processes.len()).collect();
         let data = fold(
-            order.iter().map(|&i| {
-                let p = &self.processes[i];
-                (p.dir.clone(), p.records().collect::<Vec<_>>())
-            }),
+            self.processes
+                .iter()
+                .map(|p| (p.dir.clone(), p.records().collect::<Vec<_>>())),
             &LoadOptions::default(),
         );
         let models = self.models(&data);
