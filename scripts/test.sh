@@ -69,7 +69,7 @@ VLLM_VENV="$(bash "$REPO/scripts/setup-vllm.sh")"
 install_toktrace "$VLLM_VENV"
 
 stage "pytest on real vLLM"
-"$VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm.py"
+"$VLLM_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_vllm.py" "$REPO/tests/engines/test_vllm_topk.py"
 
 # `vllm serve` under a minute of streaming load with a tiny ring, killed
 # mid-stream, and on a tmpfs that fills: exact token accounting each time.

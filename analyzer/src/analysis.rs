@@ -4,7 +4,7 @@
 use crate::attribution::{
     fit_processes, request_timings, request_timings_into, ProcessModel, TokenTiming,
 };
-use crate::data::{Request, RequestIx, TraceData};
+use crate::data::{Request, RequestIx, TokenDetail, TraceData};
 use crate::metrics::{latency, Latency, Scratch};
 use std::collections::HashMap;
 
@@ -23,7 +23,8 @@ pub const SLOW_FLOOR_NS: f64 = 1e6;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flag {
     /// Stable name (`special_token_in_output`, `sampled_outside_top_k`,
-    /// `repetition`, `preempted`, `missing_tokens`).
+    /// `low_confidence`, `batch_variance`, `repetition`, `preempted`,
+    /// `missing_tokens`).
     pub name: &'static str,
     /// What was seen, for people.
     pub detail: String,
@@ -147,13 +148,75 @@ impl Analysis {
             })
             .collect();
         offenders.sort_by(|a, b| b.ns.total_cmp(&a.ns).then(a.request.cmp(&b.request)));
-        Analysis {
+        let mut analysis = Analysis {
             data,
             models,
             tbt_deadline_ns,
             reports,
             offenders,
             include_warmup: false,
+        };
+        let suspects = crate::variance::suspects(&analysis.data);
+        analysis.flag_variance(&suspects, |_| None);
+        analysis
+    }
+
+    /// Put the `batch_variance` flags of these same-prompt groups
+    /// ([`crate::variance::suspects`]) on their members' reports, replacing
+    /// any before. A member's tokens come from the load's detail or from
+    /// `tokens`; a group whose tokens are not all at hand is flagged by its
+    /// digests alone, without the place it parted.
+    pub fn flag_variance<'a>(
+        &mut self,
+        groups: &[Vec<RequestIx>],
+        tokens: impl Fn(RequestIx) -> Option<&'a TokenDetail>,
+    ) {
+        let data = &self.data;
+        let detail = |r: RequestIx| {
+            data.requests[r as usize]
+                .detail
+                .as_ref()
+                .or_else(|| tokens(r))
+        };
+        let mut found: Vec<(RequestIx, Flag)> = Vec::new();
+        for g in groups {
+            if g.iter().all(|&r| detail(r).is_some()) {
+                for d in crate::variance::locate(data, g, detail) {
+                    let flag = Flag {
+                        name: "batch_variance",
+                        detail: crate::variance::describe(data, &d),
+                    };
+                    found.push((d.request, flag));
+                }
+                continue;
+            }
+            let first = &data.requests[g[0] as usize];
+            for &r in &g[1..] {
+                let c = &data.requests[r as usize].checks;
+                if (c.output_digest, c.digested)
+                    != (first.checks.output_digest, first.checks.digested)
+                {
+                    let detail = format!(
+                        "same prompt and greedy sampling as {}, but another answer (its tokens were not read to say where it parted)",
+                        first.display_id()
+                    );
+                    found.push((
+                        r,
+                        Flag {
+                            name: "batch_variance",
+                            detail,
+                        },
+                    ));
+                }
+            }
+        }
+        for rep in &mut self.reports {
+            rep.flags.retain(|f| f.name != "batch_variance");
+        }
+        for (r, flag) in found {
+            if let Some(rep) = self.reports.get_mut(r as usize) {
+                rep.flags.push(flag);
+            }
         }
     }
 
@@ -381,6 +444,23 @@ fn flags(data: &TraceData, r: &Request) -> Vec<Flag> {
                 opt(p.temperature),
                 opt(p.top_p),
                 opt(p.top_k)
+            ),
+        });
+    }
+    if let Some(s) = c
+        .low_confidence
+        .filter(|s| s.tokens >= data.low_confidence.tokens)
+    {
+        out.push(Flag {
+            name: "low_confidence",
+            detail: format!(
+                "{} tokens in a row from token {} had a most likely candidate under {:.0} % (mean {:.1} %, lowest {:.1} %){}",
+                s.tokens,
+                s.first,
+                data.low_confidence.below * 100.0,
+                s.mean() * 100.0,
+                s.lowest * 100.0,
+                if r.trace_top_k.is_some() { "; candidates captured by TOKTRACE_TOPK_SAMPLE" } else { "" }
             ),
         });
     }

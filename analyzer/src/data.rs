@@ -183,6 +183,42 @@ pub struct TokenChecks {
     pub last_id: Option<u32>,
     /// Index of the last sampled token.
     pub last_index: Option<u32>,
+    /// Digest of the sampled ids and their logprobs' bits, token after
+    /// token: requests that got the same prompt and greedy sampling and
+    /// produced the same answer have the same one (see `variance`).
+    pub output_digest: u64,
+    /// Tokens folded into `output_digest`.
+    pub digested: u32,
+    /// The longest stretch of tokens whose most likely candidate stayed
+    /// below the low-confidence probability.
+    pub low_confidence: Option<LowStretch>,
+    /// The stretch being counted.
+    pub(crate) low_run: Option<LowStretch>,
+}
+
+/// A stretch of consecutive tokens whose top-1 probability stayed below
+/// [`crate::load::LowConfidence::below`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LowStretch {
+    /// Index of its first token.
+    pub first: u32,
+    /// Its length in tokens.
+    pub tokens: u32,
+    /// The lowest top-1 probability in it.
+    pub lowest: f32,
+    /// The sum of its top-1 probabilities.
+    pub sum: f32,
+}
+
+impl LowStretch {
+    /// The mean top-1 probability over the stretch.
+    pub fn mean(&self) -> f32 {
+        if self.tokens == 0 {
+            0.0
+        } else {
+            self.sum / self.tokens as f32
+        }
+    }
 }
 
 /// One request as the engine saw it, joined with what its frontend saw.
@@ -211,6 +247,11 @@ pub struct Request {
     pub prompt_tokens: u32,
     /// Sampling parameters.
     pub params: SamplingParams,
+    /// The prompt's identity (FNV-1a of its token ids; format 2 on).
+    pub prompt_hash: Option<u64>,
+    /// Top-K the trace asked for on its own (`TOKTRACE_TOPK_SAMPLE`): the
+    /// client did not ask for these candidates.
+    pub trace_top_k: Option<u32>,
     /// When the engine let it go.
     pub finish_ns: Option<u64>,
     /// Why.
@@ -283,6 +324,8 @@ pub struct TraceData {
     pub unmatched_frontend_requests: u64,
     /// Read problems worked around (torn tails, corrupt frames, …), one line each.
     pub warnings: Vec<String>,
+    /// The thresholds the load's `low_confidence` check used.
+    pub low_confidence: crate::load::LowConfidence,
 }
 
 impl TraceData {

@@ -40,7 +40,7 @@ pub const CHECKPOINT_BYTES: u64 = 64 << 10;
 const WINDOW_MARGIN_NS: u64 = 100_000_000;
 const MAGIC: &[u8; 8] = b"TTINDEX\0";
 /// Bumped whenever the serialized layout changes: an older file is rebuilt.
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 
 /// Why an index could not be built or used.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +118,10 @@ pub struct IndexedRequest {
     pub prompt_tokens: u32,
     /// Sampling parameters.
     pub params: SamplingParams,
+    /// The prompt's identity.
+    pub prompt_hash: Option<u64>,
+    /// Top-K the trace asked for on its own.
+    pub trace_top_k: Option<u32>,
     /// Monotonic time range to read for this request (margin included).
     pub window: (u64, u64),
     /// Generated tokens recorded.
@@ -253,6 +257,8 @@ impl TraceIndex {
                 r.engine_arrival_ns = k.engine_arrival_ns;
                 r.prompt_tokens = k.prompt_tokens;
                 r.params = k.params.clone();
+                r.prompt_hash = k.prompt_hash;
+                r.trace_top_k = k.trace_top_k;
             }
             if r.external_id.is_none() {
                 r.external_id.clone_from(&k.external_id);
@@ -481,7 +487,8 @@ pub fn build(
         ..Default::default()
     };
     let data = load(dir, &options)?;
-    let analysis = Analysis::new(data, &AnalyzeOptions::default());
+    let mut analysis = Analysis::new(data, &AnalyzeOptions::default());
+    crate::variance::locate_in_dir(&mut analysis, dir)?;
     let mut segments = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
     // A segment that changed while it was read is stamped as listed before
     // the read, so the index is found stale next time rather than trusted.
@@ -559,6 +566,8 @@ fn request_windows(data: &TraceData) -> Vec<IndexedRequest> {
                 frontend_arrival_ns: r.frontend_arrival_ns,
                 prompt_tokens: r.prompt_tokens,
                 params: r.params.clone(),
+                prompt_hash: r.prompt_hash,
+                trace_top_k: r.trace_top_k,
                 window: (
                     lo.saturating_sub(WINDOW_MARGIN_NS),
                     hi.saturating_add(WINDOW_MARGIN_NS),

@@ -7,7 +7,8 @@
 //! ([`step_model`]), computes per-request latency metrics ([`metrics`]),
 //! splits every token's gap into expected work and excess laid at the
 //! culprits' doors ([`attribution`]), recognises each engine's warm-up
-//! ([`warmup`]) and flags accuracy problems. [`report`] gives the stable JSON
+//! ([`warmup`]) and flags accuracy problems (same-prompt requests that
+//! answered differently: [`variance`]). [`report`] gives the stable JSON
 //! shapes of the CLI,
 //! [`frames`] the same as polars DataFrames. [`index`] keeps, next to a large
 //! trace, what it takes to load one request's stretch of time alone, and
@@ -29,6 +30,7 @@ pub mod open;
 pub mod report;
 pub mod select;
 pub mod step_model;
+pub mod variance;
 pub mod warmup;
 
 pub use analysis::{Analysis, AnalyzeOptions};

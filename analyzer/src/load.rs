@@ -104,6 +104,29 @@ pub struct LoadOptions {
     /// Read only these parts of the trace (a time window); requests that
     /// arrived before it show by key until the caller names them.
     pub plan: Option<std::sync::Arc<ReadPlan>>,
+    /// What counts as a token the model was unsure of.
+    pub low_confidence: LowConfidence,
+}
+
+/// The `low_confidence` check's thresholds: a stretch of at least `tokens`
+/// consecutive tokens whose most likely candidate had a probability below
+/// `below` (only tokens with recorded candidates count; one without ends
+/// the stretch).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LowConfidence {
+    /// Top-1 probability under which a token is unsure.
+    pub below: f32,
+    /// Stretch length that makes the flag.
+    pub tokens: u32,
+}
+
+impl Default for LowConfidence {
+    fn default() -> Self {
+        LowConfidence {
+            below: 0.25,
+            tokens: 8,
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -114,6 +137,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("progress", &self.progress.is_some())
             .field("on_segment", &self.on_segment.is_some())
             .field("planned_segments", &self.plan.as_ref().map(|p| p.len()))
+            .field("low_confidence", &self.low_confidence)
             .finish()
     }
 }
@@ -136,7 +160,10 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<TraceData, ReadError> 
         .map(|p| size(p))
         .sum();
     let mut done = 0u64;
-    let mut data = TraceData::default();
+    let mut data = TraceData {
+        low_confidence: options.low_confidence,
+        ..Default::default()
+    };
     data.warnings
         .extend(files.warnings.iter().map(|w| w.to_string()));
     let mut frontends = Vec::new();
@@ -198,7 +225,10 @@ pub fn fold<I: IntoIterator<Item = Record>>(
     processes: impl IntoIterator<Item = (PathBuf, I)>,
     options: &LoadOptions,
 ) -> TraceData {
-    let mut data = TraceData::default();
+    let mut data = TraceData {
+        low_confidence: options.low_confidence,
+        ..Default::default()
+    };
     let mut frontends = Vec::new();
     for (pix, (dir, records)) in processes.into_iter().enumerate() {
         let mut folder = ProcessFolder::for_dir(pix as u32, &dir, &data, options);
@@ -567,6 +597,8 @@ impl<'o> ProcessFolder<'o> {
                 r.engine_arrival_ns = Some(a.arrival_ns);
                 r.prompt_tokens = a.prompt_tokens;
                 r.params = a.params;
+                r.prompt_hash = a.prompt_hash;
+                r.trace_top_k = a.trace_top_k;
             }
             None => {
                 self.orphans += 1;
@@ -700,7 +732,10 @@ impl<'o> ProcessFolder<'o> {
             }
             checks.last_id = Some(id);
             checks.last_index = Some(t.index);
+            checks.output_digest = digest_token(checks.output_digest, id, t.logprob);
+            checks.digested += 1;
         }
+        note_confidence(checks, &t, self.options.low_confidence.below);
         if let Some(d) = r.detail.as_mut() {
             d.ids.push(t.token_id);
             d.logprobs.push(t.logprob);
@@ -762,6 +797,54 @@ impl<'o> ProcessFolder<'o> {
             emits: Vec::new(),
         }));
         (self.process, Some(out))
+    }
+}
+
+/// Fold one sampled token (id and logprob bits) into a request's output
+/// digest; the chain keeps the order.
+fn digest_token(digest: u64, id: u32, logprob: Option<f32>) -> u64 {
+    let word = u64::from(id) | (u64::from(logprob.map_or(u32::MAX, f32::to_bits)) << 32);
+    (digest ^ word)
+        .wrapping_mul(0x0000_0100_0000_01b3)
+        .rotate_left(29)
+}
+
+/// Extend or end the request's run of unsure tokens with token `t`.
+fn note_confidence(
+    checks: &mut crate::data::TokenChecks,
+    t: &probe_core::event::TokenView<'_>,
+    below: f32,
+) {
+    if t.top_logprobs.is_empty() {
+        checks.low_run = None;
+        return;
+    }
+    let top1 = t
+        .top_logprobs
+        .iter()
+        .copied()
+        .chain(t.logprob)
+        .fold(f32::NEG_INFINITY, f32::max)
+        .exp();
+    if top1.is_nan() || top1 >= below {
+        checks.low_run = None;
+        return;
+    }
+    let run = checks.low_run.get_or_insert(crate::data::LowStretch {
+        first: t.index,
+        tokens: 0,
+        lowest: top1,
+        sum: 0.0,
+    });
+    run.tokens += 1;
+    run.lowest = run.lowest.min(top1);
+    run.sum += top1;
+    let run = *run;
+    if checks
+        .low_confidence
+        .is_none_or(|best| run.tokens > best.tokens)
+    {
+        checks.low_confidence = Some(run);
     }
 }
 

@@ -61,7 +61,12 @@ pub fn load_trace(dir: &Path, progress: Option<ProgressHook>) -> Result<Analysis
         "reading the trace {}",
         dir.display()
     )))?;
-    Ok(Analysis::new(data, &AnalyzeOptions::default()))
+    let mut analysis = Analysis::new(data, &AnalyzeOptions::default());
+    crate::variance::locate_in_dir(&mut analysis, dir).map_err(OpenError::read(format!(
+        "reading the tokens of same-prompt requests in {}",
+        dir.display()
+    )))?;
+    Ok(analysis)
 }
 
 /// Fetches the per-token detail of one request on demand.

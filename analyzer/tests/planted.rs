@@ -30,6 +30,12 @@ struct Sim {
     planted_ids: BTreeMap<(u32, u32), u32>,
     /// Planted: tokens whose id is outside their top-5.
     outside: Vec<(u32, u32)>,
+    /// Planted: key -> the key whose prompt and answer it repeats.
+    twin: BTreeMap<u32, u32>,
+    /// Planted: (key, index) -> the sampled token's logprob (else -0.1).
+    planted_logprobs: BTreeMap<(u32, u32), f32>,
+    /// Planted: (key, first index, last index) whose top-1 candidate is unsure.
+    unsure: Vec<(u32, u32, u32)>,
 }
 
 impl Sim {
@@ -55,6 +61,9 @@ impl Sim {
             live: BTreeMap::new(),
             planted_ids: BTreeMap::new(),
             outside: Vec::new(),
+            twin: BTreeMap::new(),
+            planted_logprobs: BTreeMap::new(),
+            unsure: Vec::new(),
         }
     }
 
@@ -80,8 +89,15 @@ impl Sim {
                 logprobs: Some(5),
                 ..Default::default()
             },
+            prompt_hash: Some(probe_core::prompt::prompt_hash(&[self.answer_key(key)])),
+            trace_top_k: None,
         }));
         self.live.insert(key, (prompt, 0, wanted));
+    }
+
+    /// The key whose answer request `key` gives (its own, unless a twin).
+    fn answer_key(&self, key: u32) -> u32 {
+        self.twin.get(&key).copied().unwrap_or(key)
     }
 
     /// One step. `prefill_time_ms` adds a planted prefill cost on top of the
@@ -129,7 +145,7 @@ impl Sim {
                 .planted_ids
                 .get(&(key, index))
                 .copied()
-                .unwrap_or(10 + (index * 7 + key) % 500);
+                .unwrap_or(10 + (index * 7 + self.answer_key(key)) % 500);
             s.tokens.runs.push(TokenRun {
                 req: key,
                 first_index: index,
@@ -137,13 +153,24 @@ impl Sim {
                 top_k: Some(5),
             });
             s.tokens.ids.0.push(id);
-            s.tokens.logprobs.0.push(-0.1);
+            let unsure = self
+                .unsure
+                .iter()
+                .any(|&(k, a, b)| k == key && (a..=b).contains(&index));
+            // Unsure: the best candidate (the one sampled) at 10 %.
+            let logprob = match self.planted_logprobs.get(&(key, index)) {
+                Some(&l) => l,
+                None if unsure => 0.1f32.ln(),
+                None => -0.1,
+            };
+            s.tokens.logprobs.0.push(logprob);
             s.tokens.ranks.0.push(1);
             let outside = self.outside.contains(&(key, index));
+            let top1 = logprob;
             for c in 0..5u32 {
                 let cand = if c == 0 && !outside { id } else { 600 + c };
                 s.tokens.top_ids.0.push(cand);
-                s.tokens.top_logprobs.0.push(-0.1 - c as f32);
+                s.tokens.top_logprobs.0.push(top1 - c as f32);
             }
             let e = self.live.get_mut(&key).expect("live");
             e.0 = 0;
@@ -320,4 +347,121 @@ fn accuracy_flags() {
     assert_eq!(r8.flags, vec!["sampled_outside_top_k"], "{r8:?}");
     let r10 = a.request_row(id_of(&a, "R10"));
     assert!(r10.flags.is_empty(), "{r10:?}");
+}
+
+/// Same prompt, greedy: the twin that answers alike is not flagged; the one
+/// that takes another token at 5, and the one whose logprob moves at 3, are,
+/// with the step, its batch and who was in it.
+#[test]
+fn batch_variance_names_where_same_prompt_answers_parted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(dir.path());
+    let none = BTreeMap::new();
+    for twin in [21, 22, 23] {
+        sim.twin.insert(twin, 20);
+    }
+    sim.planted_ids.insert((22, 5), 499);
+    sim.planted_logprobs.insert((23, 3), -0.1 + 1e-3);
+    // Within the tolerance: not a parting.
+    sim.planted_logprobs.insert((21, 2), -0.1 + 1e-6);
+    sim.arrive(20, 20, 8);
+    for _ in 0..2 {
+        sim.step(&none, &[], &[]);
+    }
+    sim.arrive(21, 20, 8);
+    sim.arrive(22, 20, 8);
+    sim.arrive(23, 20, 8);
+    sim.arrive(30, 20, 12);
+    for _ in 0..14 {
+        sim.step(&none, &[], &[]);
+    }
+    sim.finish();
+
+    let a = analyze(dir.path());
+    let variance = |id: &str| -> Vec<String> {
+        a.reports[id_of(&a, id) as usize]
+            .flags
+            .iter()
+            .filter(|f| f.name == "batch_variance")
+            .map(|f| f.detail.clone())
+            .collect()
+    };
+    assert!(variance("R20").is_empty() && variance("R21").is_empty());
+    assert!(variance("R30").is_empty(), "another prompt");
+    let [r22] = variance("R22").try_into().expect("one flag on R22");
+    assert!(
+        r22.contains("parted at token 5: token 499 where R20 has"),
+        "{r22}"
+    );
+    // R22's token 5 came out of step 7 (arrived before step 2; prefill first),
+    // in a batch of 5 with R20, R21, R23 and R30.
+    assert!(
+        r22.contains("this request in step 7 (batch of 5, with R20, R21, R23, R30)"),
+        "{r22}"
+    );
+    assert!(r22.contains("R20 in step 5 (batch of 5,"), "{r22}");
+    let [r23] = variance("R23").try_into().expect("one flag on R23");
+    assert!(r23.contains("parted at token 3: the same token"), "{r23}");
+
+    // Without the tokens kept by the load, the flag still comes (from the
+    // digests), and the trace read again says where.
+    let light = load(dir.path(), &LoadOptions::default()).expect("load");
+    let mut b = Analysis::new(light, &AnalyzeOptions::default());
+    let r22_light = &b.reports[id_of(&b, "R22") as usize].flags;
+    assert!(r22_light
+        .iter()
+        .any(|f| f.name == "batch_variance" && f.detail.contains("not read")));
+    toktrace_analyzer::variance::locate_in_dir(&mut b, dir.path()).expect("locate");
+    let located: Vec<&str> = b.reports[id_of(&b, "R22") as usize]
+        .flags
+        .iter()
+        .filter(|f| f.name == "batch_variance")
+        .map(|f| f.detail.as_str())
+        .collect();
+    assert_eq!(located, [r22.as_str()]);
+}
+
+/// Eight unsure tokens in a row make `low_confidence`; seven do not, and
+/// the thresholds are the load's to set.
+#[test]
+fn low_confidence_needs_a_stretch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(dir.path());
+    let none = BTreeMap::new();
+    sim.unsure.push((40, 2, 9));
+    sim.unsure.push((41, 2, 8));
+    sim.arrive(40, 20, 14);
+    sim.arrive(41, 20, 14);
+    for _ in 0..16 {
+        sim.step(&none, &[], &[]);
+    }
+    sim.finish();
+
+    let a = analyze(dir.path());
+    let flags = |a: &Analysis, id: &str| -> Vec<String> {
+        a.reports[id_of(a, id) as usize]
+            .flags
+            .iter()
+            .filter(|f| f.name == "low_confidence")
+            .map(|f| f.detail.clone())
+            .collect()
+    };
+    let [r40] = flags(&a, "R40").try_into().expect("R40 flagged");
+    assert!(r40.starts_with("8 tokens in a row from token 2"), "{r40}");
+    assert!(r40.contains("lowest 10.0 %"), "{r40}");
+    assert!(flags(&a, "R41").is_empty());
+    // A stricter probability: no token is that unsure.
+    let strict = load(
+        dir.path(),
+        &LoadOptions {
+            low_confidence: toktrace_analyzer::load::LowConfidence {
+                below: 0.05,
+                tokens: 8,
+            },
+            ..Default::default()
+        },
+    )
+    .expect("load");
+    let b = Analysis::new(strict, &AnalyzeOptions::default());
+    assert!(flags(&b, "R40").is_empty());
 }

@@ -57,6 +57,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(noop, m)?)?;
     m.add_function(wrap_pyfunction!(direct_reads, m)?)?;
     m.add_function(wrap_pyfunction!(attrs::attr_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(probe::prompt_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(probe::topk_sampled, m)?)?;
     m.add("FORMAT_VERSION", probe_core::FORMAT_VERSION)?;
     Ok(())
 }

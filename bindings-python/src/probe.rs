@@ -18,7 +18,7 @@ use probe_core::event::{
 use probe_core::{clock, FsyncPolicy, Probe, ProbeConfig};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyString, PyTuple};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -310,72 +310,50 @@ impl NativeProbe {
 
     /// Record request arrivals, one tuple per request:
     /// `(internal_id, external_id, traceparent, prompt_tokens, temperature, top_p,
-    ///   top_k, max_tokens, logprobs, seed, arrival_ns)`; any field but the first
-    /// may be None. `arrival_ns` is CLOCK_MONOTONIC (`time.monotonic_ns()`);
-    /// None means now.
-    #[allow(clippy::type_complexity)]
-    fn record_arrivals(
-        &self,
-        arrivals: Vec<(
-            Bound<'_, PyString>,
-            Option<String>,
-            Option<String>,
-            Option<u32>,
-            Option<f64>,
-            Option<f64>,
-            Option<i64>,
-            Option<u32>,
-            Option<i64>,
-            Option<u64>,
-            Option<u64>,
-        )>,
-    ) -> PyResult<usize> {
+    ///   top_k, max_tokens, logprobs, seed, arrival_ns[, prompt_hash, trace_top_k])`;
+    /// any field but the first may be None. `arrival_ns` is CLOCK_MONOTONIC
+    /// (`time.monotonic_ns()`); None means now. `prompt_hash` comes from
+    /// `prompt_hash(ids)`; `trace_top_k` is the top-K the adapter asked the
+    /// engine for on the trace's behalf (`TOKTRACE_TOPK_SAMPLE`).
+    fn record_arrivals(&self, arrivals: Vec<ArrivalRow>) -> PyResult<usize> {
         let now = clock::monotonic_ns();
         let mut recorded = 0;
-        for (
-            id,
-            external,
-            traceparent,
-            prompt,
-            temp,
-            top_p,
-            top_k,
-            max_tokens,
-            logprobs,
-            seed,
-            at,
-        ) in arrivals
-        {
+        for a in arrivals {
             // The arrival written here is the first sight: no extra record.
             let key = {
                 let mut interner = self.interner()?;
-                let known = interner.key(id.as_any(), &mut Vec::new())?;
+                let known = interner.key(a.id.as_any(), &mut Vec::new())?;
                 if let Some(p) = interner.live().prompts.get_mut(known.slot as usize) {
-                    *p = prompt;
+                    *p = a.prompt;
                 }
                 known.key
             };
-            let (trace_id, parent_span_id) = traceparent
+            let (trace_id, parent_span_id) = a
+                .traceparent
                 .as_deref()
                 .and_then(parse_traceparent)
                 .map_or((None, None), |(t, s)| (Some(t), Some(s)));
             let ok = self.record(Record::Arrival(RequestArrival {
                 req: key,
-                arrival_ns: at.unwrap_or(now),
-                internal_id: id.to_str()?.to_owned(),
-                external_id: external,
+                arrival_ns: a.at.unwrap_or(now),
+                internal_id: a.id.to_str()?.to_owned(),
+                external_id: a.external,
                 trace_id,
                 parent_span_id,
-                prompt_tokens: prompt.unwrap_or(0),
+                prompt_tokens: a.prompt.unwrap_or(0),
                 params: SamplingParams {
-                    temperature: temp.map(|t| t as f32),
-                    top_p: top_p.map(|t| t as f32),
-                    top_k: top_k.map(|k| k.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32),
-                    max_tokens,
+                    temperature: a.temperature.map(|t| t as f32),
+                    top_p: a.top_p.map(|t| t as f32),
+                    top_k: a
+                        .top_k
+                        .map(|k| k.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32),
+                    max_tokens: a.max_tokens,
                     // Engines use negative values for "all"/"off": keep only real requests.
-                    logprobs: logprobs.and_then(|l| u32::try_from(l).ok()),
-                    seed,
+                    logprobs: a.logprobs.and_then(|l| u32::try_from(l).ok()),
+                    seed: a.seed,
                 },
+                prompt_hash: a.prompt_hash,
+                trace_top_k: a.trace_top_k,
             }))?;
             recorded += usize::from(ok);
         }
@@ -1049,4 +1027,73 @@ mod tests {
             proptest::prop_assert_eq!(parse_traceparent(&header), Some((t, s)));
         }
     }
+}
+
+/// One arrival as the adapters hand it over: the eleven fields every
+/// adapter gives, then the two format 2 added, which older adapters leave
+/// out (see `NativeProbe::record_arrivals`).
+pub struct ArrivalRow<'py> {
+    id: Bound<'py, PyString>,
+    external: Option<String>,
+    traceparent: Option<String>,
+    prompt: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    max_tokens: Option<u32>,
+    logprobs: Option<i64>,
+    seed: Option<u64>,
+    at: Option<u64>,
+    prompt_hash: Option<u64>,
+    trace_top_k: Option<u32>,
+}
+
+impl<'py> FromPyObject<'py> for ArrivalRow<'py> {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let t = ob.downcast::<PyTuple>()?;
+        let n = t.len();
+        if n != 11 && n != 13 {
+            return Err(PyValueError::new_err(format!(
+                "an arrival is a tuple of 11 or 13 fields, not {n}"
+            )));
+        }
+        let extra = |i: usize| -> PyResult<Bound<'py, PyAny>> {
+            if i < n {
+                t.get_item(i)
+            } else {
+                Ok(t.py().None().into_bound(t.py()))
+            }
+        };
+        Ok(ArrivalRow {
+            id: t.get_item(0)?.downcast_into::<PyString>()?,
+            external: t.get_item(1)?.extract()?,
+            traceparent: t.get_item(2)?.extract()?,
+            prompt: t.get_item(3)?.extract()?,
+            temperature: t.get_item(4)?.extract()?,
+            top_p: t.get_item(5)?.extract()?,
+            top_k: t.get_item(6)?.extract()?,
+            max_tokens: t.get_item(7)?.extract()?,
+            logprobs: t.get_item(8)?.extract()?,
+            seed: t.get_item(9)?.extract()?,
+            at: t.get_item(10)?.extract()?,
+            prompt_hash: extra(11)?.extract()?,
+            trace_top_k: extra(12)?.extract()?,
+        })
+    }
+}
+
+/// FNV-1a (64 bits) of a prompt's token ids (a list or array of ints), as the
+/// arrival record holds it; None when they are not all unsigned 32-bit ints.
+#[pyfunction]
+pub fn prompt_hash(ids: &Bound<'_, PyAny>) -> Option<u64> {
+    let mut v = Vec::new();
+    extend_u32(ids, &mut v).ok()?;
+    Some(probe_core::prompt::prompt_hash(&v))
+}
+
+/// Whether a prompt with this hash is among the fraction `rate` (0 to 1) whose
+/// top-K the trace captures; the same answer in every process.
+#[pyfunction]
+pub fn topk_sampled(hash: u64, rate: f64) -> bool {
+    probe_core::prompt::topk_sampled(hash, rate)
 }

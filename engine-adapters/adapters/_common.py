@@ -347,3 +347,40 @@ def note_verdict(engine: str, version: str, module: str, tested: bool) -> None:
         print(f"toktrace: {engine} {version}: engine version not tested; traced with the layout "
               f"{module.rsplit('.', 1)[-1]} because {ALLOW_UNTESTED}=1 and its hook points check out",
               file=sys.stderr, flush=True)
+
+
+# ===== top-K for the trace (TOKTRACE_TOPK_SAMPLE) =====
+
+_untested_sampling_warned: set[str] = set()
+
+
+def prompt_identity(rec: Any, engine: str, prompt_ids: Any, asked: int | None,
+                    engine_max: int | None) -> tuple[int | None, int | None]:
+    """The prompt's hash, and the top-K to ask the engine for on the trace's
+    behalf (None: leave the request as the client made it).
+
+    A request is sampled when its prompt's hash falls in the configured
+    fraction (``TOKTRACE_TOPK_SAMPLE``), the same in every process, so that
+    identical prompts are taken together. Its K is ``TOKTRACE_TOPK`` (5 when
+    unset) clamped to the engine's own limit; a client that already asked
+    for as many (or for all) is left alone. Only on engine releases whose
+    layout was tested: elsewhere one warning and no capture.
+    """
+    from toktrace._native import prompt_hash, topk_sampled
+
+    h = None if prompt_ids is None else prompt_hash(prompt_ids)
+    cfg = rec.config
+    if h is None or cfg.topk_sample <= 0.0 or not topk_sampled(h, cfg.topk_sample):
+        return h, None
+    if verdicts.get(engine, {}).get("engine_version_tested") != "yes":
+        if engine not in _untested_sampling_warned:
+            _untested_sampling_warned.add(engine)
+            print(f"toktrace: {engine}: TOKTRACE_TOPK_SAMPLE is ignored on an engine release not tested; "
+                  "requests keep the logprobs their clients asked for", file=sys.stderr, flush=True)
+        return h, None
+    k = cfg.sample_top_k
+    if engine_max is not None and engine_max >= 0:
+        k = min(k, engine_max)
+    if k <= 0 or (asked is not None and (asked < 0 or asked >= k)):
+        return h, None
+    return h, k

@@ -58,6 +58,7 @@ pub mod drain;
 pub mod files;
 pub mod follow;
 pub mod format;
+pub mod prompt;
 pub mod reader;
 pub mod ring;
 pub mod synth;

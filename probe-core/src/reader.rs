@@ -228,13 +228,14 @@ pub(crate) fn decode_frames_until(
     tail: Tail,
 ) -> usize {
     let path = segment.path.clone();
+    let version = segment.format_version;
     let at = |pos: usize| base + pos as u64;
     let mut pos = from;
     while pos < bytes.len() {
         match frame_at(bytes, pos) {
             FrameAt::Valid(len) => {
                 let payload = &bytes[pos + FRAME_HEADER_LEN..pos + FRAME_HEADER_LEN + len];
-                match frame::decode_payload(payload) {
+                match frame::decode_payload(payload, version) {
                     Ok(record) => {
                         if let Err(e) = check(&record) {
                             segment.warnings.push(ReadWarning::Undecodable {

@@ -110,6 +110,9 @@ pub fn arrival(req: u32) -> Record {
             logprobs: Some(5),
             seed: None,
         },
+        // Every tenth prompt is repeated: same-prompt requests for the analyzer.
+        prompt_hash: Some(crate::prompt::prompt_hash(&[req / 10 * 10])),
+        trace_top_k: None,
     })
 }
 

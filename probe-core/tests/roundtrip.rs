@@ -240,3 +240,36 @@ fn arrivals_that_never_finish_cannot_make_every_segment_repetition() {
     let steps = common::step_ids(&common::records(&trace));
     assert_eq!(steps, (0..3_000).collect::<Vec<_>>());
 }
+
+/// A trace written in format version 1 (a real vLLM run committed under
+/// fixtures/) still reads: its arrivals come without the fields version 2
+/// added, and everything else is as it was.
+#[test]
+fn format_1_traces_still_read() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/traces/vllm-mixed/trace");
+    let trace = probe_core::read_trace(&dir).expect("fixture trace");
+    let mut arrivals = 0;
+    let mut steps = 0;
+    for p in &trace.processes {
+        for s in &p.segments {
+            assert_eq!(s.format_version, 1, "{}", s.path.display());
+            assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        }
+        for r in p.records() {
+            match r {
+                Record::Arrival(a) => {
+                    arrivals += 1;
+                    assert_eq!((a.prompt_hash, a.trace_top_k), (None, None));
+                    assert!(!a.internal_id.is_empty());
+                }
+                Record::Step(_) => steps += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        arrivals >= 18 && steps > 0,
+        "{arrivals} arrivals, {steps} steps"
+    );
+}

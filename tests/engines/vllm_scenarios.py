@@ -15,6 +15,11 @@ interference  chunked prefill off; 4 requests decode, then a prompt of
               thousands of tokens arrives (LLMEngine driven step by step).
 preempt       a KV cache of a few blocks (num_gpu_blocks_override) and more
               work than fits, so the scheduler preempts.
+topk          requests asking for no logprobs, for 2 and for 5, greedy and
+              seeded, two prompts sent twice; run with TOKTRACE_TOPK_SAMPLE
+              set or not (what the clients get must not change).
+topk-serial   the same one request at a time (max_num_seqs=1): outputs
+              comparable byte for byte between runs.
 """
 
 from __future__ import annotations
@@ -141,9 +146,32 @@ def preempt() -> dict:
     return dump_outputs(outs)
 
 
+def topk(serial: bool) -> dict:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(**engine_kwargs(max_num_seqs=1 if serial else 32))
+    prompts, params = [], []
+    for i in range(12):
+        # Prompts 0 and 1 come back as 6 and 7: same prompt, greedy.
+        p = text(6 + 3 * (i % 6), offset=i % 6)
+        asked = (None, None, 2, 5)[i % 4]
+        greedy = i % 4 != 3
+        prompts.append(p)
+        params.append(SamplingParams(max_tokens=10 + i % 3 if i % 6 > 1 else 12, logprobs=asked,
+                                     temperature=0.0 if greedy else 0.8, seed=None if greedy else 50 + i))
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    result = dump_outputs(outs)
+    for req, ro in zip(result["requests"], outs):
+        for co_out, co in zip(req["outputs"], ro.outputs):
+            co_out["text"] = co.text
+            co_out["cumulative_logprob"] = co.cumulative_logprob
+        req["asked_logprobs"] = ro.outputs[0].logprobs is not None
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["mixed", "interference", "preempt"])
+    ap.add_argument("scenario", choices=["mixed", "interference", "preempt", "topk", "topk-serial"])
     ap.add_argument("out")
     ap.add_argument("--method", choices=["fork", "spawn"], default="spawn",
                     help="how vLLM starts its engine-core process")
@@ -166,7 +194,8 @@ def main() -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = {"mixed": mixed, "interference": interference, "preempt": preempt}[args.scenario]()
+    result = {"mixed": mixed, "interference": interference, "preempt": preempt,
+              "topk": lambda: topk(serial=False), "topk-serial": lambda: topk(serial=True)}[args.scenario]()
     result["engine_core_started_by"] = "fork" if started_by else "spawn"
     with open(args.out, "w") as f:
         json.dump(result, f)

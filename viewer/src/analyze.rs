@@ -14,9 +14,20 @@ use toktrace_viewer::progress;
 
 pub(crate) fn analyze(dir: &Path, load: &LoadOptions, args: &AnalysisArgs) -> Result<Analysis> {
     let t0 = std::time::Instant::now();
-    let data = read(dir, load.clone())?;
+    let data = read(
+        dir,
+        LoadOptions {
+            low_confidence: args.low_confidence(),
+            ..load.clone()
+        },
+    )?;
     let t1 = std::time::Instant::now();
-    let a = analyze_loaded(data, args);
+    let mut a = analyze_loaded(data, args);
+    // Same-prompt requests that answered differently: where they parted
+    // takes their tokens, read again for those few requests.
+    if let Err(e) = toktrace_analyzer::variance::locate_in_dir(&mut a, dir) {
+        eprintln!("toktrace: warning: batch variance not located: {e}");
+    }
     if std::env::var_os("TOKTRACE_TIMING").is_some() {
         eprintln!(
             "toktrace: load {:.2} s, analysis {:.2} s",

@@ -407,6 +407,30 @@ pub struct AnalysisArgs {
     /// listed, marked, and left out: their latency measures the engine's start.
     #[arg(long)]
     pub include_warmup: bool,
+    /// The `low_confidence` flag: a token is unsure when its most likely
+    /// candidate's probability is under this (0 to 1; needs recorded top-K).
+    #[arg(long, value_name = "P", default_value_t = 0.25, value_parser = probability)]
+    pub low_confidence_below: f32,
+    /// The `low_confidence` flag: how many unsure tokens in a row make it.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub low_confidence_tokens: u32,
+}
+
+impl AnalysisArgs {
+    /// The `low_confidence` thresholds given.
+    pub fn low_confidence(&self) -> toktrace_analyzer::load::LowConfidence {
+        toktrace_analyzer::load::LowConfidence {
+            below: self.low_confidence_below,
+            tokens: self.low_confidence_tokens,
+        }
+    }
+}
+
+fn probability(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
 }
 
 /// What `requests --sort` orders by.

@@ -263,6 +263,9 @@ impl Sim {
                 logprobs: self.cfg.top_k.map(u32::from),
                 seed: None,
             },
+            // No prompt ids here: one identity per request, the size a real one takes.
+            prompt_hash: Some(probe_core::prompt::prompt_hash(&[n as u32, prompt])),
+            trace_top_k: None,
         }
     }
 

@@ -36,6 +36,13 @@ class Config:
     flush_ms: int = 50
     role: str | None = None
     adapters: str = ""
+    # TOKTRACE_TOPK_SAMPLE: the fraction of requests (chosen by their
+    # prompt's hash) for which the engine computes top-K candidates for the
+    # trace alone, whatever the client asked; 0 is off.
+    topk_sample: float = 0.0
+    # How many candidates those requests get: TOKTRACE_TOPK when given,
+    # else 5 (adapters clamp it to the engine's own limit).
+    sample_top_k: int = 5
 
 
 def _get(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
@@ -82,6 +89,15 @@ def from_env(env: Mapping[str, str] | None = None) -> Config | None:
         if not 0 <= k <= 255:
             raise ConfigError(f"{v[0]}={v[1]!r}: expected 0-255")
         kwargs["top_k_cap"] = k
+        kwargs["sample_top_k"] = k
+    if (v := _get(env, "TOPK_SAMPLE")) is not None:
+        try:
+            rate = float(v[1])
+        except ValueError:
+            raise ConfigError(f"{v[0]}={v[1]!r}: expected a fraction of requests from 0 to 1, such as 0.01") from None
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"{v[0]}={v[1]!r}: expected a fraction of requests from 0 to 1, such as 0.01")
+        kwargs["topk_sample"] = rate
     if (v := _get(env, "RING_SLOTS")) is not None:
         kwargs["ring_slots"] = parse_size(*v)
     for name, field in (

@@ -23,7 +23,9 @@ named by the release that changed it:
 Engine-core process (where the scheduler lives):
 - ``Scheduler.__init__``: process info (model, special tokens, rank).
 - ``Scheduler.add_request``: arrival (internal id, traceparent, prompt length,
-  sampling parameters).
+  sampling parameters, the prompt's hash); for a request sampled by
+  ``TOKTRACE_TOPK_SAMPLE``, its own copy of the sampling parameters asking
+  for top-K (``_prompt_identity``).
 - ``Scheduler.schedule``: the moment a batch is launched (a step's *enter*),
   queue lengths, KV usage and preemptions, kept per ``SchedulerOutput``.
 - ``Scheduler.update_from_output``: called once per executed batch with the
@@ -56,6 +58,7 @@ and ``cu_num_generated_tokens`` (row offsets under speculative decoding);
 from __future__ import annotations
 
 import contextvars
+import copy
 import inspect
 import itertools
 import sys
@@ -168,6 +171,9 @@ class _SchedState:
         # before their finish was seen still lists them (vLLM discards what
         # it computes for them), and the trace leaves them out of that batch.
         self.finished_lately: dict[str, int] = {}
+        # Requests whose logprobs only the trace asked for: taken off their
+        # outputs once recorded, so their clients get none.
+        self.trace_only: set[str] = set()
 
 
 def _state(sched: Any) -> _SchedState:
@@ -254,24 +260,57 @@ def _params(sp: Any) -> tuple:
 def _wrap_add_request(orig):
     def add_request(self, request: Any) -> None:
         known = request.request_id in self.requests
+        rec = None if known else _recorder()
+        identity: tuple = (None, None)
+        params = (None,) * 6
+        if rec is not None:
+            try:
+                # What the client asked for, before the trace asks for more.
+                params = _params(request.sampling_params)
+                identity = _prompt_identity(self, rec, request)
+            except Exception as exc:  # noqa: BLE001
+                _guard.failed("Scheduler.add_request (prompt)", exc)
         orig(self, request)
-        if known:
-            return  # a streaming-input continuation, not a new request
+        if rec is None:
+            return  # tracing off, or a streaming-input continuation
         try:
-            rec = _recorder()
-            if rec is not None:
-                rec.arrivals([(
-                    request.request_id,
-                    None,
-                    C.traceparent(getattr(request, "trace_headers", None)),
-                    int(request.num_prompt_tokens),
-                    *_params(request.sampling_params),
-                    C.unix_to_mono_ns(getattr(request, "arrival_time", None)),
-                )])
+            rec.arrivals([(
+                request.request_id,
+                None,
+                C.traceparent(getattr(request, "trace_headers", None)),
+                int(request.num_prompt_tokens),
+                *params,
+                C.unix_to_mono_ns(getattr(request, "arrival_time", None)),
+                *identity,
+            )])
         except Exception as exc:  # noqa: BLE001
             _guard.failed("Scheduler.add_request", exc)
 
     return add_request
+
+
+def _prompt_identity(sched: Any, rec: Any, request: Any) -> tuple:
+    """The prompt's hash and, for a request sampled for top-K
+    (``TOKTRACE_TOPK_SAMPLE``), the K asked of the engine. Such a request
+    gets its own copy of its sampling parameters with ``logprobs`` raised:
+    the model runner computes its top-K, the step hook records them, and
+    ``_after_update`` takes them off the outputs of a request whose client
+    asked for none; one that asked for fewer gets them truncated by the
+    frontend, as for any request in a batch where another asked for more
+    (``append_logprobs_for_next_position``)."""
+    sp = request.sampling_params
+    if sp is None:
+        return (None, None)
+    asked = sp.logprobs
+    engine_max = getattr(sched.vllm_config.model_config, "max_logprobs", None)
+    h, k = C.prompt_identity(rec, ENGINE, request.prompt_token_ids, asked, engine_max)
+    if k is not None:
+        mine = copy.copy(sp)
+        mine.logprobs = k
+        request.sampling_params = mine
+        if asked is None:
+            _state(sched).trace_only.add(request.request_id)
+    return (h, k)
 
 
 def _wrap_schedule(orig):
@@ -395,11 +434,22 @@ def _after_update(rec: Any, st: _SchedState, so: Any, mro: Any, pre: tuple, out:
             logprob_rows=rows, run_has_logprobs=has_lp)
     except Exception as exc:  # noqa: BLE001
         rec.failed("record_step", exc)
+    if st.trace_only and has_lp is not None:
+        _take_trace_only_logprobs(st.trace_only, outputs)
     if finishes:
         rec.finishes(finishes)
         for f in finishes:
             st.finished_lately[f[0]] = 0
+            st.trace_only.discard(f[0])
     return t0
+
+
+def _take_trace_only_logprobs(only: set, outputs: list) -> None:
+    """Take the logprobs of requests whose client asked for none off their
+    outputs, before vLLM hands them to the frontend."""
+    for o in outputs:
+        if o.new_logprobs is not None and o.request_id in only:
+            o.new_logprobs = None
 
 
 def _wrap_update_from_output(orig):
@@ -440,9 +490,10 @@ def _wrap_finish_requests(orig):
             if rec is not None and finished:
                 reason = "error" if "ERROR" in str(finished_status) else "abort"
                 rec.finishes([(r.request_id, reason, r.num_output_tokens) for r in finished])
-                lately = _state(self).finished_lately
+                st = _state(self)
                 for r in finished:
-                    lately[r.request_id] = 0
+                    st.finished_lately[r.request_id] = 0
+                    st.trace_only.discard(r.request_id)
         except Exception as exc:  # noqa: BLE001
             _guard.failed("Scheduler.finish_requests", exc)
         return finished

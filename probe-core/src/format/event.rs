@@ -248,6 +248,14 @@ pub struct RequestArrival {
     pub prompt_tokens: u32,
     /// Sampling parameters.
     pub params: SamplingParams,
+    /// The prompt's identity: FNV-1a 64 of its token ids (each as u32 little
+    /// endian), so that requests with the same prompt can be compared
+    /// (format 2 on; `None` in older traces or when the engine gave no ids).
+    pub prompt_hash: Option<u64>,
+    /// Top-K candidates toktrace asked the engine to compute for the trace
+    /// alone (`TOKTRACE_TOPK_SAMPLE`), beyond what the client asked for;
+    /// `None` when the request was not sampled (format 2 on).
+    pub trace_top_k: Option<u32>,
 }
 
 /// Why a request finished.

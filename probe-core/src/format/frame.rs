@@ -77,9 +77,16 @@ pub fn encode_frame(
     Ok(out.len() - start)
 }
 
-/// Decode one record from a frame's payload (already CRC-checked).
-pub fn decode_payload(payload: &[u8]) -> Result<Record, bincode::error::DecodeError> {
-    let (record, used): (Record, usize) = bincode::serde::decode_from_slice(payload, config())?;
+/// Decode one record from a frame's payload (already CRC-checked) of a
+/// segment of format `version` (one the reader accepts).
+pub fn decode_payload(payload: &[u8], version: u16) -> Result<Record, bincode::error::DecodeError> {
+    let (record, used): (Record, usize) = if version == 1 {
+        let (r, used): (super::v1::RecordV1, usize) =
+            bincode::serde::decode_from_slice(payload, config())?;
+        (r.into(), used)
+    } else {
+        bincode::serde::decode_from_slice(payload, config())?
+    };
     if used != payload.len() {
         return Err(bincode::error::DecodeError::OtherString(format!(
             "{} trailing bytes after the record",

@@ -9,6 +9,7 @@
 //!   bincode; the per-token data of a step as columns.
 //! - [`columns`]: how those columns are packed (LEB128, raw floats).
 //! - `packed`: the compact encodings of a step's batch and token runs.
+//! - `v1`: the records of format version 1, read into today's.
 //!
 //! A reader accepts segments of format versions [`MIN_READ_VERSION`] to
 //! [`FORMAT_VERSION`]; docs/format.md describes the format for other readers.
@@ -17,9 +18,11 @@ pub mod columns;
 pub mod event;
 pub mod frame;
 pub(crate) mod packed;
+mod v1;
 
-/// Version of the segment format this crate writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the segment format this crate writes. Version 2 added the
+/// prompt's hash and the trace's own top-K to the arrival record.
+pub const FORMAT_VERSION: u16 = 2;
 /// Oldest segment format version this crate reads.
 pub const MIN_READ_VERSION: u16 = 1;
 
