@@ -175,6 +175,8 @@ pub fn short_flag(name: &str) -> &str {
     match name {
         "special_token_in_output" => "special",
         "sampled_outside_top_k" => "top-k",
+        "low_confidence" => "unsure",
+        "batch_variance" => "variance",
         "repetition" => "repeat",
         "preempted" => "preempt",
         "missing_tokens" => "missing",
