@@ -218,6 +218,29 @@ def fleet_scale(results: list[dict]) -> str:
     return "\n".join(out)
 
 
+def topk_cost(results: list[dict]) -> str:
+    out = []
+    for r in results:
+        d = r["data"]
+        if r["outcome"] != "pass" or "rows" not in d:
+            out.append(f"**{r['item']}: failed** ({provenance(r)})\n")
+            continue
+        out.append(f"vLLM {d['vllm']}'s sampler (torch {d['torch']}, {d['threads']} threads), greedy, "
+                   f"top-{d['k']}, {d['rows'][0]['steps']} paired steps per row ({provenance(r)}):\n")
+        out.append("| vocabulary | batch | rate | steps with logprobs | sampler ms/step | added ms/step | added | "
+                   "tokens/s through the sampler |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---|")
+        for row in d["rows"]:
+            out.append(f"| {row['vocab']:,} | {row['batch']} | {row['rate']:g} | "
+                       f"{100 * row['steps_with_logprobs']:.0f} % | {row['sampler_ms']:.1f} | "
+                       f"{row['added_ms']:.1f} | {row['added_pct']:.0f} % | "
+                       f"{row['tokens_per_s_off']:,.0f} → {row['tokens_per_s_on']:,.0f} |")
+        out.append("")
+    out.append("Added: the mean over steps of (the step at this rate − the same step at rate 0), run back to back "
+               "in alternating order; rate 0's row is the noise floor (`scripts/extended.sh topk-cost`).")
+    return "\n".join(out) + "\n"
+
+
 TABLES: dict[str, Callable[[list[dict]], str]] = {
     "fleet-scale": fleet_scale,
     "python-probe": python_probe,
@@ -228,6 +251,7 @@ TABLES: dict[str, Callable[[list[dict]], str]] = {
     "faults-vllm": faults,
     "faults-sglang": faults,
     "fleet-spark": fleet_spark,
+    "topk-cost": topk_cost,
 }
 
 
