@@ -23,8 +23,8 @@ pub const SLOW_FLOOR_NS: f64 = 1e6;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flag {
     /// Stable name (`special_token_in_output`, `sampled_outside_top_k`,
-    /// `low_confidence`, `batch_variance`, `repetition`, `preempted`,
-    /// `missing_tokens`).
+    /// `low_confidence`, `batch_variance`, `nan_logprobs`, `repetition`,
+    /// `preempted`, `missing_tokens`).
     pub name: &'static str,
     /// What was seen, for people.
     pub detail: String,
@@ -461,6 +461,16 @@ fn flags(data: &TraceData, r: &Request) -> Vec<Flag> {
                 s.mean() * 100.0,
                 s.lowest * 100.0,
                 if r.trace_top_k.is_some() { "; candidates captured by TOKTRACE_TOPK_SAMPLE" } else { "" }
+            ),
+        });
+    }
+    if c.nan_logprobs > 0 {
+        out.push(Flag {
+            name: "nan_logprobs",
+            detail: format!(
+                "{} tokens had NaN logprobs (first at token {}): the model's output was corrupt, e.g. positions past its trained context, or overflow",
+                c.nan_logprobs,
+                c.first_nan.unwrap_or(0)
             ),
         });
     }

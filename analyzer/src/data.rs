@@ -194,6 +194,11 @@ pub struct TokenChecks {
     pub low_confidence: Option<LowStretch>,
     /// The stretch being counted.
     pub(crate) low_run: Option<LowStretch>,
+    /// Tokens whose logprob or candidates' logprobs are NaN: the model's
+    /// output was corrupt (vLLM warns of positions past the trained context).
+    pub nan_logprobs: u32,
+    /// The first of those.
+    pub first_nan: Option<u32>,
 }
 
 /// A stretch of consecutive tokens whose top-1 probability stayed below

@@ -815,6 +815,13 @@ fn note_confidence(
     t: &probe_core::event::TokenView<'_>,
     below: f32,
 ) {
+    if t.logprob.is_some_and(f32::is_nan) || t.top_logprobs.iter().any(|l| l.is_nan()) {
+        // Not unsure: corrupt. Flagged apart, and it ends the stretch.
+        checks.nan_logprobs += 1;
+        checks.first_nan.get_or_insert(t.index);
+        checks.low_run = None;
+        return;
+    }
     if t.top_logprobs.is_empty() {
         checks.low_run = None;
         return;

@@ -74,12 +74,15 @@ fn greedy(params: &probe_core::event::SamplingParams) -> bool {
     params.temperature == Some(0.0) || params.top_k == Some(1)
 }
 
+/// What makes requests comparable: the model, the prompt, the token limit.
+type GroupKey<'a> = (Option<&'a str>, u64, Option<u32>);
+
 /// Same-prompt greedy groups (same engine process's model, prompt hash and
 /// token limit) whose recorded answers differ, members in arrival order.
 /// Requests with tokens missing (dropped records) are left out: their
 /// digests differ for want of data, not by batching.
 pub fn suspects(data: &TraceData) -> Vec<Vec<RequestIx>> {
-    let mut groups: HashMap<(Option<&str>, u64, Option<u32>), Vec<RequestIx>> = HashMap::new();
+    let mut groups: HashMap<GroupKey<'_>, Vec<RequestIx>> = HashMap::new();
     for (ix, r) in data.requests.iter().enumerate() {
         let Some(hash) = r.prompt_hash else { continue };
         if !greedy(&r.params) || r.checks.digested == 0 || r.finish_ns.is_none() {

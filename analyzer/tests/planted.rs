@@ -430,8 +430,13 @@ fn low_confidence_needs_a_stretch() {
     let none = BTreeMap::new();
     sim.unsure.push((40, 2, 9));
     sim.unsure.push((41, 2, 8));
+    // NaN logprobs are corrupt output, not doubt: their own flag.
+    for i in 2..12 {
+        sim.planted_logprobs.insert((42, i), f32::NAN);
+    }
     sim.arrive(40, 20, 14);
     sim.arrive(41, 20, 14);
+    sim.arrive(42, 20, 14);
     for _ in 0..16 {
         sim.step(&none, &[], &[]);
     }
@@ -450,6 +455,17 @@ fn low_confidence_needs_a_stretch() {
     assert!(r40.starts_with("8 tokens in a row from token 2"), "{r40}");
     assert!(r40.contains("lowest 10.0 %"), "{r40}");
     assert!(flags(&a, "R41").is_empty());
+    assert!(flags(&a, "R42").is_empty());
+    let nan: Vec<&str> = a.reports[id_of(&a, "R42") as usize]
+        .flags
+        .iter()
+        .filter(|f| f.name == "nan_logprobs")
+        .map(|f| f.detail.as_str())
+        .collect();
+    assert!(
+        nan.len() == 1 && nan[0].starts_with("10 tokens had NaN logprobs (first at token 2)"),
+        "{nan:?}"
+    );
     // A stricter probability: no token is that unsure.
     let strict = load(
         dir.path(),

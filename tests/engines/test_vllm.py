@@ -59,6 +59,7 @@ class Trace:
     """A trace read back through the Rust reader (`toktrace dump`), joined per request."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         proc = subprocess.run([toktrace_cli(), "dump", str(path)], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert "warning" not in proc.stderr, proc.stderr

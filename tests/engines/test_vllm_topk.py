@@ -117,6 +117,32 @@ def test_one_at_a_time_the_outputs_are_byte_for_byte_those_without_it(tmp_path):
     assert client_view(on) == client_view(off)
 
 
+def test_batch_variance_is_flagged_exactly_when_same_prompt_answers_differ(tmp_path):
+    """One greedy prompt alone, in a batch of 32 and beside a long prefill
+    (no prefix cache, 64-token budget): the flag must say what the tokens
+    say. On these CPUs the three answers have been identical to the bit, so
+    this guards against false alarms on real data; the planted test in
+    analyzer/tests proves the finding itself."""
+    out, trace = run(tmp_path, "variance", TOKTRACE_TOPK_SAMPLE="1")
+    by_prompt: dict[tuple, list[str]] = {}
+    for req in out["requests"]:
+        [iid] = trace.internal_ids_for(req["request_id"])
+        by_prompt.setdefault(tuple(req["prompt_token_ids"]), []).append(iid)
+    [copies] = [ids for ids in by_prompt.values() if len(ids) == 3]
+
+    def parted(a: str, b: str) -> bool:
+        ta, tb = trace.tokens[a], trace.tokens[b]
+        return any(x["token_id"] != y["token_id"] or abs(x["logprob"] - y["logprob"]) > 1e-4
+                   for x, y in zip(ta, tb))
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "toktrace"), "requests", str(trace.path),
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    flagged = {r["internal_id"] for r in json.loads(proc.stdout) if "batch_variance" in r["flags"]}
+    expected = {c for c in copies[1:] if parted(c, copies[0])}
+    assert flagged == expected, (flagged, expected)
+
+
 # ===== through `vllm serve` =====
 
 

@@ -20,6 +20,9 @@ topk          requests asking for no logprobs, for 2 and for 5, greedy and
               set or not (what the clients get must not change).
 topk-serial   the same one request at a time (max_num_seqs=1): outputs
               comparable byte for byte between runs.
+variance      one greedy prompt answered alone, then again in a batch of 32
+              and in a batch where a long prompt is prefilled beside it
+              (for the docs' batch_variance example).
 """
 
 from __future__ import annotations
@@ -169,9 +172,24 @@ def topk(serial: bool) -> dict:
     return result
 
 
+def variance() -> dict:
+    from vllm import LLM, SamplingParams
+
+    # No prefix cache: every copy computes its prompt itself, chunked as its
+    # batch allows (a budget of 64 tokens a step).
+    llm = LLM(**engine_kwargs(max_model_len=2048, max_num_batched_tokens=64, enable_prefix_caching=False))
+    greedy = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    prompt = text(24)
+    outs = llm.generate([prompt], greedy, use_tqdm=False)
+    others = [text(8 + i, offset=i) for i in range(31)]
+    outs += llm.generate([prompt, *others], greedy, use_tqdm=False)
+    outs += llm.generate([text(1500, offset=3), prompt], greedy, use_tqdm=False)
+    return dump_outputs(outs)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["mixed", "interference", "preempt", "topk", "topk-serial"])
+    ap.add_argument("scenario", choices=["mixed", "interference", "preempt", "topk", "topk-serial", "variance"])
     ap.add_argument("out")
     ap.add_argument("--method", choices=["fork", "spawn"], default="spawn",
                     help="how vLLM starts its engine-core process")
@@ -195,7 +213,8 @@ def main() -> int:
     os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = {"mixed": mixed, "interference": interference, "preempt": preempt,
-              "topk": lambda: topk(serial=False), "topk-serial": lambda: topk(serial=True)}[args.scenario]()
+              "topk": lambda: topk(serial=False), "topk-serial": lambda: topk(serial=True),
+              "variance": variance}[args.scenario]()
     result["engine_core_started_by"] = "fork" if started_by else "spawn"
     with open(args.out, "w") as f:
         json.dump(result, f)

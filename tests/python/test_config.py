@@ -51,12 +51,25 @@ def test_tensorrt_llm_spelling_reaches_mpi_workers():
         ("TOKTRACE_FLUSH_MS", "0"),
         ("TOKTRACE_FLUSH_MS", "soon"),
         ("TOKTRACE_FLUSH_MS", "60001"),
+        ("TOKTRACE_TOPK_SAMPLE", "some"),
+        ("TOKTRACE_TOPK_SAMPLE", "1.5"),
+        ("TOKTRACE_TOPK_SAMPLE", "-0.1"),
+        ("TOKTRACE_TOPK_SAMPLE", "nan"),
     ],
 )
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as err:
         from_env({"TOKTRACE_DIR": "/t", name: value})
     assert name in str(err.value)
+
+
+def test_topk_sample_and_its_k():
+    cfg = from_env({"TOKTRACE_DIR": "/t", "TOKTRACE_TOPK_SAMPLE": "0.01"})
+    assert (cfg.topk_sample, cfg.sample_top_k, cfg.top_k_cap) == (0.01, 5, 20)
+    # TOKTRACE_TOPK sets both the stored cap and the K the trace asks for.
+    cfg = from_env({"TOKTRACE_DIR": "/t", "TOKTRACE_TOPK_SAMPLE": "1", "TOKTRACE_TOPK": "3"})
+    assert (cfg.topk_sample, cfg.sample_top_k, cfg.top_k_cap) == (1.0, 3, 3)
+    assert from_env({"TOKTRACE_DIR": "/t"}).topk_sample == 0.0
 
 
 def test_sizes():

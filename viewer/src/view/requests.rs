@@ -177,6 +177,7 @@ pub fn short_flag(name: &str) -> &str {
         "sampled_outside_top_k" => "top-k",
         "low_confidence" => "unsure",
         "batch_variance" => "variance",
+        "nan_logprobs" => "nan",
         "repetition" => "repeat",
         "preempted" => "preempt",
         "missing_tokens" => "missing",
