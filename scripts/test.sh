@@ -104,7 +104,7 @@ SGLANG_VENV="$(bash "$REPO/scripts/setup-sglang.sh")"
 install_toktrace "$SGLANG_VENV"
 
 stage "pytest on real SGLang"
-"$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py"
+"$SGLANG_VENV/bin/python" -m pytest -q "$REPO/tests/engines/test_sglang.py" "$REPO/tests/engines/test_sglang_topk.py"
 
 # SGLang's HTTP server under load (tests/engines/test_sglang_faults.py) runs in
 # Tier 2 (scripts/extended.sh faults-sglang), for many minutes.

@@ -11,6 +11,7 @@ writes what SGLang itself returned, for the tests to compare with the trace:
   python sglang_scenarios.py retract OUT.json
   python sglang_scenarios.py data-parallel OUT.json
   python sglang_scenarios.py vllm-mixed OUT.json
+  python sglang_scenarios.py topk OUT.json
 
 mixed         16 concurrent requests of mixed prompt lengths, several sharing a
               long prefix (radix cache on, as by default), two prompts longer
@@ -24,6 +25,9 @@ interference  chunked prefill off; 4 requests decode, then a prompt of
               thousands of tokens arrives while they run.
 mixed-chunk   the same with chunked prefill and --enable-mixed-chunk: the long
               prompt's chunks share batches with the decoders (MIXED mode).
+topk          requests asking for no logprobs, for 2 and for 5, greedy, two
+              prompts sent twice; run with TOKTRACE_TOPK_SAMPLE set or not
+              (what the clients get must not change).
 retract       a KV pool of a few hundred tokens and more decode work than
               fits, so the scheduler retracts (preempts) requests; one more
               request is aborted by its client while queued, and one is
@@ -295,10 +299,30 @@ def vllm_mixed() -> dict:
     return {"requests": reqs, "start_s": start_s}
 
 
+def topk() -> dict:
+    engine, _ = make_engine()
+    try:
+        prompts = [text(6 + 3 * (i % 6), offset=i % 6) for i in range(12)]
+        ids = tokenize(prompts)
+        asked = [(None, None, 2, 5)[i % 4] for i in range(12)]
+        rids = [f"topk-{i}" for i in range(12)]
+        params = [{"max_new_tokens": 12, "temperature": 0.0} for _ in range(12)]
+        outs = engine.generate(input_ids=ids, sampling_params=params, return_logprob=[a is not None for a in asked],
+                               top_logprobs_num=[a or 0 for a in asked], rid=rids)
+        reqs = dump(rids, ids, outs, params, [a is not None for a in asked])
+        for r, a, o in zip(reqs, asked, outs):
+            r["asked"] = a
+            r["meta_logprob_keys"] = sorted(k for k in o["meta_info"] if "logprob" in k)
+            r["text"] = o.get("text")
+    finally:
+        engine.shutdown()
+    return {"requests": reqs}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", choices=["mixed", "interference", "mixed-chunk", "retract", "data-parallel",
-                                           "vllm-mixed"])
+                                           "vllm-mixed", "topk"])
     ap.add_argument("out")
     ap.add_argument("--loop", choices=["overlap", "normal"], default="overlap",
                     help="which scheduler event loop runs (mixed only)")
@@ -312,7 +336,8 @@ def main() -> int:
         result = mixed(args.loop)
     else:
         result = {"interference": interference, "mixed-chunk": lambda: interference(mixed_chunk=True),
-                  "retract": retract, "data-parallel": data_parallel, "vllm-mixed": vllm_mixed}[args.scenario]()
+                  "retract": retract, "data-parallel": data_parallel, "vllm-mixed": vllm_mixed,
+                  "topk": topk}[args.scenario]()
     with open(args.out, "w") as f:
         json.dump(result, f)
     return 0

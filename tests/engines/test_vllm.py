@@ -392,12 +392,17 @@ def test_a_release_newer_than_the_table_is_traced_only_when_allowed_and_intact(t
 def test_an_allowed_untested_release_is_traced_and_marked_so(tmp_path):
     trace_dir = tmp_path / "trace"
     out = tmp_path / "out.json"
-    env = as_release("0.99.0", allow=True, TOKTRACE_DIR=str(trace_dir))
+    # Top-K sampling asked for too: not on a release not tested (one warning).
+    env = as_release("0.99.0", allow=True, TOKTRACE_DIR=str(trace_dir), TOKTRACE_TOPK_SAMPLE="1",
+                     TOKTRACE_TOPK="8")
     proc = subprocess.run([sys.executable, str(SCENARIOS), "mixed", str(out), "--method", "spawn"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "engine version not tested" in proc.stderr
+    assert proc.stderr.count("TOKTRACE_TOPK_SAMPLE is ignored") == 1, proc.stderr[-3000:]
     trace = Trace(trace_dir)
+    arrivals = [r["Arrival"] for r in trace.processes[trace.engine[0]] if "Arrival" in r]
+    assert arrivals and all(a["trace_top_k"] is None and a["prompt_hash"] for a in arrivals)
     assert check_tokens_match(json.loads(out.read_text()), trace) > 0
     for p in trace.engine + trace.frontend:
         info = next(r["Process"] for r in trace.processes[p] if "Process" in r)

@@ -104,7 +104,7 @@ def _before_0_5_21(version: str) -> bool:
 _pre_0_5_21 = False
 
 SCHEDULER_METHODS = ("__init__", "run_batch", "process_batch_result", "_add_request_to_queue",
-                     "on_idle", "event_loop_normal", "event_loop_overlap")
+                     "on_idle", "event_loop_normal", "event_loop_overlap", "handle_generate_request")
 
 # How long the scheduler, once idle, waits for what it recorded to reach the
 # kernel. Typically well under a millisecond; the bound only matters when the
@@ -190,6 +190,16 @@ class _SchedState:
         self.live.pop(rid, None)
         self.started.discard(rid)
         self.abort_after.discard(rid)
+        _trace_only.pop(rid, None)
+
+
+# rid -> the top-K this scheduler asked SGLang for on the trace's behalf
+# (TOKTRACE_TOPK_SAMPLE), for requests whose client asked for no logprobs:
+# what the arrival record says. Kept by the recording rank only (every rank
+# asks alike, from the prompt's hash), forgotten at finish.
+_trace_only: dict[str, int] = {}
+# Bound on the map should finishes go unseen; the oldest go first.
+MAX_TRACE_ONLY = 65536
 
 
 def _state(sched: Any) -> _SchedState | None:
@@ -223,6 +233,7 @@ def _patch_scheduler(mod: Any) -> None:
         if name not in fields:
             raise C.AdapterError(f"sglang ReqLogprob has no field {name}")
     C.patch(S, "__init__", _wrap_init)
+    C.patch(S, "handle_generate_request", _wrap_handle_generate_request)
     C.patch(S, "_add_request_to_queue", _wrap_add_request_to_queue)
     if not _pre_0_5_21:
         C.patch(S, "_release_aborted_request", _wrap_release_aborted_request)
@@ -310,7 +321,8 @@ TOP_K_OFF = 1 << 30  # SGLang's SamplingParams.top_k when top-k sampling is off
 
 def _params(req: Any) -> tuple:
     sp = req.sampling_params
-    top = req.logprob.top_logprobs_num if req.return_logprob else None
+    # What the client asked: none for a request only the trace asked for.
+    top = req.logprob.top_logprobs_num if req.return_logprob and req.rid not in _trace_only else None
     top_k = getattr(sp, "top_k", None)
     if isinstance(top_k, int) and (top_k >= TOP_K_OFF or top_k < 0):
         top_k = 0  # off, written as vLLM writes it
@@ -325,9 +337,58 @@ def _params(req: Any) -> tuple:
 
 
 def _arrival(st: _SchedState, req: Any) -> tuple:
+    from toktrace._native import prompt_hash
+
     prompt = len(req.origin_input_ids)
     st.live[req.rid] = prompt
-    return (req.rid, None, None, prompt, *_params(req), None)
+    return (req.rid, None, None, prompt, *_params(req), None, prompt_hash(req.origin_input_ids),
+            _trace_only.get(req.rid))
+
+
+def _wrap_handle_generate_request(orig: Callable) -> Callable:
+    def handle_generate_request(self: Any, recv_req: Any, *args: Any, **kwargs: Any) -> Any:
+        rec = _recorder()
+        if rec is not None and rec.config.topk_sample > 0.0:
+            try:
+                _ask_topk(self, rec, recv_req)
+            except Exception as exc:  # noqa: BLE001
+                _guard.failed("Scheduler.handle_generate_request", exc)
+        return orig(self, recv_req, *args, **kwargs)
+
+    return handle_generate_request
+
+
+def _ask_topk(sched: Any, rec: Any, recv_req: Any) -> None:
+    """For a request sampled by ``TOKTRACE_TOPK_SAMPLE`` whose client asked
+    for no logprobs, ask SGLang for top-K before it builds the ``Req`` (the
+    Req makes its logprob lists only when asked at construction). No prompt
+    logprobs (``logprob_start_len`` -1 becomes the prompt's length); the
+    tokenizer manager hands a client logprobs only when its own copy of the
+    request asked, so the client gets none. A client that asked for any
+    number is left as it is. Not under speculative decoding or
+    prefill/decode disaggregation, whose checks refuse or route logprob
+    requests differently. Every rank decides alike: the choice is the
+    prompt's hash."""
+    if getattr(recv_req, "return_logprob", False):
+        return
+    spec = getattr(sched, "spec_algorithm", None)
+    if spec is not None and not getattr(spec, "is_none", lambda: True)():
+        return
+    disagg = getattr(sched, "disaggregation_mode", None)
+    if disagg is not None and str(getattr(disagg, "value", disagg)).lower() not in ("null", "none"):
+        return
+    _, k = C.prompt_identity(rec, ENGINE, getattr(recv_req, "input_ids", None), None, None)
+    if k is None:
+        return
+    recv_req.return_logprob = True
+    recv_req.top_logprobs_num = k
+    recv_req.logprob_start_len = -1
+    if hasattr(recv_req, "token_ids_logprob"):
+        recv_req.token_ids_logprob = None
+    if _state(sched) is not None:
+        if len(_trace_only) >= MAX_TRACE_ONLY:
+            _trace_only.pop(next(iter(_trace_only)))
+        _trace_only[recv_req.rid] = k
 
 
 def _wrap_add_request_to_queue(orig: Callable) -> Callable:
