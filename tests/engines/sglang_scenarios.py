@@ -25,8 +25,8 @@ interference  chunked prefill off; 4 requests decode, then a prompt of
               thousands of tokens arrives while they run.
 mixed-chunk   the same with chunked prefill and --enable-mixed-chunk: the long
               prompt's chunks share batches with the decoders (MIXED mode).
-topk          requests asking for no logprobs, for 2 and for 5, greedy, two
-              prompts sent twice; run with TOKTRACE_TOPK_SAMPLE set or not
+topk          requests asking for no logprobs and for 5, greedy, two prompts
+              sent twice; run with TOKTRACE_TOPK_SAMPLE set or not
               (what the clients get must not change).
 retract       a KV pool of a few hundred tokens and more decode work than
               fits, so the scheduler retracts (preempts) requests; one more
@@ -304,7 +304,10 @@ def topk() -> dict:
     try:
         prompts = [text(6 + 3 * (i % 6), offset=i % 6) for i in range(12)]
         ids = tokenize(prompts)
-        asked = [(None, None, 2, 5)[i % 4] for i in range(12)]
+        # No client asks for fewer than 5 here: the trace keeps one K per
+        # SGLang step (the smallest asked in it), which would cut the
+        # sampled requests' candidates to that.
+        asked = [(None, None, 5, 5)[i % 4] for i in range(12)]
         rids = [f"topk-{i}" for i in range(12)]
         params = [{"max_new_tokens": 12, "temperature": 0.0} for _ in range(12)]
         outs = engine.generate(input_ids=ids, sampling_params=params, return_logprob=[a is not None for a in asked],
