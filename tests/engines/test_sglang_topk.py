@@ -65,3 +65,56 @@ def test_sampled_requests_have_top5_in_the_trace_and_clients_what_they_asked(tmp
                                               "meta_logprob_keys")} for r in out["requests"]], sort_keys=True)
 
     assert client_view(on) == client_view(off)
+
+
+def _complete(port: int, prompt: str, logprobs: int | None, streaming: bool) -> dict:
+    import urllib.request
+
+    from served import sse_events
+
+    body: dict = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0.0}
+    if logprobs is not None:
+        body["logprobs"] = logprobs
+    if streaming:
+        body.update(stream=True, stream_options={"include_usage": True})
+        rid, tokens, parts = None, None, []
+        for event in sse_events(port, body):
+            rid = event["id"]
+            if event.get("usage") and not event.get("choices"):
+                tokens = event["usage"]["completion_tokens"]
+            for choice in event.get("choices") or []:
+                parts.append(choice.get("logprobs"))
+        return {"id": rid, "tokens": tokens, "logprobs": [p for p in parts if p]}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        got = json.load(resp)
+    lp = got["choices"][0].get("logprobs")
+    return {"id": got["id"], "tokens": got["usage"]["completion_tokens"], "logprobs": [lp] if lp else []}
+
+
+def test_served_clients_get_what_they_asked_streaming_and_not(tmp_path):
+    from served import Server
+
+    server = Server(tmp_path, tmp_path / "trace", env={"TOKTRACE_TOPK_SAMPLE": "1"}, engine="sglang")
+    got = []
+    try:
+        server.start()
+        for i, (asked, streaming) in enumerate([(None, False), (5, False), (None, True), (5, True)]):
+            got.append((_complete(server.port, f"the little girl saw {i} red balls and", asked, streaming), asked))
+    finally:
+        server.stop()
+    trace = Trace(server.trace_dir)
+    for g, asked in got:
+        # SGLang's completion id is the request's rid.
+        a = trace.arrivals[g["id"]]
+        toks = trace.tokens[g["id"]]
+        assert len(toks) == g["tokens"], g
+        assert all(len(t["top"]) == 5 for t in toks), g["id"]
+        if asked is None:
+            assert a["trace_top_k"] == 5 and a["params"]["logprobs"] is None, a
+            assert g["logprobs"] == [], g
+        else:
+            assert a["trace_top_k"] is None and a["params"]["logprobs"] == 5, a
+            tops = [t for p in g["logprobs"] for t in p["top_logprobs"]]
+            assert len(tops) == len(toks) and all(len(t) == 5 for t in tops), tops
