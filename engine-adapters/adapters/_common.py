@@ -370,7 +370,8 @@ def prompt_identity(rec: Any, engine: str, prompt_ids: Any, asked: int | None,
 
     h = None if prompt_ids is None else prompt_hash(prompt_ids)
     cfg = rec.config
-    if h is None or cfg.topk_sample <= 0.0 or not topk_sampled(h, cfg.topk_sample):
+    # At capture=metadata no token data is kept: asking would cost for nothing.
+    if h is None or cfg.topk_sample <= 0.0 or cfg.capture == "metadata" or not topk_sampled(h, cfg.topk_sample):
         return h, None
     if verdicts.get(engine, {}).get("engine_version_tested") != "yes":
         if engine not in _untested_sampling_warned:

@@ -51,3 +51,30 @@ def test_arrivals_carry_the_identity_when_given(tmp_path: Path) -> None:
     assert (got["old"]["prompt_hash"], got["old"]["trace_top_k"]) == (None, None)
     assert (got["new"]["prompt_hash"], got["new"]["trace_top_k"]) == (h, 5)
     assert got["new"]["params"]["logprobs"] is None
+
+
+def test_which_requests_the_adapters_ask_topk_for() -> None:
+    from types import SimpleNamespace
+
+    from toktrace.adapters import _common as C
+    from toktrace.config import Config
+
+    def rec(**cfg: object) -> SimpleNamespace:
+        return SimpleNamespace(config=Config(dir="/t", **cfg))
+
+    ids = [11, 12, 13]
+    h = prompt_hash(ids)
+    C.verdicts["testengine"] = {"layout": "x", "engine_version_tested": "yes"}
+    try:
+        on = rec(topk_sample=1.0)
+        assert C.prompt_identity(on, "testengine", ids, None, None) == (h, 5)
+        assert C.prompt_identity(on, "testengine", ids, 2, None) == (h, 5)  # fewer than K: raised
+        assert C.prompt_identity(on, "testengine", ids, 5, None) == (h, None)  # as many: left alone
+        assert C.prompt_identity(on, "testengine", ids, -1, None) == (h, None)  # all: left alone
+        assert C.prompt_identity(on, "testengine", ids, None, 3) == (h, 3)  # the engine's limit
+        assert C.prompt_identity(rec(topk_sample=1.0, sample_top_k=8), "testengine", ids, None, None) == (h, 8)
+        assert C.prompt_identity(rec(), "testengine", ids, None, None) == (h, None)  # off
+        assert C.prompt_identity(rec(topk_sample=1.0, capture="metadata"), "testengine", ids, None, None) == (h, None)
+        assert C.prompt_identity(on, "testengine", None, None, None) == (None, None)  # no ids: no hash
+    finally:
+        del C.verdicts["testengine"]
