@@ -75,6 +75,7 @@ import time
 from typing import Any, Callable
 
 import toktrace
+from toktrace._native import prompt_hash
 from toktrace.adapters import _common as C
 
 ENGINE = "sglang"
@@ -337,8 +338,6 @@ def _params(req: Any) -> tuple:
 
 
 def _arrival(st: _SchedState, req: Any) -> tuple:
-    from toktrace._native import prompt_hash
-
     prompt = len(req.origin_input_ids)
     st.live[req.rid] = prompt
     return (req.rid, None, None, prompt, *_params(req), None, prompt_hash(req.origin_input_ids),
